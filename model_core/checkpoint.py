@@ -1,0 +1,404 @@
+"""Loading and saving the backbone in the published checkpoint layout.
+
+The published backbone is ``config.json`` + ``model.safetensors.index.json`` + sharded
+safetensors with one tensor per expert matrix. We build the model on the meta device, allocate
+it once on the target device, and fill it tensor by tensor from memory-mapped shards, so peak
+memory stays about one copy of the weights. Routed experts are converted to the stacked layout
+by one explicit name map (``ExpertNameMap``), and back at save.
+
+Every problem with the files raises ``CheckpointError`` naming the tensor and the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import struct
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .backbone import LLaDA2Backbone
+from .config import BackboneConfig
+
+__all__ = [
+    "CheckpointError",
+    "ExpertNameMap",
+    "INDEX_NAME",
+    "resolve_checkpoint",
+    "read_weight_map",
+    "published_shapes",
+    "to_published_state_dict",
+    "build_meta_backbone",
+    "load_backbone",
+    "save_backbone",
+    "default_dtype",
+    "read_safetensors_header",
+    "inspect_checkpoint",
+]
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_FILE_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+_ST_DTYPES = {
+    "F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2),
+    "I64": (torch.int64, 8), "I32": (torch.int32, 4), "I16": (torch.int16, 2), "I8": (torch.int8, 1),
+    "U8": (torch.uint8, 1), "BOOL": (torch.bool, 1), "F8_E4M3": (torch.float8_e4m3fn, 1),
+    "F8_E5M2": (torch.float8_e5m2, 1),
+}
+_FLOAT_ST = {"F64", "F32", "F16", "BF16"}
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, truncated or does not match the model."""
+
+
+# ---------------------------------------------------------------------------------- name map
+class ExpertNameMap:
+    """Published per-expert names <-> our stacked expert parameters.
+
+    ``model.layers.L.mlp.experts.E.gate_proj.weight`` (I, H) -> ``...experts.gate_up_proj[E, :I]``
+    ``model.layers.L.mlp.experts.E.up_proj.weight``   (I, H) -> ``...experts.gate_up_proj[E, I:]``
+    ``model.layers.L.mlp.experts.E.down_proj.weight`` (H, I) -> ``...experts.down_proj[E]``
+    Every other name is the same on both sides.
+    """
+
+    _published = re.compile(r"^(?P<prefix>model\.layers\.\d+\.mlp\.experts)\.(?P<expert>\d+)\.(?P<part>gate|up|down)_proj\.weight$")
+    _stacked = re.compile(r"^(?P<prefix>model\.layers\.\d+\.mlp\.experts)\.(?P<param>gate_up_proj|down_proj)$")
+
+    @classmethod
+    def to_internal(cls, name: str) -> tuple[str, Optional[tuple[int, str]]]:
+        """published name -> (internal name, (expert, part) or None)."""
+        m = cls._published.match(name)
+        if not m:
+            return name, None
+        part = m["part"]
+        param = "down_proj" if part == "down" else "gate_up_proj"
+        return f"{m['prefix']}.{param}", (int(m["expert"]), part)
+
+    @staticmethod
+    def slot_view(stacked: torch.Tensor, expert: int, part: str) -> torch.Tensor:
+        """The region of a stacked tensor that one published tensor fills."""
+        if part == "down":
+            return stacked[expert]
+        i = stacked.shape[1] // 2
+        return stacked[expert, :i] if part == "gate" else stacked[expert, i:]
+
+    @classmethod
+    def to_published(cls, name: str, tensor: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        """internal (name, tensor) -> published (name, tensor) pairs (views, no copies)."""
+        m = cls._stacked.match(name)
+        if not m:
+            yield name, tensor
+            return
+        parts = ("down",) if m["param"] == "down_proj" else ("gate", "up")
+        for e in range(tensor.shape[0]):
+            for part in parts:
+                yield f"{m['prefix']}.{e}.{part}_proj.weight", cls.slot_view(tensor, e, part)
+
+
+def published_shapes(model: LLaDA2Backbone) -> dict[str, tuple[int, ...]]:
+    """Every tensor name of the published layout with its shape (works on the meta device)."""
+    out: dict[str, tuple[int, ...]] = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        for pname, pt in ExpertNameMap.to_published(name, t):
+            out[pname] = tuple(pt.shape)
+    return out
+
+
+def to_published_state_dict(model: LLaDA2Backbone) -> dict[str, torch.Tensor]:
+    """The model's weights under the published names (contiguous copies of expert slices)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, t in model.state_dict().items():
+        for pname, pt in ExpertNameMap.to_published(name, t):
+            # Expert slices are views of one stacked tensor; safetensors refuses shared storage.
+            out[pname] = pt if pname == name else pt.clone()
+    return out
+
+
+# ---------------------------------------------------------------------------------- files
+def resolve_checkpoint(
+    path_or_repo: str | os.PathLike,
+    *,
+    revision: Optional[str] = None,
+    allow_download: bool = True,
+    allow_patterns: Optional[list[str]] = None,
+) -> Path:
+    """A local checkpoint directory, or a Hugging Face repo id snapshot-downloaded when online."""
+    text = os.fspath(path_or_repo)
+    p = Path(text).expanduser()
+    if p.is_dir():
+        return p
+    if p.exists():
+        raise CheckpointError(f"{p} is a file; pass the checkpoint directory that holds config.json")
+    looks_like_repo = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) is not None and not text.startswith((".", "~"))
+    if not looks_like_repo:
+        raise FileNotFoundError(f"checkpoint directory not found: {p}")
+    how_to = (
+        f"download it where you have network access (e.g. `huggingface-cli download {text} --local-dir DIR`) "
+        f"and pass the local directory instead of the repo id"
+    )
+    try:
+        from huggingface_hub import constants, snapshot_download
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        raise CheckpointError(f"{text!r} is not a local directory and huggingface_hub is not installed; {how_to}") from None
+    offline = bool(getattr(constants, "HF_HUB_OFFLINE", False)) or not allow_download
+    try:
+        local = snapshot_download(text, revision=revision, allow_patterns=allow_patterns, local_files_only=offline)
+    except Exception as exc:  # network errors, missing repo, offline cache miss
+        state = "offline mode" if offline else "download failed"
+        raise CheckpointError(
+            f"{text!r} is not a local directory and could not be fetched from the Hugging Face hub "
+            f"({state}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); {how_to}"
+        ) from None
+    return Path(local)
+
+
+def read_safetensors_header(path: str | os.PathLike) -> dict[str, dict]:
+    """Parse and check a safetensors header: every tensor's bytes must lie inside the file.
+
+    Returns name -> {"dtype", "shape", "data_offsets"}. Raises CheckpointError naming the file
+    (and tensor) when the file is truncated, its header is corrupt or a tensor is inconsistent.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            raw = fh.read(8)
+            if len(raw) < 8:
+                raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes, no header)")
+            (hlen,) = struct.unpack("<Q", raw)
+            if hlen > min(_MAX_HEADER, size - 8):
+                raise CheckpointError(f"{path}: corrupt or truncated safetensors header (claims {hlen} bytes, file has {size})")
+            header_bytes = fh.read(hlen)
+    except FileNotFoundError:
+        raise CheckpointError(f"weight file missing: {path}") from None
+    try:
+        header = json.loads(header_bytes)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: corrupt safetensors header ({exc})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
+    header.pop("__metadata__", None)
+    data_len = size - 8 - hlen
+    for name, info in header.items():
+        try:
+            dtype, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: corrupt safetensors entry for tensor {name!r}") from None
+        if dtype not in _ST_DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
+        expected = math.prod(shape) * _ST_DTYPES[dtype][1]
+        if end - start != expected or start < 0:
+            raise CheckpointError(f"{path}: tensor {name!r} has inconsistent offsets {start}..{end} for {dtype}{shape}")
+        if end > data_len:
+            raise CheckpointError(
+                f"{path}: truncated file: tensor {name!r} needs bytes up to {end} of the data section, "
+                f"which has only {data_len}"
+            )
+    return header
+
+
+def read_weight_map(ckpt_dir: Path) -> dict[str, str]:
+    """tensor name -> shard file name, from the index (or a single ``model.safetensors``)."""
+    index = ckpt_dir / INDEX_NAME
+    if index.is_file():
+        try:
+            data = json.loads(index.read_text(encoding="utf-8"))
+            weight_map = data["weight_map"]
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{index}: not valid JSON ({exc})") from None
+        except (KeyError, TypeError):
+            raise CheckpointError(f"{index}: no 'weight_map' object") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: 'weight_map' must map tensor names to file names")
+        for name, fname in weight_map.items():
+            if Path(fname).name != fname:
+                raise CheckpointError(f"{index}: tensor {name!r} points outside the checkpoint ({fname!r})")
+        return weight_map
+    single = ckpt_dir / SINGLE_FILE_NAME
+    if single.is_file():
+        return {name: SINGLE_FILE_NAME for name in read_safetensors_header(single)}
+    raise CheckpointError(f"{ckpt_dir}: no {INDEX_NAME} (and no single {SINGLE_FILE_NAME}); is this a backbone checkpoint?")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def build_meta_backbone(config: BackboneConfig, dtype: torch.dtype = torch.float32) -> LLaDA2Backbone:
+    """The backbone on the meta device: shapes and names, no memory."""
+    with torch.device("meta"):
+        model = LLaDA2Backbone(config)
+    return model.to(dtype)
+
+
+def _compare_names(expected: dict[str, tuple], weight_map: dict[str, str], where: Path) -> None:
+    missing = sorted(set(expected) - set(weight_map))
+    unexpected = sorted(set(weight_map) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[:5]})")
+        if unexpected:
+            parts.append(
+                f"{len(unexpected)} unexpected (e.g. {[f'{n} in {weight_map[n]}' for n in unexpected[:5]]})"
+            )
+        raise CheckpointError(f"{where}: the weights do not match config.json: " + "; ".join(parts))
+
+
+def load_backbone(
+    path_or_repo: str | os.PathLike,
+    *,
+    device: str | torch.device | None = None,
+    dtype: Optional[torch.dtype] = None,
+    attn_backend: str = "auto",
+    moe_backend: str = "auto",
+    revision: Optional[str] = None,
+    progress: bool = False,
+) -> LLaDA2Backbone:
+    """Load the published backbone (or a checkpoint in its layout) without trust_remote_code.
+
+    device defaults to CUDA when available, else CPU; dtype to bf16 on CUDA and fp32 on CPU.
+    """
+    ckpt = resolve_checkpoint(
+        path_or_repo, revision=revision, allow_patterns=["config.json", "*.safetensors", INDEX_NAME, "tokenizer*", "special_tokens_map.json"]
+    )
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or default_dtype(device)
+    try:
+        config = BackboneConfig.from_json_file(ckpt / CONFIG_NAME)
+    except FileNotFoundError:
+        raise CheckpointError(f"{ckpt}: no {CONFIG_NAME}") from None
+    weight_map = read_weight_map(ckpt)
+    model = build_meta_backbone(config, dtype)
+    expected = published_shapes(model)
+    _compare_names(expected, weight_map, ckpt)
+
+    by_file: dict[str, list[str]] = defaultdict(list)
+    for name, fname in weight_map.items():
+        by_file[fname].append(name)
+    headers = {fname: read_safetensors_header(ckpt / fname) for fname in sorted(by_file)}
+    for fname, names in by_file.items():
+        header = headers[fname]
+        for name in names:
+            if name not in header:
+                raise CheckpointError(f"{ckpt / fname}: tensor {name!r} is listed in the index but not in this file")
+            got = tuple(header[name]["shape"])
+            if got != expected[name]:
+                raise CheckpointError(
+                    f"{ckpt / fname}: tensor {name!r} has shape {list(got)}, the model expects {list(expected[name])}"
+                )
+            if header[name]["dtype"] not in _FLOAT_ST:
+                raise CheckpointError(f"{ckpt / fname}: tensor {name!r} has dtype {header[name]['dtype']}, expected a float type")
+
+    model = model.to_empty(device=device)
+    targets = model.state_dict(keep_vars=True)
+    files = sorted(by_file)
+    it: Iterable[str] = files
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(files, desc="loading backbone", unit="shard")
+    with torch.no_grad():
+        for fname in it:
+            with safe_open(ckpt / fname, framework="pt", device="cpu") as f:
+                for name in by_file[fname]:
+                    try:
+                        src = f.get_tensor(name)
+                    except Exception as exc:
+                        raise CheckpointError(f"{ckpt / fname}: cannot read tensor {name!r} ({exc})") from None
+                    internal, slot = ExpertNameMap.to_internal(name)
+                    dst = targets[internal]
+                    if slot is not None:
+                        dst = ExpertNameMap.slot_view(dst, *slot)
+                    dst.copy_(src.to(dtype))
+    model.eval()
+    return model.set_backends(attn=attn_backend, moe=moe_backend)
+
+
+def save_backbone(
+    model: LLaDA2Backbone,
+    path: str | os.PathLike,
+    *,
+    max_shard_bytes: int = 5 * 1024**3,
+    dtype: Optional[torch.dtype] = None,
+) -> Path:
+    """Write ``config.json``, sharded safetensors under the published names and the index.
+
+    Files are written under temporary names and renamed into place; the index comes last, so an
+    interrupted save never looks like a complete checkpoint.
+    """
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = to_published_state_dict(model)
+    if dtype is not None:
+        tensors = {k: v.to(dtype) for k, v in tensors.items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    n = len(shards)
+    weight_map: dict[str, str] = {}
+    for i, shard in enumerate(shards, 1):
+        fname = f"model-{i:05d}-of-{n:05d}.safetensors"
+        tmp = out / (fname + ".tmp")
+        save_file(shard, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, out / fname)
+        weight_map.update({k: fname for k in shard})
+    model.config.to_json_file(out / CONFIG_NAME)
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    tmp = out / (INDEX_NAME + ".tmp")
+    tmp.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+    os.replace(tmp, out / INDEX_NAME)
+    return out
+
+
+def inspect_checkpoint(path: str | os.PathLike, *, meta: bool = True, device: str = "cpu") -> dict:
+    """Check a checkpoint against its own config.json and report.
+
+    meta=True: build the model on the meta device (no weights read) and match every tensor name
+    of the index against it. meta=False: load the real weights (checks shapes, dtypes and file
+    integrity too). Returns a JSON-able report with ``ok``; loading problems raise CheckpointError.
+    """
+    ckpt = resolve_checkpoint(path, allow_download=False)
+    config = BackboneConfig.from_json_file(ckpt / CONFIG_NAME)
+    weight_map = read_weight_map(ckpt)
+    model = build_meta_backbone(config)
+    expected = published_shapes(model)
+    missing = sorted(set(expected) - set(weight_map))
+    unexpected = sorted(set(weight_map) - set(expected))
+    report = {
+        "path": str(ckpt),
+        "mode": "meta" if meta else "load",
+        "layers": config.num_hidden_layers,
+        "experts": config.num_experts,
+        "vocab_size": config.vocab_size,
+        "parameters": model.num_parameters(),
+        "active_parameters": model.num_parameters(active=True),
+        "tensors_in_index": len(weight_map),
+        "tensors_expected": len(expected),
+        "matched": len(set(expected) & set(weight_map)),
+        "missing": missing,
+        "unexpected": unexpected,
+        "shards": len(set(weight_map.values())),
+    }
+    if not meta and not missing and not unexpected:
+        loaded = load_backbone(ckpt, device=device, dtype=torch.float32)
+        report["loaded_dtype"] = str(next(loaded.parameters()).dtype).replace("torch.", "")
+    report["ok"] = not missing and not unexpected
+    return report

@@ -1,0 +1,336 @@
+"""Typed configuration of the LLaDA2.0-Uni backbone, read from and written to the published
+``config.json`` schema (``model_type`` ``llada2_moe``).
+
+Every field of the published file is a typed attribute; fields we do not know are kept in
+``extra`` and written back unchanged, so ``BackboneConfig.from_dict(d).to_dict() == d`` for the
+published file. Validation raises ``ValueError`` naming the field and its value.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+__all__ = ["BackboneConfig", "ConfigError", "PRESETS"]
+
+
+class ConfigError(ValueError):
+    """A config value is missing, of the wrong type or out of range."""
+
+
+# Fields that only describe the file (no effect on the network); typed but not validated
+# beyond their type.
+_META_FIELDS = ("architectures", "auto_map", "model_type", "torch_dtype", "transformers_version")
+
+
+@dataclass
+class BackboneConfig:
+    """The MoE diffusion backbone (MODEL_SPEC §4.1). Defaults are the published values."""
+
+    # -- file metadata -------------------------------------------------------------------
+    architectures: list = field(default_factory=lambda: ["LLaDA2MoeModelLM"])
+    auto_map: dict = field(
+        default_factory=lambda: {
+            "AutoConfig": "configuration_llada2uni_moe.LLaDA2MoeConfig",
+            "AutoModel": "modeling_llada2uni_moe.LLaDA2MoeModelLM",
+            "AutoModelForCausalLM": "modeling_llada2uni_moe.LLaDA2MoeModelLM",
+        }
+    )
+    model_type: str = "llada2_moe"
+    torch_dtype: str = "bfloat16"
+    transformers_version: str = "4.51.0"
+    # -- vocabulary ----------------------------------------------------------------------
+    vocab_size: int = 173568
+    image_token_offset: int = 157184
+    pad_token_id: int = 156892
+    tie_word_embeddings: bool = False
+    # -- transformer ---------------------------------------------------------------------
+    hidden_size: int = 2048
+    intermediate_size: int = 5120
+    num_hidden_layers: int = 20
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 4
+    head_dim: int = 128
+    hidden_act: str = "silu"
+    use_qkv_bias: bool = False
+    use_qk_norm: bool = True
+    use_bias: bool = False
+    rms_norm_eps: float = 1e-6
+    attention_dropout: float = 0.0
+    initializer_range: float = 0.02
+    max_position_embeddings: int = 8192
+    rope_theta: float = 600000
+    rope_parameters: dict = field(
+        default_factory=lambda: {"rope_type": "default", "rope_theta": 600000, "partial_rotary_factor": 0.5}
+    )
+    partial_rotary_factor: float = 0.5
+    use_cache: bool = False
+    sliding_window: Optional[int] = None
+    # -- mixture of experts --------------------------------------------------------------
+    num_experts: int = 256
+    num_shared_experts: int = 1
+    num_experts_per_tok: int = 8
+    n_group: int = 8
+    topk_group: int = 4
+    routed_scaling_factor: float = 2.5
+    moe_intermediate_size: int = 512
+    first_k_dense_replace: int = 1
+    output_router_logits: bool = False
+    # -- unknown fields of the file, written back unchanged -------------------------------
+    extra: dict = field(default_factory=dict)
+    # Keys of the file this config was read from, in file order: to_dict() writes them back in
+    # that order and adds only fields that differ from the default, so a round trip is exact.
+    source_keys: Optional[tuple] = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ derived fields
+    @property
+    def rotary_dim(self) -> int:
+        """Number of leading head dims that carry RoPE (64 of 128 in the published model)."""
+        return int(self.head_dim * self.rope_parameters.get("partial_rotary_factor", 1.0))
+
+    @property
+    def rope_base(self) -> float:
+        return self.rope_parameters["rope_theta"]
+
+    @property
+    def num_kv_groups(self) -> int:
+        return self.num_attention_heads // self.num_key_value_heads
+
+    @property
+    def qkv_size(self) -> int:
+        return (self.num_attention_heads + 2 * self.num_key_value_heads) * self.head_dim
+
+    @property
+    def experts_per_group(self) -> int:
+        return self.num_experts // self.n_group
+
+    @property
+    def shared_intermediate_size(self) -> int:
+        return self.moe_intermediate_size * self.num_shared_experts
+
+    @property
+    def image_vocab_size(self) -> int:
+        """Number of image codes (16,384): ids ``image_token_offset .. vocab_size-1``."""
+        return self.vocab_size - self.image_token_offset
+
+    def is_moe_layer(self, layer_idx: int) -> bool:
+        return self.num_experts > 0 and layer_idx >= self.first_k_dense_replace
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.name in ("extra", "source_keys"):
+                continue
+            _check_type(f.name, getattr(self, f.name), f.type)
+        if self.model_type != "llada2_moe":
+            raise ConfigError(f"model_type={self.model_type!r}: expected 'llada2_moe' (a LLaDA2.0-Uni backbone config)")
+        positive = (
+            "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "head_dim", "max_position_embeddings", "moe_intermediate_size",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: must be > 0")
+        for name in ("rms_norm_eps", "rope_theta", "routed_scaling_factor"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: must be > 0")
+        if self.hidden_act != "silu":
+            raise ConfigError(f"hidden_act={self.hidden_act!r}: only 'silu' is supported")
+        if self.sliding_window is not None:
+            raise ConfigError(f"sliding_window={self.sliding_window!r}: sliding-window attention is not supported")
+        if self.tie_word_embeddings:
+            raise ConfigError("tie_word_embeddings=True: the published model has a separate lm_head")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads={self.num_key_value_heads}"
+            )
+        if not 0 < self.image_token_offset < self.vocab_size:
+            raise ConfigError(
+                f"image_token_offset={self.image_token_offset}: must lie inside the vocabulary (vocab_size={self.vocab_size})"
+            )
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ConfigError(f"pad_token_id={self.pad_token_id}: outside the vocabulary (vocab_size={self.vocab_size})")
+        rp = self.rope_parameters
+        for key in ("rope_type", "rope_theta"):
+            if key not in rp:
+                raise ConfigError(f"rope_parameters={rp!r}: missing key {key!r}")
+        if rp["rope_type"] != "default":
+            raise ConfigError(f"rope_parameters.rope_type={rp['rope_type']!r}: only 'default' RoPE is supported")
+        prf = rp.get("partial_rotary_factor", 1.0)
+        if not isinstance(prf, (int, float)) or isinstance(prf, bool) or not 0 < prf <= 1:
+            raise ConfigError(f"rope_parameters.partial_rotary_factor={prf!r}: must be in (0, 1]")
+        if not math.isclose(prf, self.partial_rotary_factor):
+            raise ConfigError(
+                f"partial_rotary_factor={self.partial_rotary_factor!r} disagrees with "
+                f"rope_parameters.partial_rotary_factor={prf!r}"
+            )
+        if not math.isclose(float(rp["rope_theta"]), float(self.rope_theta)):
+            raise ConfigError(
+                f"rope_theta={self.rope_theta!r} disagrees with rope_parameters.rope_theta={rp['rope_theta']!r}"
+            )
+        rd = self.head_dim * prf
+        if rd != int(rd) or int(rd) % 2:
+            raise ConfigError(
+                f"partial_rotary_factor={prf!r}: head_dim={self.head_dim} × factor must be an even integer"
+            )
+        if not 0 <= self.first_k_dense_replace <= self.num_hidden_layers:
+            raise ConfigError(
+                f"first_k_dense_replace={self.first_k_dense_replace}: must be in [0, num_hidden_layers={self.num_hidden_layers}]"
+            )
+        if self.num_experts < 0 or self.num_shared_experts < 0:
+            raise ConfigError(f"num_experts={self.num_experts}, num_shared_experts={self.num_shared_experts}: must be >= 0")
+        if self.num_experts > 0:
+            if self.n_group <= 0 or self.num_experts % self.n_group:
+                raise ConfigError(f"n_group={self.n_group}: must divide num_experts={self.num_experts}")
+            if self.num_experts // self.n_group < 2:
+                raise ConfigError(
+                    f"n_group={self.n_group}: each group needs >= 2 experts (groups are scored by their top-2 sum)"
+                )
+            if not 0 < self.topk_group <= self.n_group:
+                raise ConfigError(f"topk_group={self.topk_group}: must be in [1, n_group={self.n_group}]")
+            reachable = self.topk_group * self.num_experts // self.n_group
+            if not 0 < self.num_experts_per_tok <= reachable:
+                raise ConfigError(
+                    f"num_experts_per_tok={self.num_experts_per_tok}: must be in [1, {reachable}] "
+                    f"(topk_group × experts per group)"
+                )
+
+    # ------------------------------------------------------------------ (de)serialisation
+    @classmethod
+    def from_dict(cls, data: dict) -> "BackboneConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra", "source_keys"}
+        kwargs = {k: copy.deepcopy(v) for k, v in data.items() if k in known}
+        extra = {k: copy.deepcopy(v) for k, v in data.items() if k not in known}
+        # Fields the file omits take the published defaults; the official config class derives
+        # rope_parameters from rope_theta / partial_rotary_factor when it is absent.
+        if "rope_parameters" not in data:
+            kwargs["rope_parameters"] = {
+                "rope_type": "default",
+                "rope_theta": data.get("rope_theta", cls.rope_theta),
+                "partial_rotary_factor": data.get("partial_rotary_factor", cls.partial_rotary_factor),
+            }
+        return cls(**kwargs, extra=extra, source_keys=tuple(data))
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> "BackboneConfig":
+        path = os.fspath(path)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file not found: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        except TypeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    def to_dict(self) -> dict:
+        known = {f.name: f for f in dataclasses.fields(self) if f.name not in ("extra", "source_keys")}
+        out: dict = {}
+        if self.source_keys is not None:
+            for key in self.source_keys:
+                out[key] = copy.deepcopy(getattr(self, key) if key in known else self.extra[key])
+        for name, f in known.items():
+            if name in out:
+                continue
+            value = getattr(self, name)
+            dflt = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if self.source_keys is None or value != dflt:
+                out[name] = copy.deepcopy(value)
+        for key, value in self.extra.items():
+            out.setdefault(key, copy.deepcopy(value))
+        return out
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(self.to_dict(), fh, indent=2)
+            fh.write("\n")
+
+    def replace(self, **changes: Any) -> "BackboneConfig":
+        """A validated copy with some fields changed (keeps rope fields consistent)."""
+        data = self.to_dict()
+        data.update(changes)
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {sorted(unknown)}")
+        if ("rope_theta" in changes or "partial_rotary_factor" in changes) and "rope_parameters" not in changes:
+            data["rope_parameters"] = dict(
+                data["rope_parameters"],
+                rope_theta=data["rope_theta"],
+                partial_rotary_factor=data["partial_rotary_factor"],
+            )
+        return BackboneConfig.from_dict(data)
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def full(cls) -> "BackboneConfig":
+        """The published LLaDA2.0-Uni backbone (16.3B parameters, 1.5B active)."""
+        return cls()
+
+    @classmethod
+    def tiny(cls) -> "BackboneConfig":
+        """A CPU-sized backbone with the real vocabulary and special ids (for tests and demos).
+
+        hidden 64, 3 layers (layer 0 dense), 16 experts in 4 groups, top-2 groups, top-4 experts,
+        one shared expert, GQA 4/2 heads of 32 dims with partial rotary 0.5.
+        """
+        return cls().replace(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,
+            num_experts=16,
+            num_experts_per_tok=4,
+            n_group=4,
+            topk_group=2,
+            moe_intermediate_size=32,
+            num_shared_experts=1,
+            first_k_dense_replace=1,
+        )
+
+    @classmethod
+    def preset(cls, name: str) -> "BackboneConfig":
+        try:
+            return PRESETS[name]()
+        except KeyError:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+PRESETS = {"full": BackboneConfig.full, "tiny": BackboneConfig.tiny}
+
+
+def _check_type(name: str, value: Any, annotation: Any) -> None:
+    ann = str(annotation)
+    if ann.startswith("Optional["):
+        if value is None:
+            return
+        ann = ann[len("Optional["):-1]
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+        "list": isinstance(value, list),
+        "dict": isinstance(value, dict),
+    }.get(ann)
+    if ok is None:
+        raise AssertionError(f"unhandled annotation {ann} for {name}")
+    if not ok:
+        raise ConfigError(f"{name}={value!r}: expected {ann}, got {type(value).__name__}")
