@@ -200,7 +200,7 @@ class LLaDA2Backbone(nn.Module):
         device = input_ids.device
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + Q, device=device)
-        if position_ids.dim() == 1:
+        if position_ids.dim() == 1 and position_ids.shape[0] == Q:
             position_ids = position_ids.unsqueeze(0).expand(B, Q)
         if position_ids.shape != (B, Q):
             raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}, expected ({B}, {Q}) or ({Q},)")
