@@ -321,7 +321,7 @@ def load_backbone(
                     if slot is not None:
                         dst = ExpertNameMap.slot_view(dst, *slot)
                     dst.copy_(src.to(dtype))
-    model.eval()
+    model.eval().requires_grad_(False)
     return model.set_backends(attn=attn_backend, moe=moe_backend)
 
 
