@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import kernels
+import lladauni_agent
+import model_core
+import tools
+
+
+def test_public_surface_is_pinned():
+    assert model_core.__all__ == [
+        "AttentionMask",
+        "BackboneConfig",
+        "BackboneOutput",
+        "CheckpointError",
+        "ConfigError",
+        "KVCache",
+        "LLaDA2Backbone",
+        "SpecialTokens",
+        "TextTokenizer",
+        "TokenizerError",
+        "load_backbone",
+        "resolve_checkpoint",
+        "save_backbone",
+    ]
+    for name in model_core.__all__:
+        assert hasattr(model_core, name)
+    assert kernels.__all__ == [] and lladauni_agent.__all__ == [] and tools.__all__ == []
+
+
+def test_model_core_imports_without_agent_or_server_dependencies():
+    """The device image has torch, triton, transformers, safetensors, numpy, pillow only."""
+    code = textwrap.dedent(
+        """
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split('.')[0] in {'pydantic', 'langgraph', 'diffusers', 'fastapi', 'mcp', 'yaml', 'langchain'}:
+                    raise ImportError('blocked: ' + name)
+        sys.meta_path.insert(0, Block())
+        import model_core, model_core.testing, kernels
+        from model_core import load_backbone, TextTokenizer
+        assert 'transformers' not in sys.modules, 'transformers must load lazily'
+        print('ok')
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tools.cli import main
+
+
+def test_inspect_published_index_on_meta(published_meta, capsys):
+    assert main(["inspect-checkpoint", str(published_meta), "--meta"]) == 0
+    out = capsys.readouterr().out
+    assert "matched      14,813" in out and "missing      0" in out and out.strip().endswith("OK")
+
+
+def test_inspect_json_and_mismatch(published_meta, tmp_path, capsys):
+    assert main(["inspect-checkpoint", str(published_meta), "--meta", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["matched"] == 14_813 and report["ok"]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((published_meta / "config.json").read_text())
+    idx = json.loads((published_meta / "model.safetensors.index.json").read_text())
+    del idx["weight_map"]["lm_head.weight"]
+    idx["weight_map"]["model.layers.20.attention.dense.weight"] = "model-00013-of-00013.safetensors"
+    (bad / "model.safetensors.index.json").write_text(json.dumps(idx))
+    assert main(["inspect-checkpoint", str(bad), "--meta", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["missing"] == ["lm_head.weight"] and report["unexpected"] == ["model.layers.20.attention.dense.weight"]
+
+
+def test_inspect_loads_real_weights(tiny_ckpt, capsys):
+    assert main(["inspect-checkpoint", str(tiny_ckpt)]) == 0
+    out = capsys.readouterr().out
+    assert "all weights read and shape-checked" in out and out.strip().endswith("OK")
+
+
+def test_inspect_errors_are_reported(tmp_path, capsys):
+    assert main(["inspect-checkpoint", str(tmp_path / "absent")]) == 2
+    assert "checkpoint directory not found" in capsys.readouterr().err
+
+
+def test_demo_does_not_fail(capsys):
+    assert main(["demo"]) == 0
+    assert capsys.readouterr().out
+
+
+def test_console_script_entry_point():
+    r = subprocess.run([sys.executable, "-m", "tools.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "inspect-checkpoint" in r.stdout
