@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .backbone import LLaDA2Backbone
@@ -162,10 +161,11 @@ def resolve_checkpoint(
     return Path(local)
 
 
-def read_safetensors_header(path: str | os.PathLike) -> dict[str, dict]:
+def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], int]:
     """Parse and check a safetensors header: every tensor's bytes must lie inside the file.
 
-    Returns name -> {"dtype", "shape", "data_offsets"}. Raises CheckpointError naming the file
+    Returns (name -> {"dtype", "shape", "data_offsets"}, byte offset where the data starts;
+    tensor offsets count from there). Raises CheckpointError naming the file
     (and tensor) when the file is truncated, its header is corrupt or a tensor is inconsistent.
     """
     path = Path(path)
@@ -204,7 +204,39 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, dict]:
                 f"{path}: truncated file: tensor {name!r} needs bytes up to {end} of the data section, "
                 f"which has only {data_len}"
             )
-    return header
+    return header, 8 + hlen
+
+
+def _read_tensor_into(fh, path: Path, name: str, data_start: int, info: dict, dst: torch.Tensor,
+                      chunk_bytes: int = 64 * 1024 * 1024) -> None:
+    """Copy one tensor's bytes from an open safetensors file straight into ``dst``.
+
+    Same dtype on CPU: read directly into dst's memory (no intermediate copy). Otherwise read
+    in chunks of ``chunk_bytes`` and convert while copying, so loading never holds a second
+    copy of a large tensor (or of a memory-mapped file) beside the model.
+    """
+    src_dtype, itemsize = _ST_DTYPES[info["dtype"]]
+    start, end = info["data_offsets"]
+    numel = (end - start) // itemsize
+    if numel != dst.numel() or not dst.is_contiguous():
+        raise AssertionError(f"internal: bad destination for {name}")
+    if numel == 0:
+        return
+    fh.seek(data_start + start)
+    flat = dst.view(-1)
+    if dst.device.type == "cpu" and dst.dtype == src_dtype:
+        got = fh.readinto(memoryview(flat.view(torch.uint8).numpy()))
+        if got != end - start:
+            raise CheckpointError(f"{path}: tensor {name!r} is truncated ({got} of {end - start} bytes)")
+        return
+    per = max(1, chunk_bytes // itemsize)
+    for i in range(0, numel, per):
+        count = min(per, numel - i)
+        raw = bytearray(count * itemsize)
+        got = fh.readinto(raw)
+        if got != len(raw):
+            raise CheckpointError(f"{path}: tensor {name!r} is truncated")
+        flat[i : i + count].copy_(torch.frombuffer(raw, dtype=src_dtype))
 
 
 def read_weight_map(ckpt_dir: Path) -> dict[str, str]:
@@ -226,7 +258,7 @@ def read_weight_map(ckpt_dir: Path) -> dict[str, str]:
         return weight_map
     single = ckpt_dir / SINGLE_FILE_NAME
     if single.is_file():
-        return {name: SINGLE_FILE_NAME for name in read_safetensors_header(single)}
+        return {name: SINGLE_FILE_NAME for name in read_safetensors_header(single)[0]}
     raise CheckpointError(f"{ckpt_dir}: no {INDEX_NAME} (and no single {SINGLE_FILE_NAME}); is this a backbone checkpoint?")
 
 
@@ -288,7 +320,7 @@ def load_backbone(
         by_file[fname].append(name)
     headers = {fname: read_safetensors_header(ckpt / fname) for fname in sorted(by_file)}
     for fname, names in by_file.items():
-        header = headers[fname]
+        header = headers[fname][0]
         for name in names:
             if name not in header:
                 raise CheckpointError(f"{ckpt / fname}: tensor {name!r} is listed in the index but not in this file")
@@ -310,17 +342,14 @@ def load_backbone(
         it = tqdm(files, desc="loading backbone", unit="shard")
     with torch.no_grad():
         for fname in it:
-            with safe_open(ckpt / fname, framework="pt", device="cpu") as f:
-                for name in by_file[fname]:
-                    try:
-                        src = f.get_tensor(name)
-                    except Exception as exc:
-                        raise CheckpointError(f"{ckpt / fname}: cannot read tensor {name!r} ({exc})") from None
+            header, data_start = headers[fname]
+            with open(ckpt / fname, "rb") as fh:
+                for name in sorted(by_file[fname], key=lambda n: header[n]["data_offsets"][0]):
                     internal, slot = ExpertNameMap.to_internal(name)
-                    dst = targets[internal]
+                    dst = targets[internal].detach()
                     if slot is not None:
                         dst = ExpertNameMap.slot_view(dst, *slot)
-                    dst.copy_(src.to(dtype))
+                    _read_tensor_into(fh, ckpt / fname, name, data_start, header[name], dst)
     model.eval().requires_grad_(False)
     return model.set_backends(attn=attn_backend, moe=moe_backend)
 

@@ -217,3 +217,28 @@ def test_published_shapes_on_meta(published_meta):
     assert shapes["model.layers.0.attention.query_key_value.weight"] == (3072, 2048)
     assert shapes["model.word_embeddings.weight"] == (173568, 2048)
     assert shapes["model.layers.19.mlp.gate.expert_bias"] == (256,)
+
+
+def test_dtype_conversion_paths(tmp_path):
+    """fp32 files into bf16 and fp32 models; bf16 files read straight into a bf16 model."""
+    from model_core.testing import make_tiny_checkpoint
+
+    ck32 = make_tiny_checkpoint(tmp_path / "f32", seed=2, dtype=torch.float32)
+    m32 = load_backbone(ck32, dtype=torch.float32)
+    m16 = load_backbone(ck32, dtype=torch.bfloat16)
+    for (k, a), (_, b) in zip(m32.state_dict().items(), m16.state_dict().items()):
+        assert torch.equal(a.to(torch.bfloat16), b), k
+
+
+def test_chunked_read_matches(tiny_ckpt):
+    from model_core.checkpoint import _read_tensor_into, read_safetensors_header
+
+    f = sorted(tiny_ckpt.glob("model-*.safetensors"))[0]
+    header, start = read_safetensors_header(f)
+    name = max(header, key=lambda n: header[n]["data_offsets"][1] - header[n]["data_offsets"][0])
+    ref = load_file(f)[name]
+    for chunk in (100, 4096, 1 << 30):
+        dst = torch.empty(ref.shape, dtype=torch.float32)
+        with open(f, "rb") as fh:
+            _read_tensor_into(fh, f, name, start, header[name], dst, chunk_bytes=chunk)
+        assert torch.equal(dst, ref.float())
