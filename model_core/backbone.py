@@ -186,7 +186,9 @@ class LLaDA2Backbone(nn.Module):
         input_ids:    (B, Q) int64.
         position_ids: (B, Q) or (Q,) int64 RoPE positions; default ``past.length + arange(Q)``.
         mask:         who attends to whom over ``past`` + the Q new tokens; default block-causal
-                      with ``block_size`` over positions 0..past.length+Q-1.
+                      with ``block_size`` over positions 0..past.length+Q-1, as every generation
+                      path uses. (The official forward's default, no mask at all, is
+                      ``AttentionMask.full(Q, Q)``.)
         past:         cached keys/values of earlier positions (already rotated).
         logits_for:   which of the Q positions get logits (None: all; int n: the last n).
         return_kv:    also return this call's keys/values.

@@ -47,6 +47,14 @@ def test_logits_match_independent_reference(tiny_ckpt, model, attn):
     torch.testing.assert_close(out, ref, **TOL)
 
 
+def test_full_mask_matches_reference_without_mask(tiny_ckpt, model):
+    cfg = json.loads((tiny_ckpt / "config.json").read_text())
+    sd = _published_state_dict(tiny_ckpt)
+    ids = torch.randint(0, cfg["vocab_size"], (40,), generator=torch.Generator().manual_seed(2))
+    ref = reference_logits(sd, cfg, ids, torch.arange(40), torch.ones(40, 40, dtype=torch.bool))
+    torch.testing.assert_close(model(ids[None], mask=AttentionMask.full(40, 40)).logits[0], ref, **TOL)
+
+
 def test_default_dtype_is_fp32_on_cpu_and_selectable(tiny_ckpt):
     assert next(load_backbone(tiny_ckpt).parameters()).dtype == torch.float32
     m16 = load_backbone(tiny_ckpt, dtype=torch.bfloat16)

@@ -103,6 +103,23 @@ class AttentionMask:
         qb = torch.ones(block_len, dtype=torch.long, device=device)
         return cls(qb, kb, key_valid)
 
+    @classmethod
+    def full(
+        cls,
+        query_len: int,
+        key_len: int,
+        *,
+        key_valid: Optional[torch.Tensor] = None,
+        device: torch.device | str | None = None,
+    ) -> "AttentionMask":
+        """Every query sees every (valid) key: what the official forward does when it is given
+        no attention mask. Generation never uses it; it is here for side-by-side comparisons."""
+        return cls(
+            torch.zeros(query_len, dtype=torch.long, device=device),
+            torch.zeros(key_len, dtype=torch.long, device=device),
+            key_valid,
+        )
+
     # ------------------------------------------------------------------ queries
     @property
     def num_queries(self) -> int:
