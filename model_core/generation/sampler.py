@@ -1,0 +1,378 @@
+"""Block-diffusion sampler (MODEL_SPEC §5): the loop that turns masks into tokens, block by block.
+
+The sequence is ``prompt + gen_length`` masks, cut into blocks of ``block_length`` counted from
+position 0. Each block is denoised for at most ``steps`` steps; a step runs the backbone, turns
+the active block's logits into proposals and commits some of them for good. Later blocks never
+change earlier ones (block-causal attention), which is what makes the KV cache exact.
+
+Three named policies decide how a step is computed and committed:
+
+- guidance (``CFGSpec``): none, simple (cond vs a null prompt) or editing (full / no text /
+  no image), with the 0.7 logit rescale; null prompts are left-padded to the prompt length with
+  their positions restarting at 0 and the padding hidden from every query.
+- cache: ``none`` recomputes the whole window every step (the official baseline); ``exact``
+  computes each committed block's keys/values once and runs steps on the 32 active tokens only
+  (same tokens as ``none``); ``sprint`` is ``exact`` plus SPRINT prefix pruning after
+  ``cache_warmup_steps`` steps and the adaptive unmasking rule.
+- unmasking: ``quota`` (baseline) or ``adaptive`` (SPRINT), see ``sampling.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..backbone import KVCache, LLaDA2Backbone
+from ..layers.attention import AttentionMask
+from .sampling import REMASKING, adaptive_transfer, quota_transfer, sample_tokens, transfer_schedule
+from .sprint import SprintConfig, prune_prefix
+
+__all__ = ["CFGSpec", "SamplerConfig", "SamplerResult", "StepRecord", "BlockDiffusionSampler"]
+
+CacheMode = Literal["none", "exact", "sprint"]
+
+
+@dataclass(frozen=True)
+class CFGSpec:
+    """Classifier-free guidance. kind "simple": ``u + scale (c - u)`` with ``null_ids``;
+    kind "editing": ``nt + text_scale (full - nt) + image_scale (nt - ni)`` with
+    ``null_ids`` = no-text prompt and ``null_image_ids`` = no-image prompt."""
+
+    kind: Literal["simple", "editing"]
+    null_ids: Sequence[int]
+    scale: float = 1.0
+    null_image_ids: Optional[Sequence[int]] = None
+    text_scale: float = 0.0
+    image_scale: float = 0.0
+    rescale: float = 0.7
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("simple", "editing"):
+            raise ValueError(f"CFG kind={self.kind!r}: 'simple' or 'editing'")
+        if self.kind == "editing" and self.null_image_ids is None:
+            raise ValueError("editing CFG needs null_image_ids (the no-image prompt)")
+        if not len(self.null_ids):
+            raise ValueError("CFG null prompt is empty")
+
+    @property
+    def active(self) -> bool:
+        """Whether guidance changes anything (the official switches)."""
+        if self.kind == "editing":
+            return self.text_scale > 0 or self.image_scale > 0
+        return self.scale != 1.0
+
+    @property
+    def null_prompts(self) -> list[Sequence[int]]:
+        return [self.null_ids] if self.kind == "simple" else [self.null_ids, self.null_image_ids]  # type: ignore[list-item]
+
+
+@dataclass
+class SamplerConfig:
+    """One generation's settings. Defaults follow the official ``generate_bd``."""
+
+    gen_length: int = 2048
+    block_length: int = 32
+    steps: int = 32
+    temperature: float = 0.0
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
+    threshold: float = 0.95
+    minimal_topk: int = 1
+    eos_early_stop: bool = True
+    image_only: bool = False  # restrict proposals to image ids (>= image_token_offset)
+    cfg: Optional[CFGSpec] = None
+    cache: CacheMode = "exact"
+    sprint: SprintConfig = field(default_factory=SprintConfig)
+    record_trace: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("gen_length", "block_length", "steps", "minimal_topk"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name}={v!r}: must be a positive int")
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature}: must be >= 0")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p}: must be in (0, 1]")
+        if self.cache not in ("none", "exact", "sprint"):
+            raise ValueError(f"cache={self.cache!r}: 'none', 'exact' or 'sprint'")
+        if self.sprint.remasking not in REMASKING:
+            raise ValueError(f"remasking={self.sprint.remasking!r}: choose one of {REMASKING}")
+
+
+@dataclass
+class StepRecord:
+    block: int
+    step: int
+    committed: list[int]  # absolute positions committed at this step
+    confidences: list[float]  # the committed positions' proposal probabilities
+
+
+@dataclass
+class SamplerResult:
+    tokens: torch.Tensor  # (P + n,) the prompt and what was generated (text: through the first eos)
+    prompt_length: int
+    forwards: int  # backbone calls
+    forward_tokens: int  # query positions run through the backbone, all branches
+    seconds: float
+    trace: list[StepRecord] = field(default_factory=list)
+
+    @property
+    def generated(self) -> torch.Tensor:
+        return self.tokens[self.prompt_length :]
+
+
+class _Branches:
+    """The rows run per step: the conditional prompt, then each null prompt left-padded to the
+    prompt length (positions restart at 0 after the padding, padding invisible as keys)."""
+
+    def __init__(self, prompt: torch.Tensor, cfg: Optional[CFGSpec], total: int, mask_id: int) -> None:
+        P = prompt.shape[0]
+        device = prompt.device
+        prompts = [prompt]
+        positions = [torch.arange(total, device=device)]
+        valid = [torch.ones(total, dtype=torch.bool, device=device)]
+        pads = [0]
+        if cfg is not None and cfg.active:
+            for null in cfg.null_prompts:
+                null_t = torch.as_tensor(list(null), dtype=torch.long, device=device)[-P:]
+                pad = P - null_t.shape[0]
+                prompts.append(torch.cat((torch.full((pad,), mask_id, dtype=torch.long, device=device), null_t)))
+                positions.append(torch.cat((torch.zeros(pad, dtype=torch.long, device=device), torch.arange(total - pad, device=device))))
+                v = torch.ones(total, dtype=torch.bool, device=device)
+                v[:pad] = False
+                valid.append(v)
+                pads.append(pad)
+        self.prompts = torch.stack(prompts)  # (R, P)
+        self.positions = torch.stack(positions)  # (R, total)
+        self.valid = torch.stack(valid)  # (R, total)
+        self.pads = pads
+        self.rows = len(prompts)
+        self.any_padding = any(pads)
+
+    def window(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """Token ids (R, end-start) of positions start..end-1 for every row."""
+        P = self.prompts.shape[1]
+        out = x[start:end].unsqueeze(0).repeat(self.rows, 1)
+        if start < P:
+            out[:, : min(P, end) - start] = self.prompts[:, start : min(P, end)]
+        return out
+
+
+class BlockDiffusionSampler:
+    """Runs ``SamplerConfig`` on a backbone. ``generate(prompt_ids)`` -> ``SamplerResult``."""
+
+    def __init__(self, model: LLaDA2Backbone, *, mask_id: int, eos_id: int, image_token_offset: Optional[int] = None) -> None:
+        self.model = model
+        self.mask_id = mask_id
+        self.eos_id = eos_id
+        self.image_token_offset = image_token_offset if image_token_offset is not None else model.config.image_token_offset
+
+    # ------------------------------------------------------------------ public
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_ids: Sequence[int] | torch.Tensor,
+        config: SamplerConfig,
+        *,
+        generator: Optional[torch.Generator] = None,
+        progress: Optional[Callable[[int, int], None]] = None,
+    ) -> SamplerResult:
+        """Denoise ``config.gen_length`` tokens after ``prompt_ids``.
+
+        progress(blocks_done, blocks_total) is called after each block.
+        """
+        t0 = time.perf_counter()
+        device = next(self.model.parameters()).device
+        prompt = torch.as_tensor(list(prompt_ids) if not torch.is_tensor(prompt_ids) else prompt_ids, dtype=torch.long).to(device)
+        if prompt.dim() != 1 or prompt.numel() == 0:
+            raise ValueError("prompt_ids must be a non-empty 1-D sequence of token ids")
+        cfg = config
+        B = cfg.block_length
+        P = prompt.shape[0]
+        steps = min(cfg.steps, cfg.gen_length // cfg.minimal_topk)
+        nb = (P + cfg.gen_length + B - 1) // B
+        total = nb * B
+        max_pos = self.model.config.max_position_embeddings
+        if total > max_pos:
+            raise ValueError(
+                f"prompt ({P}) + gen_length ({cfg.gen_length}) needs {total} positions (whole blocks of {B}); "
+                f"the model has {max_pos}"
+            )
+        vocab = self.model.config.vocab_size
+        if int(prompt.min()) < 0 or int(prompt.max()) >= vocab:
+            raise ValueError(f"prompt ids out of range [0, {vocab})")
+        schedule = transfer_schedule(B, steps)
+        x = torch.full((total,), self.mask_id, dtype=torch.long, device=device)
+        x[:P] = prompt
+        br = _Branches(prompt, cfg.cfg, total, self.mask_id)
+        adaptive = cfg.cache == "sprint"
+        self._forwards = 0
+        self._forward_tokens = 0
+        trace: list[StepRecord] = []
+
+        first_block = P // B
+        cache: Optional[KVCache] = None
+        conf_prefix: Optional[torch.Tensor] = None  # (R, prefix) max-prob of committed positions (SPRINT)
+        if cfg.cache != "none" and first_block > 0:
+            cache, conf_prefix = self._extend_cache(None, None, br, x, 0, first_block * B, B, need_conf=adaptive)
+
+        stop_at: Optional[int] = None
+        for b in range(first_block, nb):
+            end = (b + 1) * B
+            prefix_len = end - B
+            pruned: Optional[list[tuple[list[torch.Tensor], list[torch.Tensor]]]] = None
+            for step in range(steps):
+                active = x[prefix_len:end]
+                masked = active == self.mask_id
+                if not bool(masked.any()):
+                    break
+                use_pruned = adaptive and step >= cfg.sprint.cache_warmup_steps and prefix_len > 0
+                if use_pruned and pruned is None:
+                    pruned = self._prune(cache, conf_prefix, br, x, prefix_len, cfg.sprint)
+                if cfg.cache == "none":
+                    row_logits = self._window_logits(br, x, end, B)
+                elif use_pruned:
+                    row_logits = self._pruned_logits(br, x, pruned, prefix_len, end)
+                else:
+                    row_logits = self._cached_logits(br, x, cache, prefix_len, end)
+                logits = self._guide(row_logits, cfg)
+                if cfg.image_only:
+                    logits[:, : self.image_token_offset] = float("-inf")
+                if adaptive:
+                    x0, commit = adaptive_transfer(
+                        logits, masked, active, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                        remasking=cfg.sprint.remasking, steps_left=steps - step, minimal_topk=cfg.minimal_topk,
+                        threshold=cfg.threshold, generator=generator,
+                    )
+                    prob = F.softmax(logits, dim=-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1) if cfg.record_trace else None
+                else:
+                    x0, prob = sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
+                    commit = quota_transfer(prob, masked, schedule[step], cfg.threshold)
+                x[prefix_len:end] = torch.where(commit, x0, active)
+                if cfg.record_trace:
+                    idx = torch.nonzero(commit, as_tuple=True)[0]
+                    trace.append(StepRecord(b, step, (idx + prefix_len).tolist(), prob[idx].tolist()))
+                if not cfg.image_only and cfg.eos_early_stop and bool((x0[commit] == self.eos_id).any()):
+                    eos = self._first_eos(x, P, end)
+                    if eos is not None and not bool((x[P:eos] == self.mask_id).any()):
+                        stop_at = eos
+                        break
+            if progress is not None:
+                progress(b - first_block + 1, nb - first_block)
+            if stop_at is not None:
+                break
+            if not cfg.image_only and self._first_eos(x, P, end) is not None:
+                break
+            if cfg.cache != "none" and b + 1 < nb:
+                cache, conf_prefix = self._extend_cache(cache, conf_prefix, br, x, prefix_len, end, B, need_conf=adaptive)
+
+        out = x[: P + cfg.gen_length]
+        if not cfg.image_only:
+            eos = self._first_eos(out, P, out.shape[0]) if stop_at is None else stop_at
+            if eos is not None:
+                out = out[: eos + 1]
+        return SamplerResult(
+            tokens=out.clone(), prompt_length=P, forwards=self._forwards, forward_tokens=self._forward_tokens,
+            seconds=time.perf_counter() - t0, trace=trace,
+        )
+
+    # ------------------------------------------------------------------ steps
+    def _first_eos(self, x: torch.Tensor, start: int, end: int) -> Optional[int]:
+        hits = torch.nonzero(x[start:end] == self.eos_id, as_tuple=True)[0]
+        return start + int(hits[0]) if hits.numel() else None
+
+    def _forward(self, ids, positions, mask, past=None, logits_for=None, return_kv=False):
+        self._forwards += 1
+        self._forward_tokens += ids.numel()
+        return self.model(ids, positions, mask, past=past, logits_for=logits_for, return_kv=return_kv, check_inputs=False)
+
+    def _window_logits(self, br: _Branches, x: torch.Tensor, end: int, B: int) -> torch.Tensor:
+        """Official baseline: the whole window 0..end for every row. -> (R, B, V)."""
+        ids = br.window(x, 0, end)
+        valid = br.valid[:, :end] if br.any_padding else None
+        mask = AttentionMask.block_causal(end, B, key_valid=valid, device=x.device)
+        return self._forward(ids, br.positions[:, :end], mask, logits_for=B).logits
+
+    def _cached_logits(self, br: _Branches, x: torch.Tensor, cache: Optional[KVCache], prefix_len: int, end: int) -> torch.Tensor:
+        ids = br.window(x, prefix_len, end)
+        valid = br.valid[:, :end] if br.any_padding else None
+        mask = AttentionMask.prefix_and_block(prefix_len, end - prefix_len, key_valid=valid, device=x.device)
+        return self._forward(ids, br.positions[:, prefix_len:end], mask, past=cache).logits
+
+    def _extend_cache(self, cache, conf, br: _Branches, x: torch.Tensor, start: int, end: int, B: int, need_conf: bool):
+        """Add the keys/values of the finished positions start..end-1 (whole blocks) to the cache.
+
+        The first call prefills the prompt's whole blocks block-causally; later calls commit one
+        finished block over the cache. Also returns, for SPRINT, each position's max probability.
+        """
+        ids = br.window(x, start, end)
+        valid = br.valid[:, :end] if br.any_padding else None
+        if cache is None:
+            mask = AttentionMask.block_causal(end, B, key_valid=valid, device=x.device)
+        else:
+            mask = AttentionMask.prefix_and_block(start, end - start, key_valid=valid, device=x.device)
+        out = self._forward(ids, br.positions[:, start:end], mask, past=cache, logits_for=0, return_kv=True)
+        if cache is None:
+            cache = out.kv
+        else:
+            cache = KVCache(
+                [torch.cat((k, nk), dim=2) for k, nk in zip(cache.keys, out.kv.keys)],
+                [torch.cat((v, nv), dim=2) for v, nv in zip(cache.values, out.kv.values)],
+            )
+        if need_conf:
+            c = self._max_prob(out.hidden_states)
+            conf = c if conf is None else torch.cat((conf, c), dim=1)
+        return cache, conf
+
+    def _max_prob(self, hidden: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+        """Max softmax probability per position (R, L), lm_head in chunks to bound memory."""
+        outs = []
+        for i in range(0, hidden.shape[1], chunk):
+            logits = self.model.lm_head(hidden[:, i : i + chunk]).float()
+            outs.append(torch.exp(logits.max(dim=-1).values - torch.logsumexp(logits, dim=-1)))
+        return torch.cat(outs, dim=1) if outs else hidden.new_zeros(hidden.shape[:2], dtype=torch.float32)
+
+    def _prune(self, cache, conf, br: _Branches, x: torch.Tensor, prefix_len: int, sp: SprintConfig):
+        """Per row: prune its prefix cache (SPRINT); rows are pruned independently."""
+        pruned = []
+        for r in range(br.rows):
+            ids = br.window(x, 0, prefix_len)[r]
+            valid = None if sp.legacy_padding or not br.pads[r] else br.valid[r, :prefix_len]
+            ks = [k[r : r + 1, :, :prefix_len] for k in cache.keys]
+            vs = [v[r : r + 1, :, :prefix_len] for v in cache.values]
+            pruned.append(prune_prefix(ks, vs, ids, conf[r] if conf is not None else None, valid, sp, self.image_token_offset))
+        return pruned
+
+    def _pruned_logits(self, br: _Branches, x: torch.Tensor, pruned, prefix_len: int, end: int) -> torch.Tensor:
+        """Each row separately over its own pruned prefix (lengths differ per layer and row)."""
+        ids = br.window(x, prefix_len, end)
+        rows = []
+        for r, (ks, vs) in enumerate(pruned):
+            n = ks[0].shape[2]  # every layer keeps the same count
+            mask = AttentionMask.prefix_and_block(n, end - prefix_len, device=x.device)
+            out = self._forward(ids[r : r + 1], br.positions[r : r + 1, prefix_len:end], mask, past=KVCache(list(ks), list(vs)))
+            rows.append(out.logits)
+        return torch.cat(rows, dim=0)
+
+    def _guide(self, row_logits: torch.Tensor, cfg: SamplerConfig) -> torch.Tensor:
+        """(R, L, V) -> (L, V): CFG combination and rescale (before any vocabulary restriction)."""
+        g = cfg.cfg
+        if g is None or not g.active:
+            return row_logits[0]
+        if g.kind == "simple":
+            c, u = row_logits[0], row_logits[1]
+            out = u + g.scale * (c - u)
+        else:
+            full, nt, ni = row_logits[0], row_logits[1], row_logits[2]
+            out = nt + g.text_scale * (full - nt) + g.image_scale * (nt - ni)
+            c = full
+        if g.rescale > 0:
+            rescaled = out * (c.std(dim=-1, keepdim=True) / (out.std(dim=-1, keepdim=True) + 1e-6))
+            out = g.rescale * rescaled + (1.0 - g.rescale) * out
+        return out
