@@ -84,6 +84,7 @@ class SamplerConfig:
     threshold: float = 0.95
     minimal_topk: int = 1
     eos_early_stop: bool = True
+    stop_ids: tuple = ()  # extra ids that end text generation like eos (e.g. <boi> for interleaving)
     image_only: bool = False  # restrict proposals to image ids (>= image_token_offset)
     cfg: Optional[CFGSpec] = None
     cache: CacheMode = "exact"
@@ -212,6 +213,7 @@ class BlockDiffusionSampler:
         x[:P] = prompt
         br = _Branches(prompt, cfg.cfg, total, self.mask_id)
         adaptive = cfg.cache == "sprint"
+        stops = torch.tensor([self.eos_id, *cfg.stop_ids], dtype=torch.long, device=device)
         self._forwards = 0
         self._forward_tokens = 0
         trace: list[StepRecord] = []
@@ -258,8 +260,8 @@ class BlockDiffusionSampler:
                 if cfg.record_trace:
                     idx = torch.nonzero(commit, as_tuple=True)[0]
                     trace.append(StepRecord(b, step, (idx + prefix_len).tolist(), prob[idx].tolist()))
-                if not cfg.image_only and cfg.eos_early_stop and bool((x0[commit] == self.eos_id).any()):
-                    eos = self._first_eos(x, P, end)
+                if not cfg.image_only and cfg.eos_early_stop and bool(torch.isin(x0[commit], stops).any()):
+                    eos = self._first_stop(x, P, end, stops)
                     if eos is not None and not bool((x[P:eos] == self.mask_id).any()):
                         stop_at = eos
                         break
@@ -267,14 +269,14 @@ class BlockDiffusionSampler:
                 progress(b - first_block + 1, nb - first_block)
             if stop_at is not None:
                 break
-            if not cfg.image_only and self._first_eos(x, P, end) is not None:
+            if not cfg.image_only and self._first_stop(x, P, end, stops) is not None:
                 break
             if cfg.cache != "none" and b + 1 < nb:
                 cache, conf_prefix = self._extend_cache(cache, conf_prefix, br, x, prefix_len, end, B, need_conf=adaptive)
 
         out = x[: P + cfg.gen_length]
         if not cfg.image_only:
-            eos = self._first_eos(out, P, out.shape[0]) if stop_at is None else stop_at
+            eos = self._first_stop(out, P, out.shape[0], stops) if stop_at is None else stop_at
             if eos is not None:
                 out = out[: eos + 1]
         return SamplerResult(
@@ -283,8 +285,10 @@ class BlockDiffusionSampler:
         )
 
     # ------------------------------------------------------------------ steps
-    def _first_eos(self, x: torch.Tensor, start: int, end: int) -> Optional[int]:
-        hits = torch.nonzero(x[start:end] == self.eos_id, as_tuple=True)[0]
+    def _first_stop(self, x: torch.Tensor, start: int, end: int, stops: torch.Tensor) -> Optional[int]:
+        """First position in start..end-1 holding eos or a stop id (searched after the prompt only:
+        the official code searches from position 0 and cuts a prompt that contains eos)."""
+        hits = torch.nonzero(torch.isin(x[start:end], stops), as_tuple=True)[0]
         return start + int(hits[0]) if hits.numel() else None
 
     def _forward(self, ids, positions, mask, past=None, logits_for=None, return_kv=False):
