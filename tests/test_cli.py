@@ -48,3 +48,22 @@ def test_demo_does_not_fail(capsys):
 def test_console_script_entry_point():
     r = subprocess.run([sys.executable, "-m", "tools.cli", "--help"], capture_output=True, text=True, check=True)
     assert "inspect-checkpoint" in r.stdout
+
+
+def test_chat_and_generate_commands(tiny_ckpt, tmp_path, capsys):
+    assert main(["chat", "--checkpoint", str(tiny_ckpt), "hello", "--gen-length", "32", "--steps", "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["stats"]["generated_tokens"] == len(out["token_ids"]) > 0
+    target = tmp_path / "img" / "cat.png"
+    assert main(["generate", "--checkpoint", str(tiny_ckpt), "a cat", "--height", "256", "--width", "256",
+                 "--steps", "2", "--no-decode", "--out", str(target), "--seed", "1"]) == 0
+    meta = json.loads(target.with_suffix(".json").read_text())
+    assert (meta["h"], meta["w"]) == (8, 8) and len(meta["codes"]) == 64 and not target.exists()
+    assert not list(target.parent.glob("*.tmp"))
+
+
+def test_generate_rejects_bad_size(tiny_ckpt, tmp_path, capsys):
+    assert main(["generate", "--checkpoint", str(tiny_ckpt), "a cat", "--height", "250", "--no-decode",
+                 "--out", str(tmp_path / "x.png")]) == 2
+    assert "multiple of 32" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()

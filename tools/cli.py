@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
+
+import torch
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -33,6 +37,125 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def _progress_bar(desc: str):
+    """A tqdm bar driven by the pipeline's progress(done, total) callback."""
+    from tqdm import tqdm
+
+    state: dict = {}
+
+    def update(done: int, total: int) -> None:
+        bar = state.get("bar")
+        if bar is None or bar.total != total:
+            if bar is not None:
+                bar.close()
+            bar = state["bar"] = tqdm(total=total, desc=desc, unit="block", leave=False)
+        bar.update(done - bar.n)
+
+    def close() -> None:
+        if state.get("bar") is not None:
+            state["bar"].close()
+
+    return update, close
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _load_pipe(args: argparse.Namespace, components=("backbone",)):
+    from model_core.pipeline import LLaDAUni
+
+    dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    return LLaDAUni.from_pretrained(
+        args.checkpoint, device=args.device, dtype=dtype, components=components, decoder_variant=args.decoder
+    )
+
+
+def _sampling(args: argparse.Namespace) -> dict:
+    kw = dict(steps=args.steps, block_length=args.block_length, temperature=args.temperature, seed=args.seed,
+              use_sprint=args.sprint, cache=args.cache)
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def _report(args: argparse.Namespace, payload: dict, text: Optional[str] = None) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    elif text is not None:
+        print(text)
+
+
+def _stats(stats) -> dict:
+    return {"forwards": stats.forwards, "forward_tokens": stats.forward_tokens, "seconds": round(stats.seconds, 3),
+            "generated_tokens": stats.generated_tokens}
+
+
+def _chat(args: argparse.Namespace) -> int:
+    pipe = _load_pipe(args)
+    update, close = _progress_bar("chat")
+    try:
+        r = pipe.chat(args.prompt, gen_length=args.gen_length, progress=update, **_sampling(args))
+    finally:
+        close()
+    _report(args, {"text": r.text, "token_ids": r.token_ids, "stats": _stats(r.stats)}, r.text)
+    return 0
+
+
+def _understand(args: argparse.Namespace) -> int:
+    pipe = _load_pipe(args, ("backbone", "image_tokenizer"))
+    update, close = _progress_bar("understand")
+    try:
+        r = pipe.understand(Path(args.image), args.question, template=args.template, gen_length=args.gen_length,
+                            progress=update, **_sampling(args))
+    finally:
+        close()
+    _report(args, {"text": r.text, "token_ids": r.token_ids, "stats": _stats(r.stats)}, r.text)
+    return 0
+
+
+def _save_image_result(args: argparse.Namespace, r, extra: dict) -> dict:
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"h": r.h, "w": r.w, "codes": r.codes.tolist(), "thinking": r.thinking, "stats": _stats(r.stats), **extra}
+    if r.image is not None:
+        _write_atomic(out, lambda p: r.image.save(p, format="PNG"))
+        meta["image"] = str(out)
+    sidecar = out.with_suffix(".json")
+    _write_atomic(sidecar, lambda p: p.write_text(json.dumps(meta)))
+    return {**meta, "json": str(sidecar)}
+
+
+def _generate(args: argparse.Namespace) -> int:
+    pipe = _load_pipe(args, ("backbone",) if args.no_decode else ("backbone", "decoder"))
+    update, close = _progress_bar("generate")
+    try:
+        r = pipe.generate_image(
+            args.prompt, image_h=args.height, image_w=args.width, cfg_scale=args.cfg, mode=args.mode,
+            decode=not args.no_decode, decoder_steps=args.decoder_steps, progress=update, **_sampling(args),
+        )
+    finally:
+        close()
+    meta = _save_image_result(args, r, {"prompt": args.prompt})
+    _report(args, {k: v for k, v in meta.items() if k != "codes"}, f"wrote {meta.get('image', meta['json'])}")
+    return 0
+
+
+def _edit(args: argparse.Namespace) -> int:
+    pipe = _load_pipe(args, ("backbone", "image_tokenizer") + (() if args.no_decode else ("decoder",)))
+    update, close = _progress_bar("edit")
+    try:
+        r = pipe.edit_image(
+            [Path(p) for p in args.image], args.instruction, cfg_text_scale=args.cfg_text, cfg_image_scale=args.cfg_image,
+            decode=not args.no_decode, decoder_steps=args.decoder_steps, progress=update, **_sampling(args),
+        )
+    finally:
+        close()
+    meta = _save_image_result(args, r, {"instruction": args.instruction})
+    _report(args, {k: v for k, v in meta.items() if k != "codes"}, f"wrote {meta.get('image', meta['json'])}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     print(
         "no model yet: the demo workflow runs on the embedded default model, which lands with the "
@@ -51,12 +174,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_inspect)
     p = sub.add_parser("demo", help="run the demo workflow on the embedded default model")
     p.set_defaults(func=_demo)
+
+    def common(p: argparse.ArgumentParser, steps_default: Optional[int]) -> None:
+        p.add_argument("--checkpoint", required=True, help="checkpoint directory (or Hugging Face repo id)")
+        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+        p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+        p.add_argument("--steps", type=int, default=steps_default, help="denoising steps per 32-token block")
+        p.add_argument("--block-length", type=int, default=None)
+        p.add_argument("--temperature", type=float, default=None)
+        p.add_argument("--seed", type=int, default=None)
+        p.add_argument("--sprint", action="store_true", help="SPRINT acceleration (lossy unless keep ratio 1)")
+        p.add_argument("--cache", choices=["exact", "none"], default=None, help="exact KV cache (default) or none (official baseline)")
+        p.add_argument("--decoder", choices=["turbo", "normal"], default="turbo")
+        p.add_argument("--json", action="store_true", help="print a JSON result")
+
+    p = sub.add_parser("chat", help="text chat")
+    common(p, None)
+    p.add_argument("prompt")
+    p.add_argument("--gen-length", type=int, default=2048)
+    p.set_defaults(func=_chat)
+
+    p = sub.add_parser("understand", help="answer a question about an image")
+    common(p, None)
+    p.add_argument("--image", required=True)
+    p.add_argument("--question", default="")
+    p.add_argument("--template", choices=["official", "chat"], default="official")
+    p.add_argument("--gen-length", type=int, default=2048)
+    p.set_defaults(func=_understand)
+
+    p = sub.add_parser("generate", help="text to image")
+    common(p, None)
+    p.add_argument("prompt")
+    p.add_argument("--out", required=True, help="PNG path; codes and stats go to the .json beside it")
+    p.add_argument("--height", type=int, default=1024)
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--cfg", type=float, default=4.0)
+    p.add_argument("--mode", choices=["normal", "thinking"], default="normal")
+    p.add_argument("--decoder-steps", type=int, default=None)
+    p.add_argument("--no-decode", action="store_true", help="write the codes only")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("edit", help="edit an image with an instruction")
+    common(p, None)
+    p.add_argument("instruction")
+    p.add_argument("--image", required=True, action="append", help="source image (repeat for several references)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--cfg-text", type=float, default=4.0)
+    p.add_argument("--cfg-image", type=float, default=0.0)
+    p.add_argument("--decoder-steps", type=int, default=None)
+    p.add_argument("--no-decode", action="store_true")
+    p.set_defaults(func=_edit)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError) as exc:  # bad input: say what, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
