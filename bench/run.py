@@ -150,7 +150,7 @@ def bench_load_memory() -> dict:
                                         num_attention_heads=8, num_key_value_heads=2, head_dim=64)
     res = {}
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = make_tiny_checkpoint(Path(tmp) / "small", seed=0, config=cfg, num_shards=4)
+        ckpt = make_tiny_checkpoint(Path(tmp) / "small", seed=0, config=cfg, num_shards=4, with_image_tokenizer=False, with_decoder=False)
         file_bytes = sum(p.stat().st_size for p in ckpt.glob("*.safetensors"))
         for dtype in ("bfloat16", "float32"):
             r = subprocess.run([sys.executable, "-c", _MEM_SCRIPT, str(ckpt), dtype], capture_output=True, text=True,

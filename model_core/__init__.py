@@ -6,18 +6,36 @@ Imports only torch, safetensors, numpy, pillow and (lazily) transformers/tokeniz
 from .backbone import BackboneOutput, KVCache, LLaDA2Backbone
 from .checkpoint import CheckpointError, load_backbone, resolve_checkpoint, save_backbone
 from .config import BackboneConfig, ConfigError
+from .decoder import DiTConfig, ImageDecoder
+from .generation.prompts import ChatMessage, ImageCodes
+from .image_config import ImageTokenizerConfig, PreprocessorConfig
+from .image_tokenizer import ImageTokenizer, ImageTokens
 from .layers.attention import AttentionMask
+from .pipeline import GenerationError, ImageResult, InterleavedResult, LLaDAUni, TextResult
 from .tokenizer import SpecialTokens, TextTokenizer, TokenizerError
 
 __all__ = [
     "AttentionMask",
     "BackboneConfig",
     "BackboneOutput",
+    "ChatMessage",
     "CheckpointError",
     "ConfigError",
+    "DiTConfig",
+    "GenerationError",
+    "ImageCodes",
+    "ImageDecoder",
+    "ImageResult",
+    "ImageTokenizer",
+    "ImageTokenizerConfig",
+    "ImageTokens",
+    "InterleavedResult",
     "KVCache",
     "LLaDA2Backbone",
+    "LLaDAUni",
+    "PreprocessorConfig",
     "SpecialTokens",
+    "TextResult",
     "TextTokenizer",
     "TokenizerError",
     "load_backbone",

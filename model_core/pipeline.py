@@ -14,7 +14,6 @@ global RNG; weights load once.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence, Union
 
@@ -23,70 +22,14 @@ import torch
 from .backbone import LLaDA2Backbone
 from .checkpoint import load_backbone, resolve_checkpoint
 from .generation.prompts import SYSTEM_PROMPTS, UNCONDITION, ChatMessage, ImageCodes, PromptBuilder
-from .generation.sampler import BlockDiffusionSampler, CFGSpec, SamplerConfig, SamplerResult, StepRecord
+from .generation.results import GenerationError, GenerationStats, ImageResult, InterleavedResult, TextResult
+from .generation.sampler import BlockDiffusionSampler, CFGSpec, SamplerConfig, SamplerResult
 from .generation.sprint import SprintConfig
 from .tokenizer import TextTokenizer
 
 __all__ = ["LLaDAUni", "TextResult", "ImageResult", "InterleavedResult", "GenerationStats", "GenerationError"]
 
 Progress = Callable[[int, int], None]
-
-
-class GenerationError(RuntimeError):
-    """The model's output cannot be used as asked (e.g. thinking mode wrote no image header)."""
-
-
-@dataclass
-class GenerationStats:
-    forwards: int = 0
-    forward_tokens: int = 0
-    seconds: float = 0.0
-    generated_tokens: int = 0
-
-    def add(self, r: SamplerResult) -> None:
-        self.forwards += r.forwards
-        self.forward_tokens += r.forward_tokens
-        self.seconds += r.seconds
-        self.generated_tokens += int(r.generated.numel())
-
-
-@dataclass
-class TextResult:
-    text: str
-    token_ids: list[int]  # generated ids (through eos when it stopped there)
-    prompt_ids: list[int]
-    stats: GenerationStats
-    trace: list[StepRecord] = field(default_factory=list)
-
-
-@dataclass
-class ImageResult:
-    codes: torch.Tensor  # (h*w,) raw codes 0..16383, raster order
-    h: int
-    w: int
-    image: Optional[Any] = None  # PIL.Image when decoded
-    thinking: Optional[str] = None
-    prompt_ids: list[int] = field(default_factory=list)
-    stats: GenerationStats = field(default_factory=GenerationStats)
-    trace: list[StepRecord] = field(default_factory=list)
-
-    @property
-    def as_codes(self) -> ImageCodes:
-        return ImageCodes(self.codes, self.h, self.w)
-
-
-@dataclass
-class InterleavedResult:
-    segments: list[Union[str, ImageResult]]
-    stats: GenerationStats
-
-    @property
-    def text(self) -> str:
-        return "".join(s if isinstance(s, str) else "<image>" for s in self.segments)
-
-    @property
-    def images(self) -> list[ImageResult]:
-        return [s for s in self.segments if isinstance(s, ImageResult)]
 
 
 class LLaDAUni:
@@ -170,6 +113,10 @@ class LLaDAUni:
                 self._need_dir("decoder"), self.decoder_variant, device=self.device, dtype=getattr(self, "_dtype_request", None)
             )
         return self._decoder
+
+    def _should_decode(self, decode: Optional[bool]) -> bool:
+        """decode=None: only when a decoder is loaded; True: load it if needed; False: codes only."""
+        return self._decoder is not None if decode is None else bool(decode)
 
     def _need_dir(self, what: str) -> Path:
         if self.checkpoint_dir is None:
@@ -383,7 +330,7 @@ class LLaDAUni:
         thinking_temperature: float = 0.0,
         thinking_top_p: Optional[float] = None,
         thinking_top_k: Optional[int] = None,
-        decode: bool = True,
+        decode: Optional[bool] = None,
         decoder_steps: Optional[int] = None,
         cache: str = "exact",
         seed: Optional[int] = None,
@@ -446,7 +393,7 @@ class LLaDAUni:
         stats.add(r)
         codes = (r.generated[:n] - self.image_token_offset).cpu()
         result = ImageResult(codes, h, w, thinking=thinking_text, prompt_ids=cond, stats=stats, trace=r.trace)
-        if decode:
+        if self._should_decode(decode):
             result.image = self.decode_image(codes, h, w, steps=decoder_steps, seed=seed)
         return result
 
@@ -487,7 +434,7 @@ class LLaDAUni:
         keep_ratio: float = 0.7,
         cache_warmup_steps: int = 2,
         confidence_alpha: float = 0.5,
-        decode: bool = True,
+        decode: Optional[bool] = None,
         decoder_steps: Optional[int] = None,
         cache: str = "exact",
         seed: Optional[int] = None,
@@ -515,7 +462,7 @@ class LLaDAUni:
         stats.add(r)
         codes = (r.generated[:n] - self.image_token_offset).cpu()
         result = ImageResult(codes, h, w, prompt_ids=full, stats=stats, trace=r.trace)
-        if decode:
+        if self._should_decode(decode):
             result.image = self.decode_image(codes, h, w, steps=decoder_steps, seed=seed)
         return result
 
@@ -537,7 +484,7 @@ class LLaDAUni:
         cfg_rescale: float = 0.7,
         threshold: float = 0.95,
         temperature: float = 0.0,
-        decode: bool = True,
+        decode: Optional[bool] = None,
         decoder_steps: Optional[int] = None,
         cache: str = "exact",
         seed: Optional[int] = None,
@@ -601,7 +548,7 @@ class LLaDAUni:
             stats.add(ri)
             codes = (ri.generated[:n] - self.image_token_offset).cpu()
             frame = ImageResult(codes, h, w, prompt_ids=list(context))
-            if decode:
+            if self._should_decode(decode):
                 frame.image = self.decode_image(codes, h, w, steps=decoder_steps, seed=seed)
             segments.append(frame)
             frames.append(frame.as_codes)

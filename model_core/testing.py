@@ -141,11 +141,16 @@ def make_tiny_checkpoint(
     config: Optional[BackboneConfig] = None,
     dtype: torch.dtype = torch.bfloat16,
     num_shards: int = 2,
+    with_image_tokenizer: bool = True,
+    with_decoder: bool = True,
 ) -> Path:
     """Write a random backbone checkpoint in the published layout and return its directory.
 
     config defaults to ``BackboneConfig.tiny()``; weights are drawn from ``seed`` and stored in
-    ``dtype`` (bf16, as published) across at least ``num_shards`` shards.
+    ``dtype`` (bf16, as published) across at least ``num_shards`` shards. ``with_image_tokenizer``
+    also writes a tiny ``image_tokenizer/`` (config, preprocessor config, weights); ``with_decoder``
+    writes tiny ``decoder/``, ``decoder-turbo/``, ``vae/`` and ``image_tokenizer/sigvq_embedding.pt``
+    (the VAE needs diffusers).
     """
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,4 +166,12 @@ def make_tiny_checkpoint(
     with resources.as_file(resources.files("model_core").joinpath("data/special_tokens_map.json")) as src:
         shutil.copyfile(src, out / "special_tokens_map.json")
     (out / "tokenizer.json").write_text(json.dumps(tiny_tokenizer_json(tok_cfg), ensure_ascii=False), encoding="utf-8")
+    if with_image_tokenizer:
+        from .testing_image import write_tiny_image_tokenizer
+
+        write_tiny_image_tokenizer(out, seed=seed)
+    if with_decoder:
+        from .decoder.testing import write_tiny_decoder
+
+        write_tiny_decoder(out, seed=seed)
     return out

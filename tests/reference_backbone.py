@@ -58,7 +58,7 @@ def reference_logits(sd: dict, cfg: dict, input_ids: torch.Tensor, position_ids:
 
     Returns (T, V) fp32 logits; rows with no allowed key get a zero attention output.
     """
-    H, nh, nkv, hd = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+    nh, nkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
     eps = cfg["rms_norm_eps"]
     rd = int(hd * cfg["partial_rotary_factor"])
     base = cfg["rope_parameters"]["rope_theta"]

@@ -39,9 +39,9 @@ def test_tiny_checkpoint_has_the_published_layout(tiny_ckpt):
 def test_tiny_checkpoint_is_deterministic(tmp_path):
     from model_core.testing import make_tiny_checkpoint
 
-    a = make_tiny_checkpoint(tmp_path / "a", seed=5)
-    b = make_tiny_checkpoint(tmp_path / "b", seed=5)
-    c = make_tiny_checkpoint(tmp_path / "c", seed=6)
+    a = make_tiny_checkpoint(tmp_path / "a", seed=5, with_image_tokenizer=False, with_decoder=False)
+    b = make_tiny_checkpoint(tmp_path / "b", seed=5, with_image_tokenizer=False, with_decoder=False)
+    c = make_tiny_checkpoint(tmp_path / "c", seed=6, with_image_tokenizer=False, with_decoder=False)
     f = sorted(p.name for p in a.glob("*.safetensors"))[0]
     assert (a / f).read_bytes() == (b / f).read_bytes() != (c / f).read_bytes()
 
@@ -223,7 +223,7 @@ def test_dtype_conversion_paths(tmp_path):
     """fp32 files into bf16 and fp32 models; bf16 files read straight into a bf16 model."""
     from model_core.testing import make_tiny_checkpoint
 
-    ck32 = make_tiny_checkpoint(tmp_path / "f32", seed=2, dtype=torch.float32)
+    ck32 = make_tiny_checkpoint(tmp_path / "f32", seed=2, dtype=torch.float32, with_image_tokenizer=False, with_decoder=False)
     m32 = load_backbone(ck32, dtype=torch.float32)
     m16 = load_backbone(ck32, dtype=torch.bfloat16)
     for (k, a), (_, b) in zip(m32.state_dict().items(), m16.state_dict().items()):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -192,3 +193,23 @@ def test_interleaved_text_only_when_no_frames_allowed(pipe):
 def test_too_long_prompt_rejected(pipe):
     with pytest.raises(ValueError, match="exceeds the model's 8192 positions"):
         pipe.chat("cat " * 5000, gen_length=2048)
+
+
+# ---------------------------------------------------------------------------------- end to end with every component
+def test_end_to_end_pixels_in_pixels_out(tiny_ckpt):
+    from PIL import Image
+
+    pipe = LLaDAUni.from_pretrained(tiny_ckpt, components=("backbone", "image_tokenizer", "decoder"))
+    photo = Image.new("RGB", (300, 200), (200, 30, 30))
+    ans = pipe.understand(photo, "what colour", gen_length=32, steps=4)
+    toks = pipe.encode_image(photo)
+    assert ans.prompt_ids[4 : 4 + toks.h * toks.w] == (toks.codes + OFFSET).tolist()
+    gen = pipe.generate_image("a red square", image_h=256, image_w=320, steps=2, decoder_steps=2, seed=0)
+    assert gen.image.size == (320, 256)  # 32 px per code, decoded because the decoder is loaded
+    again = pipe.generate_image("a red square", image_h=256, image_w=320, steps=2, decoder_steps=2, seed=0)
+    assert torch.equal(gen.codes, again.codes) and (np.asarray(gen.image) == np.asarray(again.image)).all()
+    edit = pipe.edit_image(photo, "make it blue", steps=2, decoder_steps=2, seed=0)
+    src = pipe.encode_image(photo, purpose="edit")
+    assert (edit.h, edit.w) == (src.h, src.w) and edit.image.size == (32 * src.w, 32 * src.h)
+    with pytest.raises(ValueError, match="cannot encode the image"):
+        pipe.understand(b"not an image", "what")

@@ -19,7 +19,6 @@ Three named policies decide how a step is computed and committed:
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional, Sequence
