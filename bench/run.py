@@ -171,11 +171,6 @@ def _fmt_md(results: dict) -> str:
     m = results["full_moe_layer"]
     mem = results["load_memory"]
     lines = [
-        "# Benchmark results",
-        "",
-        f"Measured {results['date']} on {results['machine']} (torch {results['torch']}, {results['threads']} threads).",
-        "All figures are medians of repeated runs in one process; ratios compare numbers from the same run.",
-        "",
         "## Foundation: tiny backbone forward (CPU, fp32, batch 1)",
         "",
         "| case | ms |",
@@ -222,18 +217,12 @@ def _fmt_md(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args(argv)
-    repeats = 3 if args.quick else 7
-    torch.manual_seed(0)
-    results = {
-        "date": dt.date.today().isoformat(),
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }
+SECTIONS = ("foundation", "generation", "image_tokenizer", "decoder", "agent")
+
+
+def _foundation(quick: bool) -> tuple[dict, str]:
+    repeats = 3 if quick else 7
+    results = {}
     print("tiny forward ...", flush=True)
     results["tiny_forward"] = bench_tiny_forward(repeats)
     print("full-size MoE layer ...", flush=True)
@@ -243,11 +232,44 @@ def main(argv=None) -> int:
     }
     print("load memory ...", flush=True)
     results["load_memory"] = bench_load_memory()
+    return results, _fmt_md(results)
+
+
+def _section(name: str, quick: bool) -> tuple[dict, str]:
+    if name == "foundation":
+        return _foundation(quick)
+    import importlib
+
+    module = importlib.import_module(f"bench.bench_{name}")
+    return module.run(quick)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="CPU benchmarks; each section's figures come from one run.")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", nargs="*", choices=SECTIONS, help="run these sections; others keep their last figures")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
     OUT.mkdir(exist_ok=True)
-    (OUT / "foundation.json").write_text(json.dumps(results, indent=2))
-    md = _fmt_md(results)
-    (ROOT / "RESULTS.md").write_text(md)
-    print(md)
+    machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    for name in args.only or SECTIONS:
+        print(f"== {name}", flush=True)
+        try:
+            data, md = _section(name, args.quick)
+        except ModuleNotFoundError as exc:
+            print(f"skipping {name}: {exc}")
+            continue
+        stamp = f"_Measured {dt.date.today().isoformat()} on {machine}{' (quick)' if args.quick else ''}._\n\n"
+        (OUT / f"{name}.json").write_text(json.dumps(data, indent=2, default=str))
+        (OUT / f"{name}.md").write_text(md.rstrip() + "\n\n" + stamp)
+        print(md)
+    parts = ["# Benchmark results", "",
+             "CPU figures from `make bench` (bench/run.py); each section's ratios compare numbers from one run of that section.", ""]
+    for name in SECTIONS:
+        f = OUT / f"{name}.md"
+        if f.exists():
+            parts.append(f.read_text().rstrip() + "\n")
+    (ROOT / "RESULTS.md").write_text("\n".join(parts))
     return 0
 
 

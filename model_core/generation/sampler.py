@@ -212,6 +212,9 @@ class BlockDiffusionSampler:
         x[:P] = prompt
         br = _Branches(prompt, cfg.cfg, total, self.mask_id)
         adaptive = cfg.cache == "sprint"
+        sp = cfg.sprint
+        # prefix confidences are only read when pruning blends them in
+        need_conf = adaptive and sp.keep_ratio < 1.0 and sp.confidence_alpha < 1.0
         stops = torch.tensor([self.eos_id, *cfg.stop_ids], dtype=torch.long, device=device)
         self._forwards = 0
         self._forward_tokens = 0
@@ -221,7 +224,7 @@ class BlockDiffusionSampler:
         cache: Optional[KVCache] = None
         conf_prefix: Optional[torch.Tensor] = None  # (R, prefix) max-prob of committed positions (SPRINT)
         if cfg.cache != "none" and first_block > 0:
-            cache, conf_prefix = self._extend_cache(None, None, br, x, 0, first_block * B, B, need_conf=adaptive)
+            cache, conf_prefix = self._extend_cache(None, None, br, x, 0, first_block * B, B, need_conf=need_conf)
 
         stop_at: Optional[int] = None
         for b in range(first_block, nb):
@@ -271,7 +274,7 @@ class BlockDiffusionSampler:
             if not cfg.image_only and self._first_stop(x, P, end, stops) is not None:
                 break
             if cfg.cache != "none" and b + 1 < nb:
-                cache, conf_prefix = self._extend_cache(cache, conf_prefix, br, x, prefix_len, end, B, need_conf=adaptive)
+                cache, conf_prefix = self._extend_cache(cache, conf_prefix, br, x, prefix_len, end, B, need_conf=need_conf)
 
         out = x[: P + cfg.gen_length]
         if not cfg.image_only:
@@ -353,15 +356,25 @@ class BlockDiffusionSampler:
         return pruned
 
     def _pruned_logits(self, br: _Branches, x: torch.Tensor, pruned, prefix_len: int, end: int) -> torch.Tensor:
-        """Each row separately over its own pruned prefix (lengths differ per layer and row)."""
+        """All rows in one forward over their pruned prefixes: rows keep different counts, so
+        shorter ones are right-padded with keys hidden by ``key_valid``."""
         ids = br.window(x, prefix_len, end)
-        rows = []
-        for r, (ks, vs) in enumerate(pruned):
-            n = ks[0].shape[2]  # every layer keeps the same count
-            mask = AttentionMask.prefix_and_block(n, end - prefix_len, device=x.device)
-            out = self._forward(ids[r : r + 1], br.positions[r : r + 1, prefix_len:end], mask, past=KVCache(list(ks), list(vs)))
-            rows.append(out.logits)
-        return torch.cat(rows, dim=0)
+        B = end - prefix_len
+        lengths = [ks[0].shape[2] for ks, _ in pruned]  # every layer of a row keeps the same count
+        n = max(lengths)
+        keys, values = [], []
+        for layer in range(len(pruned[0][0])):
+            ks = [F.pad(row_k[layer], (0, 0, 0, n - row_k[layer].shape[2])) for row_k, _ in pruned]
+            vs = [F.pad(row_v[layer], (0, 0, 0, n - row_v[layer].shape[2])) for _, row_v in pruned]
+            keys.append(torch.cat(ks, dim=0))
+            values.append(torch.cat(vs, dim=0))
+        valid = None
+        if len(set(lengths)) > 1:
+            valid = torch.ones(len(pruned), n + B, dtype=torch.bool, device=x.device)
+            for r, length in enumerate(lengths):
+                valid[r, length:n] = False
+        mask = AttentionMask.prefix_and_block(n, B, key_valid=valid, device=x.device)
+        return self._forward(ids, br.positions[:, prefix_len:end], mask, past=KVCache(keys, values)).logits
 
     def _guide(self, row_logits: torch.Tensor, cfg: SamplerConfig) -> torch.Tensor:
         """(R, L, V) -> (L, V): CFG combination and rescale (before any vocabulary restriction)."""
