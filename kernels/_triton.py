@@ -15,16 +15,27 @@ from typing import Any
 
 import torch
 
-__all__ = ["HAS_TRITON", "require_triton", "interpreting", "can_launch", "load_config", "device_key", "patch_interpreter"]
+__all__ = ["HAS_TRITON", "has_module", "require_triton", "interpreting", "can_launch", "load_config", "device_key", "patch_interpreter"]
 
-HAS_TRITON: bool = importlib.util.find_spec("triton") is not None
+def has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a blocking import hook, or sys.modules[name] = None
+        return False
 
 
-def require_triton() -> None:
-    """Raise a RuntimeError naming the missing extra when Triton is not installed."""
+HAS_TRITON: bool = has_module("triton")
+
+
+def require_triton(*tensors: torch.Tensor) -> None:
+    """RuntimeError naming the missing extra when Triton is not installed; ValueError when the
+    tensors are where no Triton kernel runs (CPU without TRITON_INTERPRET=1)."""
     if not HAS_TRITON:
         raise RuntimeError("these kernels need Triton: pip install 'lladauni-agent[gpu]' (or triton)")
     patch_interpreter()
+    if tensors and not can_launch(*tensors):
+        where = sorted({str(t.device) for t in tensors})
+        raise ValueError(f"tensors on {where}: Triton kernels run on CUDA, or on CPU with TRITON_INTERPRET=1")
 
 
 def interpreting() -> bool:
@@ -76,9 +87,11 @@ _PATCHED = False
 
 
 def patch_interpreter() -> None:
-    """Work around a Triton interpreter bug (3.x, seen in 3.9): ``tl.dot`` on bfloat16 operands
-    multiplies their raw uint16 storage. Upcasting to fp32 is exact and matches the GPU's bf16
-    MMA with fp32 accumulation. No effect unless TRITON_INTERPRET=1; idempotent."""
+    """Work around two Triton interpreter bugs with bfloat16 (3.x, seen in 3.9), so that CPU
+    runs reproduce the GPU's numbers: ``tl.dot`` on bf16 operands multiplies their raw uint16
+    storage (we upcast to fp32, which is exact and matches bf16 MMA with fp32 accumulation), and
+    fp32 -> bf16 casts truncate (the GPU rounds to nearest even). No effect unless
+    TRITON_INTERPRET=1; idempotent."""
     global _PATCHED
     if _PATCHED or not HAS_TRITON or not interpreting():
         return
@@ -98,5 +111,16 @@ def patch_interpreter() -> None:
 
         return original(self, up(a), up(b), d, input_precision, max_num_imprecise_acc)
 
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            u = np.ascontiguousarray(src.data, dtype=np.float32).view(np.uint32)
+            rounded = ((u + (((u >> 16) & 1) + 0x7FFF)) >> 16).astype(np.uint16)
+            rounded = np.where(np.isnan(src.data), np.uint16(0x7FC0), rounded)
+            return interpreter.TensorHandle(rounded.reshape(np.shape(src.data)), tl.bfloat16)
+        return original_cast(self, src, dst_type)
+
+    original_cast = builder.cast_impl
     builder.create_dot = create_dot
+    builder.cast_impl = cast_impl
+    # The lambdas bound at class creation call cast_impl through self, so they pick this up.
     _PATCHED = True

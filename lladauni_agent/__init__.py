@@ -1,3 +1,25 @@
-"""LangGraph graphs that think, draw, inspect and refine over a Backend (agent issue)."""
+"""LangGraph graphs that think, draw, inspect and refine over a Backend (agent issue).
 
-__all__: list[str] = []
+``Agent(backend).run(prompt, graph=...)`` runs one of ``GRAPHS`` (``build_graph`` compiles them
+for other hosts such as ``langgraph dev``). Backends: ``LocalBackend`` (in-process
+``model_core.LLaDAUni``), ``HTTPBackend`` (an OpenAI-compatible server), ``ScriptedBackend``
+(answers you choose).
+"""
+
+from .agent import Agent, RunResult
+from .backend import Backend, BackendError, HTTPBackend, LocalBackend, ScriptedBackend
+from .context import AgentContext
+from .graph import GRAPHS, build_graph
+
+__all__ = [
+    "Agent",
+    "AgentContext",
+    "Backend",
+    "BackendError",
+    "GRAPHS",
+    "HTTPBackend",
+    "LocalBackend",
+    "RunResult",
+    "ScriptedBackend",
+    "build_graph",
+]

@@ -145,6 +145,8 @@ class LocalBackend:
         return out
 
     def chat(self, messages, *, images=(), system=None, **options):
+        # LLaDAUni.chat takes encoded images only (it does not encode pixels the way understand does)
+        images = [im if hasattr(im, "codes") else self.encode_image(im) for im in images]
         return self._call("chat", messages, images=images, system=system, **options)
 
     def understand(self, image, question, **options):

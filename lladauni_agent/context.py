@@ -21,7 +21,8 @@ __all__ = ["AgentContext", "TINY_OPTIONS"]
 # The sizes the CPU tests use on a tiny checkpoint.
 TINY_OPTIONS: dict[str, dict[str, Any]] = {
     "text": {"steps": 2, "gen_length": 32},
-    "image": {"image_h": 256, "image_w": 256, "steps": 2, "decoder_steps": 2},
+    "image": {"image_h": 256, "image_w": 256, "steps": 2, "decoder_steps": 2, "thinking_steps": 2,
+              "thinking_gen_length": 32},
     "edit": {"steps": 2, "decoder_steps": 2},
     "interleaved": {"image_h": 256, "image_w": 256, "text_gen_length": 32, "steps": 2, "image_steps": 2,
                     "decoder_steps": 2},

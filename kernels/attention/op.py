@@ -8,18 +8,17 @@ uses flash-attn for masks that hide nothing and this kernel otherwise.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from .._triton import load_config, require_triton
+from .._triton import has_module, load_config, require_triton
 
 __all__ = ["block_attention", "attention", "flash_attention", "HAS_FLASH_ATTN", "ACT_DTYPES"]
 
 ACT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-HAS_FLASH_ATTN: bool = importlib.util.find_spec("flash_attn") is not None
+HAS_FLASH_ATTN: bool = has_module("flash_attn")
 _HERE = Path(__file__).parent
 _INT_DTYPES = (torch.int32, torch.int64)
 
@@ -71,7 +70,7 @@ def block_attention(
     nothing are zeros. The result is a (B,Hq,Q,D) view of (B,Q,Hq,D) storage, so the caller's
     ``transpose(1, 2).reshape(B, Q, Hq*D)`` costs no copy.
     """
-    require_triton()
+    require_triton(q, k, v)
     _check(q, k, v, query_block, key_block, key_valid)
     from . import kernel
 

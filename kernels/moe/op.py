@@ -122,7 +122,7 @@ def fused_moe(
     the launch configs: {"gate_up"|"down"|"combine": {"BLOCK_M": .., "num_warps": ..}}.
     Expert ids must lie in [0, E); they are not checked (that would need a host sync).
     """
-    require_triton()
+    require_triton(x_TH, gate_up_EIH, down_EHI, topk_ids_TK)
     fp8 = _check(x_TH, gate_up_EIH, down_EHI, topk_ids_TK, topk_weights_TK, gate_up_scale, down_scale)
     from . import kernel
 

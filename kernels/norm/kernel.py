@@ -33,7 +33,7 @@ def rms_norm_kernel(
 
 @triton.jit
 def _norm_rope_head(
-    src, w_ptr, c_ptr, s_ptr, dst, eps, dt,
+    src, w_ptr, c_ptr, s_ptr, dst, eps, dt: tl.constexpr,
     D: tl.constexpr, R2: tl.constexpr, BLOCK_R2: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     o_r = tl.arange(0, BLOCK_R2)

@@ -1,0 +1,124 @@
+"""``lladauni agent "..."``: run an agent graph from the command line (thin: parse, call ``Agent``).
+
+Data (the result, or JSONL events with ``--json``) goes to stdout; progress and notes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from .graph import GRAPHS
+
+__all__ = ["add_agent_command", "run_agent_command"]
+
+
+def add_agent_command(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``agent`` sub-command on an ``argparse`` subparsers object."""
+    p = subparsers.add_parser("agent", help="run an agent graph: think, draw, inspect, refine")
+    p.add_argument("prompt", nargs="?", help="the request or question (omit with --resume)")
+    p.add_argument("--graph", choices=GRAPHS, default="draw_inspect_refine")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", help="model checkpoint directory or Hugging Face repo id (in-process model)")
+    src.add_argument("--server", help="base URL of an OpenAI-compatible server (ours or SGLang-Omni)")
+    p.add_argument("--api-key", default=os.environ.get("LLADAUNI_API_KEY"), help="bearer token for --server")
+    p.add_argument("--image", "-a", action="append", default=[], help="input image (repeat for several)")
+    p.add_argument("--state-db", help="SQLite file for durable, resumable runs (default: in memory)")
+    p.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
+    p.add_argument("--thread-id", help="name of this run (default: random)")
+    p.add_argument("--resume", metavar="THREAD", help="continue this thread (needs the same --state-db)")
+    p.add_argument("--review", help="reply to a human review: approve, stop, or 'edit:<new prompt>'")
+    p.add_argument("--human-review", action="store_true", help="pause for approval before drawing")
+    p.add_argument("--max-iterations", type=int, default=None)
+    p.add_argument("--retokenize", choices=["reuse", "roundtrip"], default="reuse")
+    p.add_argument("--size", default="1024x1024", help="HxW output pixels, multiples of 32")
+    p.add_argument("--steps", type=int, default=8, help="image denoising steps")
+    p.add_argument("--decoder-steps", type=int, default=None)
+    p.add_argument("--gen-length", type=int, default=512, help="text tokens per reply")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true", help="print JSONL events, then the result, on stdout")
+    p.set_defaults(func=run_agent_command)
+    return p
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size {text!r}: expected HxW, e.g. 512x512") from None
+    return h, w
+
+
+def _review(text: str) -> Any:
+    if text in ("approve", "stop"):
+        return text
+    if text.startswith("edit:") and text[5:].strip():
+        return {"action": "edit", "prompt": text[5:].strip()}
+    raise ValueError(f"--review {text!r}: approve, stop, or 'edit:<new prompt>'")
+
+
+def _jsonable(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=lambda o: getattr(o, "value", None) if hasattr(o, "value") else str(o)))
+
+
+def run_agent_command(args: argparse.Namespace) -> int:
+    from .agent import Agent
+    from .backend import HTTPBackend, LocalBackend
+
+    if not args.resume and not args.prompt:
+        raise ValueError("give a prompt, or --resume THREAD")
+    if args.server:
+        backend: Any = HTTPBackend(args.server, api_key=args.api_key)
+    elif args.checkpoint:
+        backend = LocalBackend(args.checkpoint, device=args.device)
+    else:
+        raise ValueError("choose where the model runs: --checkpoint PATH (in-process) or --server URL")
+    h, w = _size(args.size)
+    dec = {"decoder_steps": args.decoder_steps} if args.decoder_steps else {}
+    agent = Agent(
+        backend, runs_dir=args.runs_dir, checkpoint=args.state_db, seed=args.seed,
+        text_options={"gen_length": args.gen_length},
+        image_options={"image_h": h, "image_w": w, "steps": args.steps, **dec},
+        edit_options={"steps": args.steps, **dec},
+        interleaved_options={"image_h": h, "image_w": w, "image_steps": args.steps, "text_gen_length": args.gen_length, **dec},
+    )
+
+    def on_event(part: dict) -> None:
+        if args.json:
+            print(json.dumps(_jsonable({"type": part["type"], "data": part["data"]})), flush=True)
+        elif part["type"] == "updates":
+            for node in part["data"]:
+                print(f"[{node}] done", file=sys.stderr, flush=True)
+        elif part["type"] == "custom" and part["data"].get("type") == "progress":
+            d = part["data"]
+            print(f"\r  {d['node']}: {d['step']}/{d['total']}", end="", file=sys.stderr, flush=True)
+
+    try:
+        if args.resume:
+            result = agent.resume(args.resume, _review(args.review) if args.review else None, on_event=on_event)
+        else:
+            opts = {"retokenize": args.retokenize, "human_review": args.human_review}
+            result = agent.run(args.prompt, images=args.image, graph=args.graph, thread_id=args.thread_id,
+                               max_iterations=args.max_iterations, on_event=on_event, **opts)
+    finally:
+        agent.close()
+    summary = {"thread_id": result.thread_id, "status": result.status, "answer": result.answer, "error": result.error,
+               "best_image": str(result.best_image) if result.best_image else None,
+               "images": [str(p) for p in result.images], "report": str(result.report_path),
+               "interrupt": _jsonable(result.interrupt)}
+    if args.json:
+        print(json.dumps({"type": "result", "data": summary}))
+    else:
+        print(file=sys.stderr)
+        for k in ("status", "answer", "error", "best_image", "report"):
+            if summary[k]:
+                print(f"{k:11} {summary[k]}")
+        if result.status == "interrupted":
+            print(f"waiting for review: {summary['interrupt']}\n"
+                  f"continue with: lladauni agent --resume {result.thread_id} --review approve"
+                  + (f" --state-db {args.state_db}" if args.state_db else ""))
+    return 0 if result.status in ("done", "capped", "interrupted", "stopped") else 1

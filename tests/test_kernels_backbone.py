@@ -1,0 +1,84 @@
+"""The Triton backends inside the backbone: registration, parity with the PyTorch backends on
+the tiny model (prefill and a cached CFG block step), and CUDA-graph capture on a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.kernel_fixtures import BF16, DEVICE, F32, assert_close, needs_triton, requires_cuda
+
+import kernels
+from model_core.backbone import LLaDA2Backbone
+from model_core.config import BackboneConfig
+from model_core.layers.attention import AttentionMask, attention_backends
+from model_core.moe import moe_backends
+
+pytestmark = needs_triton
+
+
+def _model(dtype: torch.dtype, config: BackboneConfig | None = None) -> LLaDA2Backbone:
+    model = LLaDA2Backbone(config or BackboneConfig.tiny())
+    model.init_weights(torch.Generator().manual_seed(0), std=0.1)
+    return model.to(device=DEVICE, dtype=dtype).eval()
+
+
+def test_register_adds_named_backends():
+    names = kernels.register()
+    assert {"attention:triton", "moe:triton"} <= set(names)
+    assert "triton" in attention_backends() and "triton" in moe_backends()
+    assert kernels.register() == names  # idempotent
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16])
+def test_tiny_backbone_prefill_and_cfg_block_step(dtype):
+    kernels.register()
+    model = _model(dtype)
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, 1000, (2, 40), generator=g).to(DEVICE)
+    block = torch.randint(0, 1000, (2, 8), generator=g).to(DEVICE)
+    valid = torch.ones(2, 48, dtype=torch.bool, device=DEVICE)
+    valid[1, :12] = False  # the CFG branch's left padding
+    outs = {}
+    with torch.no_grad():
+        for backends in (("sdpa", "loop"), ("triton", "triton")):
+            model.set_backends(attn=backends[0], moe=backends[1])
+            pre = model(prompt, mask=AttentionMask.block_causal(40, 8, key_valid=valid[:, :40], device=DEVICE),
+                        return_kv=True, block_size=8)
+            step = model(block, torch.arange(40, 48, device=DEVICE), AttentionMask.prefix_and_block(40, 8, key_valid=valid, device=DEVICE),
+                         past=pre.kv, check_inputs=False)
+            outs[backends[0]] = (pre.logits, step.logits)
+    for a, b in zip(outs["triton"], outs["sdpa"]):
+        assert_close(a, b, "backbone", "torch", dtype)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_block_step_cuda_graph_capture():
+    """A whole cached block step with the Triton backends replays from a CUDA graph."""
+    kernels.register()
+    cfg = BackboneConfig.tiny().replace(hidden_size=256, num_attention_heads=8, num_key_value_heads=2, head_dim=64,
+                                        num_experts=64, n_group=8, topk_group=4, num_experts_per_tok=8,
+                                        moe_intermediate_size=128, num_hidden_layers=4)
+    model = _model(BF16, cfg).set_backends(attn="triton", moe="triton")
+    P, Q = 96, 32
+    with torch.no_grad():
+        pre = model(torch.randint(0, 1000, (1, P), device=DEVICE), return_kv=True)
+        ids = torch.randint(0, 1000, (1, Q), device=DEVICE)
+        pos = torch.arange(P, P + Q, device=DEVICE)
+        mask = AttentionMask.prefix_and_block(P, Q, device=DEVICE)
+        step = lambda: model(ids, pos, mask, past=pre.kv, check_inputs=False).logits  # noqa: E731
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            step()
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = step()
+        ids.copy_(torch.randint(0, 1000, (1, Q), device=DEVICE))
+        graph.replay()
+        torch.cuda.synchronize()
+        model.set_backends(attn="sdpa", moe="loop")
+        ref = model(ids, pos, mask, past=pre.kv, check_inputs=False).logits
+    assert_close(out, ref, "backbone", "torch", BF16)
