@@ -161,7 +161,7 @@ class LLaDAUni:
             return image
         if isinstance(image, ImageResult):
             return image.as_codes
-        if hasattr(image, "codes") and hasattr(image, "h") and hasattr(image, "w") and not hasattr(image, "size"):
+        if self._is_encoded(image):
             return ImageCodes(image.codes, image.h, image.w)
         try:
             toks = self.image_tokenizer.encode(image, purpose=purpose)
@@ -210,7 +210,7 @@ class LLaDAUni:
         ``omni`` is the SGLang-Omni multimodal form (images at the start of their message);
         ``auto`` picks ``omni`` when there are images.
         """
-        msgs = self._messages(messages, images)
+        msgs = self._encode_message_images(self._messages(messages, images))
         has_images = any(m.images for m in msgs)
         if template == "auto":
             template = "omni" if has_images else "chat_template"
@@ -279,6 +279,28 @@ class LLaDAUni:
         stats.add(r)
         ids = r.generated.tolist()
         return TextResult(self.tokenizer.decode(ids, skip_special_tokens=True), ids, prompt, stats, r.trace)
+
+    def _encode_message_images(self, msgs: list[ChatMessage]) -> list[ChatMessage]:
+        """Encode raw images (PIL, paths, bytes, arrays) of all messages together, so that several
+        images get the several-image budget; already-encoded ones are kept."""
+        raw = [(mi, ii) for mi, m in enumerate(msgs) for ii, im in enumerate(m.images) if not self._is_encoded(im)]
+        if raw:
+            total = sum(len(m.images) for m in msgs)
+            try:
+                toks = self.image_tokenizer.encode([msgs[mi].images[ii] for mi, ii in raw], purpose="understand", multi_image=total > 1)
+            except ValueError as exc:
+                raise ValueError(f"cannot encode the image: {exc}") from None
+            for (mi, ii), t in zip(raw, toks):
+                msgs[mi].images[ii] = ImageCodes(t.codes, t.h, t.w)
+        for m in msgs:
+            m.images = [self._as_codes(im, "understand") for im in m.images]
+        return msgs
+
+    @staticmethod
+    def _is_encoded(image: Any) -> bool:
+        return isinstance(image, (ImageCodes, ImageResult)) or (
+            hasattr(image, "codes") and hasattr(image, "h") and hasattr(image, "w") and not hasattr(image, "size")
+        )
 
     @staticmethod
     def _messages(messages: Any, images: Sequence[Any]) -> list[ChatMessage]:

@@ -80,19 +80,41 @@ def test_draw_inspect_refine_local(tiny_backend, tmp_path, retokenize):
 
 
 def test_visual_reasoning_local_sketches_and_answers(tiny_backend, tmp_path):
+    before = tiny_backend.calls.copy()
+    r = tiny_agent(tiny_backend, tmp_path).run("how many sides has a square?", graph="visual_reasoning",
+                                               sketch="always", max_iterations=1)
+    assert r.status in ("done", "capped"), r.error
+    calls = tiny_backend.calls - before
+    assert calls["generate_image"] == 1 and calls["understand"] == 1 and calls["chat"] == 2
+    assert r.state["iteration"] == 1 and r.state["images"][0]["origin"] == "sketch"
+    assert [e["node"] for e in r.state["timeline"]][:5] == ["start", "think", "sketch", "observe", "think"]
+    assert isinstance(r.answer, str)
+    _files_ok(r)
+
+
+def test_visual_reasoning_local_reads_input_images(tiny_backend, tmp_path):
+    """Input images go to chat as codes (the tiny model's editing grid is too slow for CPU tests;
+    drawing on an input image is covered with the scripted backend)."""
     from PIL import Image
 
     src = tmp_path / "in.png"
     Image.new("RGB", (64, 64), (200, 30, 30)).save(src)
     before = tiny_backend.calls.copy()
     r = tiny_agent(tiny_backend, tmp_path).run("what colour is the square?", images=[src], graph="visual_reasoning",
-                                               sketch="always", max_iterations=1)
-    assert r.status in ("done", "capped"), r.error
-    calls = tiny_backend.calls - before
-    assert calls["edit_image"] == 1 and calls["understand"] == 1 and calls["chat"] == 2
-    assert r.state["inputs"][0]["origin"] == "input" and r.state["iteration"] == 1
-    assert isinstance(r.answer, str)
+                                               sketch="never")
+    assert r.status == "done", r.error
+    assert (tiny_backend.calls - before) == {"encode_image": 1, "chat": 1}
+    assert r.state["inputs"][0]["origin"] == "input" and r.state["images"] == []
     _files_ok(r)
+
+
+def test_visual_reasoning_draws_on_the_input_image(tmp_path):
+    from PIL import Image
+
+    agent, b = scripted_agent(tmp_path, replies={"chat": ["SKETCH: a diagonal", "ANSWER: two triangles"]})
+    r = agent.run("cut a square along a diagonal: what shapes?", images=[Image.new("RGB", (32, 32))],
+                  graph="visual_reasoning")
+    assert r.answer == "two triangles" and methods(b) == ["chat", "edit_image", "understand", "chat"]
 
 
 def test_interleaved_story_local(tiny_backend, tmp_path):

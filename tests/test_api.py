@@ -41,7 +41,11 @@ def test_public_surface_is_pinned():
     ]
     for name in model_core.__all__:
         assert hasattr(model_core, name)
-    assert kernels.__all__ == [] and lladauni_agent.__all__ == [] and tools.__all__ == []
+    assert lladauni_agent.__all__ == [
+        "Agent", "AgentContext", "Backend", "BackendError", "GRAPHS", "HTTPBackend", "LocalBackend", "RunResult",
+        "ScriptedBackend", "build_graph",
+    ]
+    assert kernels.__all__ == [] and tools.__all__ == []
 
 
 def test_model_core_imports_without_agent_or_server_dependencies():

@@ -217,3 +217,8 @@ def test_end_to_end_pixels_in_pixels_out(tiny_ckpt):
     assert (edit.h, edit.w) == (8, 10) and edit.image.size == (320, 256)
     with pytest.raises(ValueError, match="cannot encode the image"):
         pipe.understand(b"not an image", "what")
+    # raw images in chat are encoded together (two images: the several-image budget of 448²)
+    big = Image.new("RGB", (800, 800), (10, 200, 10))
+    two = pipe.chat("compare them", images=[big, photo], gen_length=32, steps=4)
+    one = pipe.encode_image([big, photo])
+    assert two.prompt_ids.count(EOI) == 2 and one[0].h * one[0].w <= (448 // 16) ** 2

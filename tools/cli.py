@@ -224,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder-steps", type=int, default=None)
     p.add_argument("--no-decode", action="store_true")
     p.set_defaults(func=_edit)
+
+    try:  # the agent command needs the `agent` extra (langgraph); the rest works without it
+        from lladauni_agent.cli import add_agent_command
+    except ImportError:
+        pass
+    else:
+        add_agent_command(sub)
     return parser
 
 
