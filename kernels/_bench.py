@@ -15,9 +15,11 @@ __all__ = ["time_ms", "roofline", "CEILINGS"]
 CEILINGS = {"gbps": 4300.0, "tflops": 790.0}
 
 
-def time_ms(fn: Callable[[], Any], device: torch.device, *, warmup: int = 3, iters: int = 20, graph: bool = False) -> float:
+def time_ms(fn: Callable[[], Any], device: torch.device, *, warmup: int | None = None, iters: int = 20, graph: bool = False) -> float:
     """Median milliseconds per call. On CUDA each call is timed with events; with ``graph``
-    the call is captured once in a CUDA graph and the replays are timed (no launch overhead)."""
+    the call is captured once in a CUDA graph and the replays are timed (no launch overhead).
+    ``warmup`` defaults to min(3, iters)."""
+    warmup = min(3, iters) if warmup is None else warmup
     if device.type != "cuda":
         for _ in range(max(1, warmup)):
             fn()

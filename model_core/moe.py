@@ -136,9 +136,19 @@ def moe_backends() -> list[str]:
     return sorted(_MOE_BACKENDS)
 
 
+def _auto_moe(x_TH, gate_up_EIH, down_EHI, topk_ids_TK, topk_weights_TK) -> torch.Tensor:
+    """Triton on CUDA when registered, the loop reference elsewhere; decided per call."""
+    fn = _MOE_BACKENDS.get("triton") if x_TH.is_cuda else None
+    return (fn or loop_moe)(x_TH, gate_up_EIH, down_EHI, topk_ids_TK, topk_weights_TK)
+
+
 def get_moe_backend(name: str) -> MoeFn:
+    """Resolve a backend name; ``auto`` picks Triton on CUDA when available, ``loop`` otherwise."""
     if name == "auto":
-        name = "loop"
+        from .layers.attention import _register_kernels
+
+        _register_kernels()
+        return _auto_moe
     try:
         return _MOE_BACKENDS[name]
     except KeyError:
@@ -155,7 +165,7 @@ class SparseMoeBlock(nn.Module):
         self.shared_experts = (
             SwiGLU(config.hidden_size, config.shared_intermediate_size) if config.num_shared_experts > 0 else None
         )
-        self.backend: MoeFn = loop_moe
+        self.backend: MoeFn = get_moe_backend("auto")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., H) -> (..., H)."""

@@ -217,10 +217,35 @@ def attention_backends() -> list[str]:
     return sorted(_BACKENDS)
 
 
+def _register_kernels() -> None:
+    """Let the kernels package add its backends (needs Triton; a no-op without it)."""
+    global _KERNELS_TRIED
+    if _KERNELS_TRIED:
+        return
+    _KERNELS_TRIED = True
+    try:
+        import kernels
+
+        kernels.register()
+    except ImportError:
+        pass
+
+
+_KERNELS_TRIED = False
+
+
+def _auto_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask, scale: float) -> torch.Tensor:
+    """Triton on CUDA when registered, SDPA elsewhere; decided per call, so a model moved to the
+    GPU after it was built still gets the kernel."""
+    fn = _BACKENDS.get("triton") if q.is_cuda else None
+    return (fn or sdpa_attention)(q, k, v, mask, scale)
+
+
 def get_attention_backend(name: str) -> AttentionFn:
-    """Resolve a backend name; ``auto`` is SDPA (the kernels issue extends the choice)."""
+    """Resolve a backend name; ``auto`` picks Triton on CUDA when available, SDPA otherwise."""
     if name == "auto":
-        name = "sdpa"
+        _register_kernels()
+        return _auto_attention
     try:
         return _BACKENDS[name]
     except KeyError:
