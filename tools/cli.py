@@ -231,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_agent_command(sub)
+        from lladauni_agent.workflows.cli import add_workflow_commands
+
+        add_workflow_commands(sub)
     return parser
 
 

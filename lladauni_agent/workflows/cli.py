@@ -1,0 +1,141 @@
+"""``lladauni validate FILE...``, ``lladauni run FILE --set k=v --out DIR`` and ``lladauni schema``
+(thin: parse, call the public API; progress to stderr, data to stdout)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+__all__ = ["add_workflow_commands"]
+
+
+def add_workflow_commands(subparsers: Any) -> None:
+    """Register ``validate``, ``run`` and ``schema`` on an ``argparse`` subparsers object."""
+    p = subparsers.add_parser("validate", help="validate YAML workflow files (errors as file:line:column)")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=_validate)
+
+    p = subparsers.add_parser("run", help="run a YAML workflow (a file or a bundled name)")
+    p.add_argument("workflow", metavar="FILE")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an input (repeat)")
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory: images, trace.json, report.html")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="model checkpoint directory or Hugging Face repo id (in-process model)")
+    src.add_argument("--server", help="base URL of an OpenAI-compatible server")
+    p.add_argument("--api-key", default=os.environ.get("LLADAUNI_API_KEY"))
+    p.add_argument("--device", default=None)
+    p.add_argument("--state-db", help="SQLite file for a durable, resumable run")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (needs the same --state-db)")
+    p.add_argument("--size", help="HxW image size for every image call (overrides the workflow)")
+    p.add_argument("--steps", type=int, help="denoising steps for every call (overrides the workflow)")
+    p.add_argument("--decoder-steps", type=int)
+    p.add_argument("--gen-length", type=int)
+    p.add_argument("--seed", type=int, default=None, help="default: the workflow's backend.seed")
+    p.add_argument("--json", action="store_true", help="JSONL events, then the result, on stdout")
+    p.set_defaults(func=_run)
+
+    p = subparsers.add_parser("schema", help="print the workflow JSON Schema (for editors)")
+    p.add_argument("--out", help="write to this file instead of stdout")
+    p.set_defaults(func=_schema)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .loader import WorkflowError, load_workflow
+
+    bad = 0
+    for f in args.files:
+        try:
+            wf = load_workflow(f)
+        except WorkflowError as exc:
+            bad += 1
+            print(str(exc), file=sys.stderr)
+        except (FileNotFoundError, OSError) as exc:
+            bad += 1
+            print(f"{f}: {exc}", file=sys.stderr)
+        else:
+            print(f"{f}: ok ({wf.name}, {len(wf.spec.nodes)} nodes)")
+    return 1 if bad else 0
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    o: dict[str, dict[str, Any]] = {"text": {}, "image": {}, "edit": {}, "interleaved": {}}
+    if args.size:
+        try:
+            h, w = (int(x) for x in args.size.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"--size {args.size!r}: expected HxW, e.g. 512x512") from None
+        o["image"].update(image_h=h, image_w=w)
+        o["interleaved"].update(image_h=h, image_w=w)
+    if args.steps:
+        for k in o:
+            o[k]["steps"] = args.steps
+        o["interleaved"]["image_steps"] = args.steps
+    if args.decoder_steps:
+        for k in ("image", "edit", "interleaved"):
+            o[k]["decoder_steps"] = args.decoder_steps
+    if args.gen_length:
+        o["text"]["gen_length"] = args.gen_length
+        o["interleaved"]["text_gen_length"] = args.gen_length
+    return o
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..backend import HTTPBackend, LocalBackend
+    from .loader import WorkflowError
+    from .runner import resume_workflow, run_workflow
+
+    inputs: dict[str, str] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        inputs[key.strip()] = value
+
+    def on_event(part: dict) -> None:
+        if args.json:
+            print(json.dumps({"type": part["type"], "data": part["data"]}, default=str), flush=True)
+        elif part["type"] == "updates":
+            for node in part["data"]:
+                print(f"[{node}] done", file=sys.stderr, flush=True)
+        elif part["type"] == "custom" and part["data"].get("type") == "progress":
+            d = part["data"]
+            print(f"\r  {d['node']}: {d['step']}/{d['total']}", end="", file=sys.stderr, flush=True)
+
+    backend: Any = HTTPBackend(args.server, api_key=args.api_key) if args.server else LocalBackend(args.checkpoint, device=args.device)
+    try:
+        if args.resume:
+            if not args.state_db:
+                raise ValueError("--resume needs the --state-db of the first run")
+            result = resume_workflow(args.out, backend, checkpoint=args.state_db, on_event=on_event)
+        else:
+            o = _overrides(args)
+            result = run_workflow(args.workflow, inputs, backend, run_dir=args.out, checkpoint=args.state_db,
+                                  seed="workflow" if args.seed is None else args.seed, on_event=on_event,
+                                  text_options=o["text"], image_options=o["image"], edit_options=o["edit"],
+                                  interleaved_options=o["interleaved"])
+    except WorkflowError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    summary = {"status": result.status, "error": result.error, "outputs": result.state.get("outputs", {}),
+               "report": str(result.report_path), "trace": str(result.trace_path)}
+    if args.json:
+        print(json.dumps({"type": "result", "data": summary}, default=str))
+    else:
+        print(file=sys.stderr)
+        print(json.dumps(summary, indent=2, default=str))
+    return 0 if result.status in ("done", "capped") else 1
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from .schema import workflow_json_schema
+
+    text = json.dumps(workflow_json_schema(), indent=2) + "\n"
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0

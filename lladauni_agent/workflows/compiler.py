@@ -1,0 +1,458 @@
+"""One builder: a validated ``Workflow`` becomes a LangGraph ``StateGraph`` on the agent layer's
+runtime (``AgentContext`` for the backend and run directory, image files through the artifact
+store, the same stream events, ``trace.json`` + ``report.html`` at the end).
+
+Shape of a compiled workflow::
+
+    START -> _inputs -> <your nodes, wired by edges / routes / loops> -> _finish -> END
+
+Every hop goes to ``_finish`` instead when a node failed, so a failure is a readable
+``state["error"]`` and the run still writes its trace and report. A ``loop`` node ``L`` becomes
+``L`` (set the counter) -> body... -> ``L__check`` (until? cap?) -> body again, or onwards.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Callable, Optional, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+
+from .. import prompts
+from ..context import AgentContext
+from ..graph import _call, _event, _guarded, _image_input, _ok, _seed, _store_image
+from ..report import write_run_files
+from ..state import ImageRef, Status, TimelineEvent
+from . import schema as S
+from .loader import Workflow
+from .templates import evaluate, is_template, render
+
+__all__ = ["WorkflowState", "WorkflowContext", "compile_workflow", "coerce_inputs", "MAX_LOOP_ITERATIONS"]
+
+MAX_LOOP_ITERATIONS = 1000
+
+
+def _merge(a: Optional[dict], b: Optional[dict]) -> dict:
+    return {**(a or {}), **(b or {})}
+
+
+class WorkflowState(TypedDict, total=False):
+    inputs: dict[str, Any]  # the run's inputs after type coercion (images as ImageRef)
+    nodes: Annotated[dict[str, Any], _merge]  # node name -> its latest output
+    loops: Annotated[dict[str, Any], _merge]  # loop name -> {iteration, max, capped}
+    outputs: dict[str, Any]
+    images: Annotated[list[ImageRef], operator.add]
+    timeline: Annotated[list[TimelineEvent], operator.add]
+    iteration: int  # loop passes so far, all loops together (seeds and the report use it)
+    max_iterations: int
+    current: Optional[ImageRef]
+    best: Optional[ImageRef]
+    answer: str
+    prompt: str
+    status: Status
+    error: Optional[str]
+    graph: str
+    retokenize: str
+
+
+@dataclass
+class WorkflowContext(AgentContext):
+    """``AgentContext`` plus the caller's option overrides, which beat the workflow's own
+    ``backend:`` settings and a node's ``options`` (so a test can force tiny sizes)."""
+
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _scope(state: Any) -> dict[str, Any]:
+    return {"inputs": state.get("inputs", {}), "nodes": state.get("nodes", {}), "loops": state.get("loops", {})}
+
+
+def _value(v: Any, state: Any) -> Any:
+    """A value field: templates render to text, other strings are expressions, the rest literals."""
+    if not isinstance(v, str):
+        return v
+    return render(v, _scope(state)) if is_template(v) else evaluate(v, _scope(state))
+
+
+def _is_ref(x: Any) -> bool:
+    return isinstance(x, dict) and "sha256" in x and "png" in x
+
+
+def _images(exprs: list[str], state: Any, what: str) -> list[ImageRef]:
+    out: list[ImageRef] = []
+    for e in exprs:
+        v = evaluate(e, _scope(state))
+        for x in (v if isinstance(v, (list, tuple)) else [v]):
+            if not _is_ref(x):
+                raise ValueError(f"{what}: {e!r} gave {type(x).__name__} {str(x)[:60]!r}, not an image")
+            out.append(x)
+    return out
+
+
+def _options(runtime: Runtime[WorkflowContext], kind: str, node_opts: Any) -> dict[str, Any]:
+    ctx = runtime.context
+    base = getattr(ctx, f"{kind}_options")
+    mine = node_opts.model_dump(exclude_none=True) if node_opts is not None else {}
+    return {**base, **mine, **getattr(ctx, "overrides", {}).get(kind, {})}
+
+
+def _json_object(text: str) -> Optional[Any]:
+    """The first JSON object in a reply (models wrap it in prose or code fences)."""
+    dec = json.JSONDecoder()
+    for m in re.finditer(r"\{", text):
+        try:
+            return dec.raw_decode(text[m.start():])[0]
+        except ValueError:
+            continue
+    return None
+
+
+def _positive_int(v: Any, what: str, limit: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= limit:
+        raise ValueError(f"{what} = {v!r}: expected an integer from 1 to {limit}")
+    return v
+
+
+# ------------------------------------------------------------------------------------ inputs
+_TRUE = {"true", "yes", "1", "on"}
+_FALSE = {"false", "no", "0", "off"}
+
+
+def coerce_inputs(wf: Workflow, raw: dict[str, Any], store: Any) -> dict[str, Any]:
+    """Check and convert the run's inputs against the declared types (strings from ``--set``
+    are parsed; image paths are copied into the run directory). ValueError names the input."""
+    spec = wf.spec
+    for k in raw:
+        if k not in spec.inputs:
+            from .loader import _did_you_mean
+
+            raise ValueError(f"unknown input {k!r} for workflow {spec.name!r}; {_did_you_mean(k, list(spec.inputs))}")
+    out: dict[str, Any] = {}
+    for name, inp in spec.inputs.items():
+        if name not in raw:
+            if "default" not in inp.model_fields_set:
+                raise ValueError(f"input {name!r} ({inp.type}) is required: pass --set {name}=...")
+            out[name] = inp.default
+            continue
+        v, t = raw[name], inp.type
+        try:
+            if t == "string":
+                if not isinstance(v, str):
+                    raise TypeError
+            elif t == "integer":
+                v = int(v) if isinstance(v, str) else v
+                if isinstance(v, bool) or not isinstance(v, int):
+                    raise TypeError
+            elif t == "number":
+                v = float(v) if isinstance(v, str) else v
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise TypeError
+            elif t == "boolean":
+                if isinstance(v, str) and v.lower() in _TRUE | _FALSE:
+                    v = v.lower() in _TRUE
+                if not isinstance(v, bool):
+                    raise TypeError
+            elif t == "json":
+                v = json.loads(v) if isinstance(v, str) else json.loads(json.dumps(v))
+            elif t in ("image", "images"):
+                items = v if isinstance(v, (list, tuple)) else (v.split(",") if isinstance(v, str) and t == "images" else [v])
+                refs = [x if _is_ref(x) else (store.put(image=x, origin="input") if hasattr(x, "convert") else store.put_file(x))
+                        for x in items]
+                if t == "image" and len(refs) != 1:
+                    raise TypeError
+                v = refs[0] if t == "image" else refs
+        except (TypeError, ValueError) as exc:
+            detail = f": {exc}" if str(exc) else ""
+            raise ValueError(f"input {name!r} = {str(v)[:80]!r} is not a valid {t}{detail}") from None
+        out[name] = v
+    return out
+
+
+# ------------------------------------------------------------------------------------- nodes
+def _make_node(wf: Workflow, name: str, node: Any, compiled_children: dict[str, Any]) -> Callable:
+    retok = wf.spec.backend.retokenize
+
+    def done(state: Any, output: dict, events: list, **extra: Any) -> dict:
+        return {"nodes": {name: output}, "timeline": events, **extra}
+
+    if isinstance(node, S.ThinkNode):
+        def run(state, runtime):
+            text = render(node.prompt, _scope(state))
+            system = render(node.system, _scope(state)) if node.system else None
+            ims = [_image_input(runtime, r, retok)[0] for r in _images(node.images, state, name)]
+            r, s = _call(runtime, name, "chat", text, images=ims, system=system,
+                         seed=_seed(runtime, state.get("iteration", 0)), **_options(runtime, "text", node.options))
+            out = prompts.clean(r.text)
+            return done(state, {"text": out}, [_event(name, "text", state, text=out or "(empty)", seconds=s, data={"role": "think"})])
+    elif isinstance(node, S.DrawNode):
+        def run(state, runtime):
+            text = render(node.prompt, _scope(state))
+            r, s = _call(runtime, name, "generate_image", text, mode=node.mode,
+                         seed=_seed(runtime, state.get("iteration", 0)), **_options(runtime, "image", node.options))
+            ref = _store_image(runtime, name, r, "generate")
+            thinking = prompts.clean(r.thinking or "") if getattr(r, "thinking", None) else ""
+            return done(state, {"image": ref, "text": thinking}, [_event(name, "image", state, image=ref, text=text, seconds=s)],
+                        images=[ref], current=ref)
+    elif isinstance(node, S.EditNode):
+        def run(state, runtime):
+            refs = _images([node.image], state, name)
+            ims = [_image_input(runtime, r, retok)[0] for r in refs]
+            text = render(node.instruction, _scope(state))
+            r, s = _call(runtime, name, "edit_image", ims[0] if len(ims) == 1 else ims, text,
+                         seed=_seed(runtime, state.get("iteration", 0)), **_options(runtime, "edit", node.options))
+            ref = _store_image(runtime, name, r, "edit")
+            return done(state, {"image": ref}, [_event(name, "image", state, image=ref, text=text, seconds=s,
+                                                       data={"references": len(refs)})], images=[ref], current=ref)
+    elif isinstance(node, S.InspectNode):
+        def run(state, runtime):
+            (ref,) = _images([node.image], state, name)[:1] or (None,)
+            image, path = _image_input(runtime, ref, retok)
+            q = render(node.question, _scope(state))
+            r, s = _call(runtime, name, "understand", image, q, seed=_seed(runtime, 0), **_options(runtime, "text", node.options))
+            text = prompts.clean(r.text)
+            verdict, data, notes = None, None, []
+            if node.verdict == "yes_no":
+                verdict = prompts.parse_verdict(r.text)
+            elif node.verdict == "json":
+                data = _json_object(text)
+                if not isinstance(data, dict):
+                    notes.append("the reply held no JSON object")
+                    data = None
+                else:
+                    missing = [k for k in node.keys if k not in data]
+                    if missing:
+                        notes.append(f"the JSON verdict lacks keys: {', '.join(missing)}")
+                    verdict = data.get("pass") if isinstance(data.get("pass"), bool) else None
+            ev = [_event(name, "verdict", state, text=text or "(empty)", seconds=s,
+                         data={"question": q, "verdict": verdict, "json": data, "retokenize": path})]
+            ev += [_event(name, "note", state, text=n) for n in notes]
+            return done(state, {"text": text, "verdict": verdict, "data": data}, ev)
+    elif isinstance(node, S.DecodeNode):
+        def run(state, runtime):
+            (ref,) = _images([node.image], state, name)
+            if not ref.get("codes"):
+                raise ValueError(f"image {ref['sha256'][:12]} has no codes to decode (it came as pixels)")
+            store = runtime.context.store()
+            c = store.load_codes(ref)
+            steps = node.steps or _options(runtime, "image", None).get("decoder_steps")
+            t0 = time.perf_counter()  # decode_image takes no progress callback
+            pil = runtime.context.get_backend().decode_image(c.codes, c.h, c.w, **({"steps": steps} if steps else {}))
+            s = time.perf_counter() - t0
+            new = store.put(image=pil, codes=c.codes, h=c.h, w=c.w, origin="decode")
+            runtime.stream_writer({"type": "image", "node": name, "image": new})
+            return done(state, {"image": new}, [_event(name, "image", state, image=new, seconds=s)], images=[new], current=new)
+    elif isinstance(node, S.EncodeNode):
+        def run(state, runtime):
+            (ref,) = _images([node.image], state, name)
+            store = runtime.context.store()
+            pil = store.load_image(ref)
+            backend = runtime.context.get_backend()
+            c = backend.encode_image(pil)
+            new = store.put(image=pil, codes=c.codes, h=c.h, w=c.w, origin="encode")
+            return done(state, {"image": new}, [_event(name, "note", state, text=f"encoded to a {c.h}x{c.w} code grid")])
+    elif isinstance(node, S.InterleaveNode):
+        def run(state, runtime):
+            text = render(node.prompt, _scope(state))
+            frames = _positive_int(_value(node.max_frames, state), f"{name}.max_frames", 16)
+            ims = [_image_input(runtime, r, retok)[0] for r in _images(node.images, state, name)]
+            r, s = _call(runtime, name, "generate_interleaved", text, images=ims, max_frames=frames,
+                         seed=_seed(runtime, state.get("iteration", 0)), **_options(runtime, "interleaved", node.options))
+            refs, ev, texts = [], [], []
+            for seg in r.segments:
+                if isinstance(seg, str):
+                    t = prompts.clean(seg)
+                    if t:
+                        texts.append(t)
+                        ev.append(_event(name, "text", state, text=t, data={"role": "story"}))
+                else:
+                    ref = _store_image(runtime, name, seg, "interleaved")
+                    refs.append(ref)
+                    ev.append(_event(name, "image", state, image=ref))
+            if ev:
+                ev[-1]["seconds"] = s
+            extra = {"current": refs[-1]} if refs else {}
+            return done(state, {"text": "\n\n".join(texts), "images": refs, "image": refs[-1] if refs else None}, ev,
+                        images=refs, **extra)
+    elif isinstance(node, S.RouterNode):
+        def run(state, runtime):
+            to = node.default
+            for r in node.routes:
+                if evaluate(r.when, _scope(state)):
+                    to = r.to
+                    break
+            return done(state, {"route": to}, [_event(name, "note", state, text=f"route -> {to}")])
+    elif isinstance(node, S.CallNode):
+        fn = wf.functions[node.function]
+
+        def run(state, runtime):
+            args = {k: _value(v, state) for k, v in node.args.items()}
+            value = fn(**args)
+            try:
+                value = json.loads(json.dumps(value))
+            except (TypeError, ValueError):
+                raise TypeError(f"function {node.function!r} returned {type(value).__name__}, which is not JSON data") from None
+            text = value if isinstance(value, str) else json.dumps(value)
+            return done(state, {"value": value, "text": text}, [_event(name, "text", state, text=text[:2000], data={"function": node.function})])
+    elif isinstance(node, S.SubworkflowNode):
+        child_graph = compiled_children[name]
+
+        def run(state, runtime):
+            raw = {k: _value(v, state) for k, v in node.inputs.items()}
+            child = child_graph.invoke({"inputs": raw}, context=runtime.context)
+            if child.get("error"):
+                raise RuntimeError(f"sub-workflow {node.workflow!r}: {child['error']}")
+            ev = [{**e, "node": f"{name}/{e.get('node', '')}"} for e in child.get("timeline", [])]
+            out = {"outputs": child.get("outputs", {}), "text": child.get("answer", ""), "image": child.get("best")}
+            extra = {"current": child["best"]} if child.get("best") else {}
+            return done(state, out, ev, images=child.get("images", []), **extra)
+    else:  # pragma: no cover - the loader admits only the kinds above
+        raise AssertionError(f"no builder for node kind {node.kind!r}")
+    run.__name__ = f"{node.kind}_{name}"
+    return _guarded(name)(run)
+
+
+def _loop_nodes(name: str, node: S.LoopNode) -> tuple[Callable, Callable]:
+    @_guarded(name)
+    def enter(state, runtime):
+        cap = _positive_int(_value(node.max_iterations, state), f"{name}.max_iterations", MAX_LOOP_ITERATIONS)
+        info = {"iteration": 1, "max": cap, "capped": False, "next": "body"}
+        return {"loops": {name: info}, "nodes": {name: {"iteration": 1, "capped": False}}, "max_iterations": cap,
+                "timeline": [_event(name, "note", state, text=f"loop starts (at most {cap} passes)")]}
+
+    @_guarded(name)
+    def check(state, runtime):
+        info = dict(state["loops"][name])
+        n = info["iteration"]
+        done = bool(evaluate(node.until, _scope(state))) if node.until else False
+        if done:
+            info["next"], text = "exit", f"until is true after pass {n}"
+        elif n >= info["max"]:
+            info.update(next="exit", capped=True)
+            text = f"stopped at the cap of {info['max']} passes"
+        else:
+            info.update(next="body", iteration=n + 1)
+            text = ""
+        update: dict = {"loops": {name: info}, "nodes": {name: {"iteration": info["iteration"], "capped": info["capped"]}}}
+        if info["next"] == "body":
+            update["iteration"] = state.get("iteration", 0) + 1
+        else:
+            update["timeline"] = [_event(name, "note", state, text=text)]
+        return update
+
+    return enter, check
+
+
+def _finish_node(wf: Workflow, write_files: bool) -> Callable:
+    def finish(state: WorkflowState, runtime: Runtime[AgentContext]) -> dict:
+        status = state.get("status", "running")
+        outputs: dict[str, Any] = {}
+        notes = []
+        for k, v in wf.spec.outputs.items():
+            try:
+                outputs[k] = json.loads(json.dumps(_value(v, state)))
+            except Exception as exc:  # noqa: BLE001 - an output of a branch that did not run
+                outputs[k] = None
+                notes.append(_event("_finish", "note", state, text=f"output {k!r} is empty: {type(exc).__name__}: {exc}"))
+        if status == "running":
+            status = "capped" if any(x.get("capped") for x in state.get("loops", {}).values()) else "done"
+        texts = [v for v in outputs.values() if isinstance(v, str) and v]
+        refs = [v for v in outputs.values() if _is_ref(v)]
+        update = {"status": status, "outputs": outputs, "answer": texts[0] if texts else state.get("answer", ""),
+                  "best": refs[0] if refs else state.get("current"), "timeline": notes}
+        if write_files:
+            final = {**state, **update, "timeline": state.get("timeline", []) + notes}
+            write_run_files(runtime.context.run_dir, final)
+            runtime.stream_writer({"type": "finished", "status": status, "run_dir": str(runtime.context.run_dir)})
+        return update
+
+    return finish
+
+
+def _inputs_node(wf: Workflow) -> Callable:
+    spec = wf.spec
+
+    def start(state: WorkflowState, runtime: Runtime[AgentContext]) -> dict:
+        base = {"graph": spec.name, "nodes": {}, "loops": {}, "iteration": 0, "max_iterations": 1,
+                "retokenize": spec.backend.retokenize}
+        try:
+            values = coerce_inputs(wf, dict(state.get("inputs") or {}), runtime.context.store())
+        except (ValueError, OSError) as exc:
+            msg = f"inputs: {exc}"
+            return {**base, "error": msg, "status": "failed", "prompt": "", "timeline": [_event("_inputs", "error", state, text=msg)]}
+        shown = values.get("prompt") if isinstance(values.get("prompt"), str) else \
+            json.dumps({k: v for k, v in values.items() if not _is_ref(v) and not isinstance(v, list)}, default=str)
+        return {**base, "inputs": values, "status": "running", "error": None, "prompt": f"{spec.name}: {shown}",
+                "timeline": [_event("_inputs", "text", state, text=json.dumps(values, default=str)[:2000], data={"role": "inputs"})]}
+
+    return start
+
+
+# ---------------------------------------------------------------------------------- assembly
+def _gate(to: str) -> Callable:
+    def route(state: WorkflowState) -> str:
+        return to if _ok(state) else "_finish"
+
+    route.__name__ = f"to_{to}"
+    return route
+
+
+def compile_workflow(wf: Workflow, *, checkpointer: Any = None, write_files: bool = True):
+    """Compile a loaded workflow to a LangGraph graph (``context_schema=WorkflowContext``).
+
+    Run it with ``{"inputs": {...}}`` as the input and a ``WorkflowContext`` as the context (or
+    use ``run_workflow``). ``write_files=False`` (sub-workflows) skips trace.json/report.html.
+    """
+    spec = wf.spec
+    children = {n: compile_workflow(c, write_files=False) for n, c in wf.children.items()}
+    b = StateGraph(WorkflowState, context_schema=WorkflowContext)
+    b.add_node("_inputs", _inputs_node(wf))
+    b.add_node("_finish", _finish_node(wf, write_files))
+    b.add_edge(START, "_inputs")
+    b.add_edge("_finish", END)
+
+    def tid(name: str) -> str:
+        return "_finish" if name == "END" else name
+
+    def wire(name: str, succ: str) -> None:
+        node = spec.nodes[name]
+        if isinstance(node, S.LoopNode):
+            enter, check = _loop_nodes(name, node)
+            b.add_node(name, enter)
+            b.add_node(f"{name}__check", check)
+            first = node.body[0]
+            b.add_conditional_edges(name, _gate(first), [first, "_finish"])
+            for i, member in enumerate(node.body):
+                wire(member, node.body[i + 1] if i + 1 < len(node.body) else f"{name}__check")
+
+            def after(state: WorkflowState, _n: str = name, _first: str = first, _succ: str = succ) -> str:
+                if not _ok(state):
+                    return "_finish"
+                return _first if state["loops"][_n]["next"] == "body" else _succ
+
+            after.__name__ = f"after_{name}"
+            b.add_conditional_edges(f"{name}__check", after, list(dict.fromkeys([first, succ, "_finish"])))
+        elif isinstance(node, S.RouterNode):
+            b.add_node(name, _make_node(wf, name, node, children))
+            dests = list(dict.fromkeys([tid(r.to) for r in node.routes] + [tid(node.default), "_finish"]))
+
+            def pick(state: WorkflowState, _n: str = name) -> str:
+                return tid(state["nodes"][_n]["route"]) if _ok(state) else "_finish"
+
+            pick.__name__ = f"route_{name}"
+            b.add_conditional_edges(name, pick, dests)
+        else:
+            b.add_node(name, _make_node(wf, name, node, children))
+            b.add_conditional_edges(name, _gate(succ), list(dict.fromkeys([succ, "_finish"])))
+
+    succ = {a: tid(z) for a, z in spec.edges}
+    body = {m for n in spec.nodes.values() if isinstance(n, S.LoopNode) for m in n.body}
+    b.add_conditional_edges("_inputs", _gate(succ["START"]), [succ["START"], "_finish"])
+    for name, node in spec.nodes.items():
+        if name not in body:
+            wire(name, succ.get(name, "_finish"))
+    return b.compile(checkpointer=checkpointer, name=spec.name)

@@ -1,0 +1,476 @@
+"""Load a workflow file: parse YAML with positions, validate with pydantic, then check the graph
+and every template. Problems come back together as ``WorkflowError`` whose lines read
+``file:line:column: key: message (hint: ...)``; nothing runs when there is one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from . import schema as S
+from .functions import registered_functions
+from .templates import check as check_template, is_template
+
+__all__ = ["Issue", "WorkflowError", "Workflow", "load_workflow", "loads_workflow", "BUNDLED_DIR", "bundled_workflows"]
+
+BUNDLED_DIR = Path(__file__).resolve().parents[2] / "workflows"
+_NODE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+Pos = tuple[int, int]
+Path_ = tuple[Union[str, int], ...]
+
+
+@dataclass(frozen=True)
+class Issue:
+    file: str
+    line: int
+    column: int
+    key: str
+    message: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        hint = f" (hint: {self.hint})" if self.hint else ""
+        return f"{self.file}:{self.line}:{self.column}: {self.key or '<top>'}: {self.message}{hint}"
+
+
+class WorkflowError(ValueError):
+    """Validation failed; ``issues`` lists every problem found (file, line, column, key, message, hint)."""
+
+    def __init__(self, issues: list[Issue]) -> None:
+        self.issues = list(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+@dataclass
+class Workflow:
+    """A validated workflow: the spec, where it came from, and its loaded sub-workflows."""
+
+    spec: S.WorkflowSpec
+    source: str
+    base_dir: Path
+    children: dict[str, "Workflow"] = field(default_factory=dict)
+    functions: dict[str, Callable[..., Any]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def bundled_workflows() -> dict[str, Path]:
+    """Name -> path of the workflows shipped in the repository's ``workflows/`` directory."""
+    return {p.stem: p for p in sorted(BUNDLED_DIR.glob("*.yaml"))}
+
+
+# ---------------------------------------------------------------------------------- positions
+class _Doc:
+    """Parsed YAML plus the line:column of every value and mapping key (1-based)."""
+
+    def __init__(self, text: str, label: str) -> None:
+        self.label = label
+        self.values: dict[Path_, Pos] = {}
+        self.keys: dict[Path_, Pos] = {}
+        self.issues: list[Issue] = []
+        self.data: Any = None
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                self.issues.append(Issue(label, 1, 1, "", "the file is empty", "start with 'version: 1'"))
+                return
+            self.data = loader.construct_document(node)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            self.issues.append(Issue(label, line, col, "", f"YAML syntax error: {exc.problem or exc}", exc.context or ""))
+            return
+        except yaml.YAMLError as exc:
+            self.issues.append(Issue(label, 1, 1, "", f"YAML error: {exc}"))
+            return
+        finally:
+            loader.dispose()
+        self._walk(node, ())
+
+    def _walk(self, node: yaml.Node, path: Path_) -> None:
+        self.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.MappingNode):
+            seen: set = set()
+            for k, v in node.value:
+                key = k.value if isinstance(k, yaml.ScalarNode) else str(k.value)
+                if key in seen:
+                    self.issues.append(Issue(self.label, k.start_mark.line + 1, k.start_mark.column + 1,
+                                             _dotted(path + (key,)), f"duplicate key '{key}'", "YAML keeps only the last one; remove one of them"))
+                seen.add(key)
+                self.keys[path + (key,)] = (k.start_mark.line + 1, k.start_mark.column + 1)
+                self._walk(v, path + (key,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                self._walk(v, path + (i,))
+
+    def at(self, path: Path_, *, key: bool = False) -> Pos:
+        """Position of ``path`` (its key when ``key``), or of the nearest ancestor that exists."""
+        p = tuple(path)
+        while True:
+            if key and p in self.keys:
+                return self.keys[p]
+            if not key and p in self.values:
+                return self.values[p]
+            if not p:
+                return (1, 1)
+            p = p[:-1]
+            key = bool(p) and p in self.keys
+
+    def issue(self, path: Path_, message: str, hint: str = "", *, key: bool = False) -> Issue:
+        line, col = self.at(path, key=key)
+        return Issue(self.label, line, col, _dotted(path), message, hint)
+
+
+def _dotted(path: Path_) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _did_you_mean(word: Any, choices: list[str]) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else f"expected one of: {', '.join(map(str, choices))}"
+
+
+# --------------------------------------------------------------------------- pydantic errors
+_NODE_MODELS: dict[str, type[BaseModel]] = {
+    m.model_fields["kind"].annotation.__args__[0]: m  # type: ignore[union-attr]
+    for m in (S.ThinkNode, S.DrawNode, S.EditNode, S.InspectNode, S.DecodeNode, S.EncodeNode, S.InterleaveNode,
+              S.RouterNode, S.LoopNode, S.SubworkflowNode, S.CallNode)
+}
+_OPTIONS = {"think": S.TextOptions, "inspect": S.TextOptions, "draw": S.ImageOptions, "edit": S.EditOptions,
+            "interleave": S.InterleavedOptions}
+
+
+def _model_at(path: Path_, data: Any) -> Optional[type[BaseModel]]:
+    """The model that validates the mapping at ``path`` (to suggest the keys it accepts)."""
+    if path == ():
+        return S.WorkflowSpec
+    if len(path) == 2 and path[0] == "inputs":
+        return S.InputSpec
+    if path == ("backend",):
+        return S.BackendSpec
+    if len(path) == 2 and path[0] == "backend":
+        return {"text": S.TextOptions, "image": S.ImageOptions, "edit": S.EditOptions, "interleaved": S.InterleavedOptions}.get(str(path[1]))
+    if len(path) >= 2 and path[0] == "nodes":
+        node = data.get("nodes", {}).get(path[1]) if isinstance(data.get("nodes"), dict) else None
+        kind = node.get("kind") if isinstance(node, dict) else None
+        if len(path) == 2:
+            return _NODE_MODELS.get(kind)
+        if len(path) == 3 and path[2] == "options":
+            return _OPTIONS.get(kind)
+        if len(path) == 4 and path[2] == "routes":
+            return S.Route
+    return None
+
+
+def _locate(data: Any, loc: tuple) -> Path_:
+    """Map a pydantic error location onto the data path (dropping union tags and the like)."""
+    path: list = []
+    cur = data
+    for part in loc:
+        if isinstance(cur, dict) and part in cur:
+            path.append(part)
+            cur = cur[part]
+        elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
+            path.append(part)
+            cur = cur[part]
+    return tuple(path)
+
+
+def _pydantic_issues(doc: _Doc, exc: ValidationError) -> list[Issue]:
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        path = _locate(doc.data, loc)
+        typ = err["type"]
+        if typ == "extra_forbidden":
+            model = _model_at(path[:-1], doc.data)
+            fields = list(model.model_fields) if model else []
+            out.append(doc.issue(path, f"unknown key '{path[-1]}'", _did_you_mean(path[-1], fields), key=True))
+        elif typ == "missing":
+            missing = loc[-1]
+            out.append(doc.issue(path, f"missing required key '{missing}'", f"add '{missing}: ...'", key=bool(path)))
+        elif typ == "union_tag_invalid":
+            kind = err.get("ctx", {}).get("tag", "?")
+            out.append(doc.issue(path + ("kind",), f"unknown node kind '{kind}'", _did_you_mean(kind, list(S.NODE_KINDS))))
+        elif typ == "union_tag_not_found":
+            out.append(doc.issue(path, "a node needs a 'kind'", f"one of: {', '.join(S.NODE_KINDS)}", key=True))
+        else:
+            got = err.get("input")
+            shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+            out.append(doc.issue(path, f"wrong type or value: {err['msg']} (got {shown})",
+                                 "see workflows/README.md or `lladauni schema`"))
+    return out
+
+
+# ----------------------------------------------------------------------------- semantic checks
+_PY_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "json": object}
+
+
+def _check_inputs(spec: S.WorkflowSpec, doc: _Doc, issues: list[Issue]) -> None:
+    for name, inp in spec.inputs.items():
+        if not _NODE_NAME.match(name):
+            issues.append(doc.issue(("inputs", name), f"input name '{name}' is not an identifier",
+                                    "letters, digits and '_', starting with a letter", key=True))
+        if "default" not in inp.model_fields_set:
+            continue
+        if inp.type in ("image", "images"):
+            issues.append(doc.issue(("inputs", name, "default"), f"{inp.type} inputs take no default",
+                                    "pass the image when running (--set NAME=path.png)", key=True))
+            continue
+        want = _PY_TYPES[inp.type]
+        bad = not isinstance(inp.default, want) or (inp.type in ("integer", "number") and isinstance(inp.default, bool))
+        if bad:
+            issues.append(doc.issue(("inputs", name, "default"),
+                                    f"wrong type: default {inp.default!r} is not of type {inp.type}", f"give a value of type {inp.type} or drop the default"))
+
+
+def _targets(spec: S.WorkflowSpec) -> dict[str, list[tuple[str, Path_]]]:
+    """Successors of each node in the top-level graph (edges and routes), with where each is written."""
+    succ: dict[str, list[tuple[str, Path_]]] = {}
+    for i, (a, b) in enumerate(spec.edges):
+        succ.setdefault(a, []).append((b, ("edges", i, 1)))
+    for name, node in spec.nodes.items():
+        if isinstance(node, S.RouterNode):
+            for j, r in enumerate(node.routes):
+                succ.setdefault(name, []).append((r.to, ("nodes", name, "routes", j, "to")))
+            succ.setdefault(name, []).append((node.default, ("nodes", name, "default")))
+    return succ
+
+
+def _check_graph(spec: S.WorkflowSpec, doc: _Doc, issues: list[Issue]) -> None:
+    names = list(spec.nodes)
+    for name in names:
+        if not _NODE_NAME.match(name) or "__" in name or name in ("START", "END"):
+            issues.append(doc.issue(("nodes", name), f"node name '{name}' is not allowed",
+                                    "letters, digits and single '_', starting with a letter; not START/END", key=True))
+    owner: dict[str, str] = {}
+    for name, node in spec.nodes.items():
+        if not isinstance(node, S.LoopNode):
+            continue
+        for j, member in enumerate(node.body):
+            p = ("nodes", name, "body", j)
+            if member not in spec.nodes:
+                issues.append(doc.issue(p, f"loop body names unknown node '{member}'", _did_you_mean(member, names)))
+            elif member == name:
+                issues.append(doc.issue(p, f"loop '{name}' cannot contain itself"))
+            elif isinstance(spec.nodes[member], S.RouterNode):
+                issues.append(doc.issue(p, f"router '{member}' cannot be in a loop body",
+                                        "a body runs in order; branch before or after the loop"))
+            elif member in owner:
+                issues.append(doc.issue(p, f"node '{member}' is already in the body of loop '{owner[member]}'"))
+            else:
+                owner[member] = name
+    valid_to = set(names) | {"END"}
+    out_count: dict[str, int] = {}
+    start_edges = 0
+    for i, (a, b) in enumerate(spec.edges):
+        for end, which, allowed, extra in ((a, 0, set(names) | {"START"}, ["START"]), (b, 1, valid_to, ["END"])):
+            if end not in allowed:
+                if end in ("START", "END"):
+                    msg = f"{end} cannot be the {'source' if which == 0 else 'target'} of an edge"
+                    issues.append(doc.issue(("edges", i, which), msg))
+                else:
+                    issues.append(doc.issue(("edges", i, which), f"dangling edge: no node named '{end}'",
+                                            _did_you_mean(end, names + extra)))
+            elif end in owner:
+                issues.append(doc.issue(("edges", i, which), f"node '{end}' is in the body of loop '{owner[end]}' and takes no edges",
+                                        f"connect the loop '{owner[end]}' instead"))
+        if a == "START":
+            start_edges += 1
+            if start_edges > 1:
+                issues.append(doc.issue(("edges", i), "a second edge from START", "a workflow has one entry; use a router to branch"))
+        elif a in spec.nodes:
+            if isinstance(spec.nodes[a], S.RouterNode):
+                issues.append(doc.issue(("edges", i, 0), f"router '{a}' takes no edges; its routes and default say where it goes"))
+                continue
+            out_count[a] = out_count.get(a, 0) + 1
+            if out_count[a] > 1:
+                issues.append(doc.issue(("edges", i), f"node '{a}' already has an outgoing edge",
+                                        "each node has one successor; branch with a router node"))
+    if start_edges == 0:
+        issues.append(doc.issue(("edges",), "no edge from START", "add '- [START, first_node]'", key=True))
+    for name, node in spec.nodes.items():
+        if isinstance(node, S.RouterNode):
+            for p, target in [(("nodes", name, "routes", j, "to"), r.to) for j, r in enumerate(node.routes)] + \
+                             [(("nodes", name, "default"), node.default)]:
+                if target not in valid_to:
+                    issues.append(doc.issue(p, f"route to unknown node '{target}'", _did_you_mean(target, names + ["END"])))
+                elif target in owner:
+                    issues.append(doc.issue(p, f"node '{target}' is in the body of loop '{owner[target]}'", f"route to '{owner[target]}'"))
+        elif name not in owner and out_count.get(name, 0) == 0:
+            issues.append(doc.issue(("nodes", name), f"dead end: node '{name}' has no outgoing edge",
+                                    f"add '- [{name}, END]' to edges", key=True))
+    if issues:
+        return  # reachability and cycles need a well-formed graph
+    succ = _targets(spec)
+    seen, todo = set(), ["START"]
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        todo += [t for t, _ in succ.get(n, [])]
+        node = spec.nodes.get(n)
+        if isinstance(node, S.LoopNode):
+            todo += node.body
+    for name in names:
+        if name not in seen:
+            issues.append(doc.issue(("nodes", name), f"unreachable node '{name}': nothing leads to it from START",
+                                    "add an edge or route to it, or delete it", key=True))
+    color: dict[str, int] = {}
+    stack: list[str] = []
+
+    def dfs(n: str) -> bool:
+        color[n] = 1
+        stack.append(n)
+        for t, where in succ.get(n, []):
+            if color.get(t) == 1:
+                cyc = stack[stack.index(t):] + [t]
+                issues.append(doc.issue(where, f"cycle without a cap: {' -> '.join(cyc)}",
+                                        "repeat steps inside a 'loop' node, which requires max_iterations"))
+                return True
+            if color.get(t, 0) == 0 and dfs(t):
+                return True
+        stack.pop()
+        color[n] = 2
+        return False
+
+    dfs("START")
+
+
+def _strings(node: Any, base: Path_) -> list[tuple[Path_, str, bool]]:
+    """Every template/expression of a node: (path, text, is_expression)."""
+    out: list[tuple[Path_, str, bool]] = []
+    for f in S.TEMPLATE_FIELDS:
+        v = getattr(node, f, None)
+        if isinstance(v, str):
+            out.append((base + (f,), v, False))
+    for f in S.EXPRESSION_FIELDS:
+        v = getattr(node, f, None)
+        if isinstance(v, str):
+            out.append((base + (f,), v, True))
+    for j, v in enumerate(getattr(node, "images", None) or []):
+        out.append((base + ("images", j), v, True))
+    for j, r in enumerate(getattr(node, "routes", None) or []):
+        out.append((base + ("routes", j, "when"), r.when, True))
+    for f in ("inputs", "args"):
+        vals = getattr(node, f, None)
+        if isinstance(vals, dict) and not isinstance(node, S.WorkflowSpec):
+            for k, v in vals.items():
+                if isinstance(v, str):
+                    out.append((base + (f, k), v, not is_template(v)))
+    return out
+
+
+def _check_templates(wf: Workflow, doc: _Doc, issues: list[Issue]) -> None:
+    spec = wf.spec
+    fields: dict[str, Optional[list[str]]] = {n: list(S.NODE_OUTPUTS[node.kind]) for n, node in spec.nodes.items()}
+    loops = [n for n, node in spec.nodes.items() if isinstance(node, S.LoopNode)]
+    items = [x for name, node in spec.nodes.items() for x in _strings(node, ("nodes", name))]
+    items += [(("outputs", k), v, not is_template(v)) for k, v in spec.outputs.items() if isinstance(v, str)]
+    for path, text, expr in items:
+        problem = check_template(text, expression=expr, inputs=list(spec.inputs), node_fields=fields, loops=loops)
+        if problem:
+            issues.append(doc.issue(path, problem.message, problem.hint))
+
+
+def _check_calls_and_children(wf: Workflow, doc: _Doc, issues: list[Issue], stack: tuple[Path, ...]) -> None:
+    for name, node in wf.spec.nodes.items():
+        if isinstance(node, S.CallNode) and node.function not in wf.functions:
+            hint = (_did_you_mean(node.function, list(wf.functions)) + "; " if wf.functions else "") + \
+                "the host must allow it: lladauni_agent.workflows.register_function(name, fn)"
+            issues.append(doc.issue(("nodes", name, "function"), f"unknown function '{node.function}'", hint))
+        if not isinstance(node, S.SubworkflowNode):
+            continue
+        p = ("nodes", name, "workflow")
+        target = (wf.base_dir / node.workflow).resolve()
+        if not target.is_relative_to(wf.base_dir.resolve()):
+            issues.append(doc.issue(p, f"'{node.workflow}' leaves the workflow's directory", "sub-workflows live beside the file that uses them"))
+            continue
+        if not target.is_file():
+            issues.append(doc.issue(p, f"no workflow file '{node.workflow}' in {wf.base_dir}",
+                                    _did_you_mean(node.workflow, sorted(x.name for x in wf.base_dir.glob("*.yaml")))))
+            continue
+        if target in stack:
+            issues.append(doc.issue(p, f"sub-workflow cycle: {' -> '.join(s.name for s in stack + (target,))}"))
+            continue
+        try:
+            child = _load_path(target, dict(wf.functions), stack)
+        except WorkflowError as exc:
+            issues.append(doc.issue(p, f"sub-workflow '{node.workflow}' is invalid ({len(exc.issues)} problem(s) below)"))
+            issues.extend(exc.issues)
+            continue
+        wf.children[name] = child
+        for k in node.inputs:
+            if k not in child.spec.inputs:
+                issues.append(doc.issue(("nodes", name, "inputs", k), f"'{node.workflow}' has no input '{k}'",
+                                        _did_you_mean(k, list(child.spec.inputs)), key=True))
+        for k, inp in child.spec.inputs.items():
+            if k not in node.inputs and "default" not in inp.model_fields_set:
+                issues.append(doc.issue(("nodes", name), f"sub-workflow input '{k}' is required", f"add inputs: {{{k}: ...}}", key=True))
+
+
+def _validate(text: str, label: str, base_dir: Path, functions: Mapping[str, Callable[..., Any]],
+              stack: tuple[Path, ...]) -> Workflow:
+    doc = _Doc(text, label)
+    if doc.issues and doc.data is None:
+        raise WorkflowError(doc.issues)
+    if not isinstance(doc.data, dict):
+        raise WorkflowError([doc.issue((), f"a workflow is a mapping of keys, got {type(doc.data).__name__}", "start with 'version: 1'")])
+    issues = list(doc.issues)
+    try:
+        spec = S.WorkflowSpec.model_validate(doc.data)
+    except ValidationError as exc:
+        raise WorkflowError(issues + _pydantic_issues(doc, exc)) from None
+    wf = Workflow(spec, label, base_dir, functions=dict(functions))
+    _check_inputs(spec, doc, issues)
+    _check_graph(spec, doc, issues)
+    _check_templates(wf, doc, issues)
+    _check_calls_and_children(wf, doc, issues, stack)
+    if issues:
+        raise WorkflowError(issues)
+    return wf
+
+
+def _load_path(path: Path, functions: Mapping[str, Callable[..., Any]], stack: tuple[Path, ...] = ()) -> Workflow:
+    path = path.resolve()
+    text = path.read_text(encoding="utf-8")
+    label = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)
+    return _validate(text, label, path.parent, functions, stack + (path,))
+
+
+def load_workflow(source: Union[str, os.PathLike], *, functions: Optional[Mapping[str, Callable[..., Any]]] = None) -> Workflow:
+    """Load and validate a workflow file, or a bundled one by name (``"draw-check-refine"``).
+
+    ``functions`` adds to the registered functions that ``call`` nodes may use. Raises
+    ``WorkflowError`` listing every problem, ``FileNotFoundError`` when there is no such file.
+    """
+    p = Path(source)
+    if not p.is_file():
+        bundled = bundled_workflows()
+        if str(source) in bundled:
+            p = bundled[str(source)]
+        else:
+            raise FileNotFoundError(f"no workflow file {str(source)!r} and no bundled workflow of that name "
+                                    f"(bundled: {', '.join(bundled) or 'none'})")
+    return _load_path(p, registered_functions(functions))
+
+
+def loads_workflow(text: str, *, label: str = "<string>", base_dir: Union[str, os.PathLike, None] = None,
+                   functions: Optional[Mapping[str, Callable[..., Any]]] = None) -> Workflow:
+    """Validate a workflow given as YAML text (sub-workflows resolve against ``base_dir``, default cwd)."""
+    return _validate(text, label, Path(base_dir or ".").resolve(), registered_functions(functions), ())

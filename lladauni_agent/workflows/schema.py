@@ -1,0 +1,243 @@
+"""Schema v1 of a YAML workflow, as pydantic models (unknown keys are rejected everywhere).
+
+A workflow declares typed ``inputs``, model ``backend`` settings, ``nodes`` (one of the kinds in
+``NODE_KINDS``), ``edges`` between them (``START`` and ``END`` are the entry and the exit) and
+``outputs``. ``workflow_json_schema()`` exports the JSON Schema editors use.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "WorkflowSpec", "InputSpec", "BackendSpec", "Node", "NODE_KINDS", "NODE_OUTPUTS", "TEMPLATE_FIELDS",
+    "EXPRESSION_FIELDS", "workflow_json_schema", "SCHEMA_VERSION",
+]
+
+SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+InputType = Literal["string", "integer", "number", "boolean", "image", "images", "json"]
+
+
+class InputSpec(_Strict):
+    """One run input. ``image`` is a file path (or a PIL image from Python); ``images`` a list of them."""
+
+    type: InputType
+    default: Any = None
+    description: str = ""
+
+
+# ---------------------------------------------------------------- model options (per call kind)
+Steps = Annotated[int, Field(ge=1, le=1024)]
+Pixels = Annotated[int, Field(ge=32, le=4096, multiple_of=32)]
+
+
+class TextOptions(_Strict):
+    steps: Optional[Steps] = None
+    gen_length: Optional[Annotated[int, Field(ge=1, le=32768)]] = None
+    block_length: Optional[Annotated[int, Field(ge=1, le=1024)]] = None
+    threshold: Optional[Annotated[float, Field(gt=0, le=1)]] = None
+    temperature: Optional[Annotated[float, Field(ge=0)]] = None
+    top_p: Optional[Annotated[float, Field(gt=0, le=1)]] = None
+    top_k: Optional[Annotated[int, Field(ge=1)]] = None
+
+
+class ImageOptions(_Strict):
+    image_h: Optional[Pixels] = None
+    image_w: Optional[Pixels] = None
+    steps: Optional[Steps] = None
+    cfg_scale: Optional[Annotated[float, Field(ge=0)]] = None
+    decoder_steps: Optional[Steps] = None
+    thinking_steps: Optional[Steps] = None
+    thinking_gen_length: Optional[Annotated[int, Field(ge=1, le=32768)]] = None
+    temperature: Optional[Annotated[float, Field(ge=0)]] = None
+    use_sprint: Optional[bool] = None
+
+
+class EditOptions(_Strict):
+    steps: Optional[Steps] = None
+    cfg_text_scale: Optional[Annotated[float, Field(ge=0)]] = None
+    cfg_image_scale: Optional[Annotated[float, Field(ge=0)]] = None
+    decoder_steps: Optional[Steps] = None
+    temperature: Optional[Annotated[float, Field(ge=0)]] = None
+    use_sprint: Optional[bool] = None
+
+
+class InterleavedOptions(_Strict):
+    image_h: Optional[Pixels] = None
+    image_w: Optional[Pixels] = None
+    text_gen_length: Optional[Annotated[int, Field(ge=1, le=32768)]] = None
+    steps: Optional[Steps] = None
+    image_steps: Optional[Steps] = None
+    decoder_steps: Optional[Steps] = None
+    cfg_scale: Optional[Annotated[float, Field(ge=0)]] = None
+
+
+class BackendSpec(_Strict):
+    """Model settings for every call of a kind; a node's ``options`` override them, and the
+    caller's (``run_workflow(..., image_options=...)``, the CLI's ``--size``/``--steps``) override both."""
+
+    seed: Optional[int] = 0
+    retokenize: Literal["reuse", "roundtrip"] = "reuse"
+    text: TextOptions = Field(default_factory=TextOptions)
+    image: ImageOptions = Field(default_factory=ImageOptions)
+    edit: EditOptions = Field(default_factory=EditOptions)
+    interleaved: InterleavedOptions = Field(default_factory=InterleavedOptions)
+
+
+# ------------------------------------------------------------------------------------- nodes
+class _NodeBase(_Strict):
+    description: str = ""
+
+
+class ThinkNode(_NodeBase):
+    """Text reasoning (``chat``), optionally looking at images. Output: ``text``."""
+
+    kind: Literal["think"]
+    prompt: str
+    system: Optional[str] = None
+    images: list[str] = Field(default_factory=list)
+    options: Optional[TextOptions] = None
+
+
+class DrawNode(_NodeBase):
+    """Text to image, ``normal`` or ``thinking`` mode. Outputs: ``image``, ``text`` (the thinking)."""
+
+    kind: Literal["draw"]
+    prompt: str
+    mode: Literal["normal", "thinking"] = "normal"
+    options: Optional[ImageOptions] = None
+
+
+class EditNode(_NodeBase):
+    """Edit an image, or several reference images (the expression gives a list). Output: ``image``."""
+
+    kind: Literal["edit"]
+    image: str
+    instruction: str
+    options: Optional[EditOptions] = None
+
+
+class InspectNode(_NodeBase):
+    """Ask about an image. ``verdict: yes_no`` reads a leading yes/no into ``verdict``;
+    ``verdict: json`` parses the first JSON object into ``data`` (``verdict`` = its boolean
+    ``pass``; ``keys`` must all be present). Outputs: ``text``, ``verdict``, ``data``."""
+
+    kind: Literal["inspect"]
+    image: str
+    question: str
+    verdict: Literal["none", "yes_no", "json"] = "none"
+    keys: list[str] = Field(default_factory=list)
+    options: Optional[TextOptions] = None
+
+
+class DecodeNode(_NodeBase):
+    """Decode an image's VQ codes to pixels (again), e.g. with more decoder steps. Output: ``image``."""
+
+    kind: Literal["decode"]
+    image: str
+    steps: Optional[Steps] = None
+
+
+class EncodeNode(_NodeBase):
+    """Encode an image's pixels to VQ codes once, so later nodes reuse them. Output: ``image``."""
+
+    kind: Literal["encode"]
+    image: str
+
+
+class InterleaveNode(_NodeBase):
+    """Native interleaved text and images. Outputs: ``text``, ``images``, ``image`` (the last)."""
+
+    kind: Literal["interleave"]
+    prompt: str
+    images: list[str] = Field(default_factory=list)
+    max_frames: Union[Annotated[int, Field(ge=1, le=16)], str] = 4
+    options: Optional[InterleavedOptions] = None
+
+
+class Route(_Strict):
+    when: str
+    to: str
+
+
+class RouterNode(_NodeBase):
+    """The first route whose ``when`` expression is true wins; otherwise ``default``. Output: ``route``."""
+
+    kind: Literal["router"]
+    routes: list[Route] = Field(default_factory=list)
+    default: str
+
+
+class LoopNode(_NodeBase):
+    """Run ``body`` (node names, in order) until ``until`` is true after a pass, at most
+    ``max_iterations`` times (an integer or an expression such as ``inputs.rounds``)."""
+
+    kind: Literal["loop"]
+    body: Annotated[list[str], Field(min_length=1)]
+    until: Optional[str] = None
+    max_iterations: Union[Annotated[int, Field(ge=1, le=1000)], str]
+
+
+class SubworkflowNode(_NodeBase):
+    """Run another workflow file (relative to this one, inside its directory) as one step.
+    Outputs: ``outputs`` (the child's outputs), ``text``, ``image``."""
+
+    kind: Literal["subworkflow"]
+    workflow: str
+    inputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class CallNode(_NodeBase):
+    """Call a Python function the host registered (``register_function``); nothing else is
+    importable. Outputs: ``value`` (what it returned, JSON), ``text`` (str of it)."""
+
+    kind: Literal["call"]
+    function: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+Node = Annotated[
+    Union[ThinkNode, DrawNode, EditNode, InspectNode, DecodeNode, EncodeNode, InterleaveNode, RouterNode, LoopNode,
+          SubworkflowNode, CallNode],
+    Field(discriminator="kind"),
+]
+NODE_KINDS = ("think", "draw", "edit", "inspect", "decode", "encode", "interleave", "router", "loop", "subworkflow", "call")
+
+# What ``nodes.<name>.<field>`` may read, per kind (checked at load).
+NODE_OUTPUTS: dict[str, list[str]] = {
+    "think": ["text"], "draw": ["image", "text"], "edit": ["image"], "inspect": ["text", "verdict", "data"],
+    "decode": ["image"], "encode": ["image"], "interleave": ["text", "images", "image"], "router": ["route"],
+    "loop": ["iteration", "capped"], "subworkflow": ["outputs", "text", "image"], "call": ["value", "text"],
+}
+TEMPLATE_FIELDS = ("prompt", "system", "instruction", "question")
+EXPRESSION_FIELDS = ("image", "until", "max_iterations", "max_frames")
+
+
+class WorkflowSpec(_Strict):
+    """A whole workflow file."""
+
+    version: Literal[1] = Field(description="schema version; this is version 1")
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
+    description: str = ""
+    inputs: dict[str, InputSpec] = Field(default_factory=dict)
+    backend: BackendSpec = Field(default_factory=BackendSpec)
+    nodes: Annotated[dict[str, Node], Field(min_length=1)]
+    edges: Annotated[list[tuple[str, str]], Field(min_length=1, description="[from, to] pairs; START and END are the ends")]
+    outputs: dict[str, Any] = Field(default_factory=dict)
+
+
+def workflow_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a workflow file (for ``# yaml-language-server: $schema=...``)."""
+    schema = WorkflowSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://github.com/lladauni/lladauni/workflows/schema.json"
+    schema["title"] = "lladauni workflow (schema v1)"
+    return schema
