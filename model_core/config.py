@@ -224,20 +224,7 @@ class BackboneConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "BackboneConfig":
-        path = os.fspath(path)
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"config file not found: {path}") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-        try:
-            return cls.from_dict(data)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
-        except TypeError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+        return read_config_file(path, cls.from_dict)
 
     def to_dict(self) -> dict:
         known = {f.name: f for f in dataclasses.fields(self) if f.name not in ("extra", "source_keys")}
@@ -314,6 +301,27 @@ class BackboneConfig:
 
 
 PRESETS = {"full": BackboneConfig.full, "tiny": BackboneConfig.tiny}
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's content; FileNotFoundError or ConfigError naming the file."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+
+
+def read_config_file(path: str | os.PathLike, from_dict: Any) -> Any:
+    """``from_dict(json of path)``, with every config error prefixed by the file's path."""
+    data = read_json(path)
+    try:
+        return from_dict(data)
+    except (ConfigError, TypeError) as exc:
+        raise ConfigError(f"{os.fspath(path)}: {exc}") from None
 
 
 def _check_type(name: str, value: Any, annotation: Any) -> None:

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar
 
-from .config import ConfigError, _check_type
+from .config import ConfigError, _check_type, read_config_file
 
 __all__ = ["ImageTokenizerConfig", "PreprocessorConfig", "VisionConfig", "VQConfig"]
 
@@ -73,17 +73,6 @@ def _positive(cfg: Any, *names: str) -> None:
     for name in names:
         if not getattr(cfg, name) > 0:
             raise ConfigError(f"{name}={getattr(cfg, name)!r}: must be > 0")
-
-
-def _read_json(path: str | os.PathLike) -> Any:
-    path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"config file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
 
 
 def _write_json(data: dict, path: str | os.PathLike) -> None:
@@ -217,10 +206,7 @@ class ImageTokenizerConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "ImageTokenizerConfig":
-        try:
-            return cls.from_dict(_read_json(path))
-        except ConfigError as exc:
-            raise ConfigError(f"{os.fspath(path)}: {exc}") from None
+        return read_config_file(path, cls.from_dict)
 
     def to_dict(self) -> dict:
         return _to_dict(self)
@@ -292,10 +278,7 @@ class PreprocessorConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "PreprocessorConfig":
-        try:
-            return cls.from_dict(_read_json(path))
-        except ConfigError as exc:
-            raise ConfigError(f"{os.fspath(path)}: {exc}") from None
+        return read_config_file(path, cls.from_dict)
 
     def to_dict(self) -> dict:
         return _to_dict(self)

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..config import ConfigError, _check_type
+from ..config import ConfigError, _check_type, read_config_file
 
 __all__ = ["DiTConfig", "OFFICIAL_AXES_LENS", "ADALN_DIM", "SEQ_MULTIPLE"]
 
@@ -137,18 +137,7 @@ class DiTConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "DiTConfig":
-        path = os.fspath(path)
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"config file not found: {path}") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-        try:
-            return cls.from_dict(data)
-        except (ConfigError, TypeError) as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+        return read_config_file(path, cls.from_dict)
 
     def to_dict(self) -> dict:
         out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "extra"}
