@@ -26,7 +26,7 @@ from .context import AgentContext
 from .graph import DEFAULT_MAX_ITERATIONS, GRAPHS, build_graph
 from .report import write_run_files
 
-__all__ = ["Agent", "RunResult", "make_checkpointer"]
+__all__ = ["Agent", "RunResult", "drive_graph", "make_checkpointer"]
 
 _THREAD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -92,6 +92,39 @@ class RunResult:
         return self.run_dir / "report.html"
 
 
+def drive_graph(graph: Any, payload: Any, config: dict, ctx: Any, run_dir: Path,
+                on_event: Optional[Callable[[dict], None]]) -> RunResult:
+    """Stream one run (or resumption) of a compiled graph to its end or next interrupt.
+
+    Custom events are collected and every stream part goes to ``on_event``; on an exception the
+    run files are written from the last checkpoint before it propagates; an interrupted run's
+    files are written too. Shared by agent graphs and compiled workflows.
+    """
+    thread_id = config["configurable"]["thread_id"]
+    events: list[dict] = []
+    try:
+        for part in graph.stream(payload, config, context=ctx, stream_mode=["updates", "custom"],
+                                 version="v2", durability="sync"):
+            if part["type"] == "custom":
+                events.append(part["data"])
+            if on_event is not None:
+                on_event(part)
+    except BaseException:
+        snap = graph.get_state(config)
+        if snap.values:
+            write_run_files(run_dir, {**snap.values, "status": "interrupted-by-exception"})
+        raise
+    snap = graph.get_state(config)
+    state = dict(snap.values)
+    status = state.get("status", "running")
+    interrupt_value = None
+    if snap.next:
+        status = "interrupted"
+        interrupt_value = snap.interrupts[0].value if snap.interrupts else None
+        write_run_files(run_dir, {**state, "status": status})
+    return RunResult(thread_id, run_dir, status, state, interrupt_value, events)
+
+
 class Agent:
     """Runs the agent graphs on one backend.
 
@@ -140,31 +173,8 @@ class Agent:
     def _drive(self, kind: str, options: dict, thread_id: str, payload: Any, cap: int,
                on_event: Optional[Callable[[dict], None]]) -> RunResult:
         run_dir = self._run_dir(thread_id)
-        graph = self.graph(kind, **options)
         config = {"configurable": {"thread_id": thread_id}, "recursion_limit": 40 + 12 * cap}
-        ctx = self._context(run_dir)
-        events: list[dict] = []
-        try:
-            for part in graph.stream(payload, config, context=ctx, stream_mode=["updates", "custom"],
-                                     version="v2", durability="sync"):
-                if part["type"] == "custom":
-                    events.append(part["data"])
-                if on_event is not None:
-                    on_event(part)
-        except BaseException:
-            snap = graph.get_state(config)
-            if snap.values:
-                write_run_files(run_dir, {**snap.values, "status": "interrupted-by-exception"})
-            raise
-        snap = graph.get_state(config)
-        state = dict(snap.values)
-        status = state.get("status", "running")
-        interrupt_value = None
-        if snap.next:
-            status = "interrupted"
-            interrupt_value = snap.interrupts[0].value if snap.interrupts else None
-            write_run_files(run_dir, {**state, "status": status})
-        return RunResult(thread_id, run_dir, status, state, interrupt_value, events)
+        return drive_graph(self.graph(kind, **options), payload, config, self._context(run_dir), run_dir, on_event)
 
     # -- public
     def run(

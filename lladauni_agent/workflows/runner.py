@@ -16,9 +16,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Union
 
-from ..agent import RunResult, make_checkpointer
+from ..agent import RunResult, drive_graph, make_checkpointer
 from ..artifacts import ArtifactStore
-from ..report import write_run_files
 from . import schema as S
 from .compiler import WorkflowContext, compile_workflow
 from .loader import Workflow, load_workflow
@@ -45,26 +44,7 @@ def _step_bound(wf: Workflow) -> int:
 def _drive(graph: Any, wf: Workflow, payload: Any, thread_id: str, run_dir: Path, ctx: WorkflowContext,
            on_event: Optional[Callable[[dict], None]]) -> RunResult:
     config = {"configurable": {"thread_id": thread_id}, "recursion_limit": min(10_000, 20 + 2 * _step_bound(wf))}
-    events: list[dict] = []
-    try:
-        for part in graph.stream(payload, config, context=ctx, stream_mode=["updates", "custom"], version="v2",
-                                 durability="sync"):
-            if part["type"] == "custom":
-                events.append(part["data"])
-            if on_event is not None:
-                on_event(part)
-    except BaseException:
-        snap = graph.get_state(config)
-        if snap.values:
-            write_run_files(run_dir, {**snap.values, "status": "interrupted-by-exception"})
-        raise
-    snap = graph.get_state(config)
-    state = dict(snap.values)
-    status = state.get("status", "running")
-    if snap.next:
-        status = "interrupted"
-        write_run_files(run_dir, {**state, "status": status})
-    return RunResult(thread_id, run_dir, status, state, None, events)
+    return drive_graph(graph, payload, config, ctx, run_dir, on_event)
 
 
 def _context(wf: Workflow, backend: Any, run_dir: Path, seed: Any, overrides: Mapping[str, Mapping[str, Any]]) -> WorkflowContext:
