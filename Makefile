@@ -13,7 +13,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[dev,agent]"
+	$(PY) -m pip install --quiet -e ".[dev,agent,server]"
 	# Triton for the kernel tests (run in its CPU interpreter); --no-deps keeps the torch above
 	$(PY) -m pip install --quiet --no-deps "triton>=3.0"
 	touch $(STAMP)

@@ -217,7 +217,7 @@ def _fmt_md(results: dict) -> str:
     return "\n".join(lines)
 
 
-SECTIONS = ("foundation", "generation", "image_tokenizer", "decoder", "agent")
+SECTIONS = ("foundation", "generation", "image_tokenizer", "decoder", "agent", "tools")
 
 
 def _foundation(quick: bool) -> tuple[dict, str]:

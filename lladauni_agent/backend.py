@@ -231,7 +231,9 @@ class HTTPBackend:
 
     name = "http"
     accepts_codes = False
-    _RENAME = {"steps": "dllm_steps", "image_steps": "dllm_steps"}
+    # SGLang-Omni names the backbone's steps dllm_steps; image_steps (interleaved frames) keeps its
+    # own name so it cannot overwrite the text steps (our server accepts it)
+    _RENAME = {"steps": "dllm_steps"}
     _LOCAL_ONLY = {"progress", "decode", "generator", "trace"}
 
     def __init__(

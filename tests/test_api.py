@@ -46,7 +46,7 @@ def test_public_surface_is_pinned():
         "ScriptedBackend", "build_graph",
     ]
     assert kernels.__all__ == ["available", "block_attention", "fused_moe", "qk_norm_rope", "register", "rms_norm"]
-    assert tools.__all__ == []
+    assert tools.__all__ == ["as_langchain_tools"]
 
 
 def test_model_core_imports_without_agent_or_server_dependencies():

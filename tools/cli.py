@@ -164,6 +164,57 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tool_service(args: argparse.Namespace):
+    """The ``ToolService`` that ``serve`` and ``mcp`` share: one model, limits, defaults."""
+    from lladauni_agent import LocalBackend
+    from lladauni_agent.context import TINY_OPTIONS
+    from tools.runtime import Limits
+    from tools.service import ToolService
+
+    dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    backend = LocalBackend(args.checkpoint, device=args.device, dtype=dtype, decoder_variant=args.decoder)
+    backend.load()
+    limits = Limits(allowed_roots=tuple(Path(p).resolve() for p in args.allow_path), queue_size=args.queue_size,
+                    timeout_s=args.timeout, max_body_bytes=args.max_body_mb * 1024 * 1024,
+                    max_image_side=args.max_image_side)
+    workflows = dict(w.split("=", 1) for w in args.workflow)
+    svc = ToolService(backend, limits=limits, defaults=TINY_OPTIONS if args.preset == "tiny" else None,
+                      out_dir=args.out_dir, model_name=args.model_name)
+    for name, path in workflows.items():
+        svc.register_workflow(name, path)
+    return svc
+
+
+def _api_key(args: argparse.Namespace) -> Optional[str]:
+    return args.api_key or os.environ.get("LLADAUNI_API_KEY") or None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from tools.server import is_loopback, serve
+    except ImportError as exc:
+        print(f"error: `lladauni serve` needs the server extra (pip install 'lladauni[server]'): {exc}", file=sys.stderr)
+        return 2
+    if not is_loopback(args.host) and not _api_key(args):  # refuse before loading the model
+        raise ValueError(f"--host {args.host} is reachable from other machines: set --api-key or LLADAUNI_API_KEY")
+    serve(_tool_service(args), host=args.host, port=args.port, api_key=_api_key(args))
+    return 0
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    try:
+        from tools.mcp_server import run_mcp
+        from tools.server import is_loopback
+    except ImportError as exc:
+        print(f"error: `lladauni mcp` needs the server extra (pip install 'lladauni[server]'): {exc}", file=sys.stderr)
+        return 2
+    if args.transport == "http" and not is_loopback(args.host) and not _api_key(args):
+        raise ValueError(f"--host {args.host} is reachable from other machines: set --api-key or LLADAUNI_API_KEY")
+    run_mcp(_tool_service(args), transport="stdio" if args.transport == "stdio" else "streamable-http",
+            host=args.host, port=args.port, api_key=_api_key(args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lladauni", description="LLaDA2.0-Uni: run it exactly, fast, and as an agent.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -224,6 +275,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder-steps", type=int, default=None)
     p.add_argument("--no-decode", action="store_true")
     p.set_defaults(func=_edit)
+
+    def served(p: argparse.ArgumentParser, port: int) -> None:
+        p.add_argument("--checkpoint", required=True, help="checkpoint directory (or Hugging Face repo id)")
+        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+        p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+        p.add_argument("--decoder", choices=["turbo", "normal"], default="turbo")
+        p.add_argument("--host", default="127.0.0.1", help="beyond loopback only with --api-key")
+        p.add_argument("--port", type=int, default=port)
+        p.add_argument("--api-key", default=None, help="bearer token (default: $LLADAUNI_API_KEY)")
+        p.add_argument("--allow-path", action="append", default=[], metavar="DIR",
+                       help="local image paths are accepted under DIR (repeat; none by default)")
+        p.add_argument("--workflow", action="append", default=[], metavar="NAME=PATH", help="register a workflow file")
+        p.add_argument("--out-dir", default="lladauni-out", help="generated files and agent/workflow runs")
+        p.add_argument("--queue-size", type=int, default=4, help="requests waiting behind the running one (then 429)")
+        p.add_argument("--timeout", type=float, default=600.0, help="seconds per request, queue wait included")
+        p.add_argument("--max-body-mb", type=int, default=32)
+        p.add_argument("--max-image-side", type=int, default=2048, help="largest output side a request may ask for")
+        p.add_argument("--model-name", default="inclusionAI/LLaDA2.0-Uni", help="the model id clients send")
+        p.add_argument("--preset", choices=["default", "tiny"], default="default",
+                       help="tiny: CPU-test sizes as default options (tiny checkpoints)")
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (needs the server extra)")
+    served(p, 8000)
+    p.set_defaults(func=_serve)
+    p = sub.add_parser("mcp", help="MCP server over stdio or streamable HTTP (needs the server extra)")
+    served(p, 8001)
+    p.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    p.set_defaults(func=_mcp)
 
     try:  # the agent command needs the `agent` extra (langgraph); the rest works without it
         from lladauni_agent.cli import add_agent_command
