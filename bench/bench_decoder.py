@@ -13,26 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+from bench.timing import median_ms
+
 from model_core.decoder import DiTConfig, FlowEulerSampler, FlowRenoiseSampler, ImageDecoder, ZImageDiT
 from model_core.decoder.testing import write_tiny_decoder
-
-
-def _median_ms(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(samples)
 
 
 def _resident_mib(dec: ImageDecoder) -> dict:
@@ -56,7 +45,7 @@ def _dit_step_ms(config: DiTConfig, h: int, w: int, repeats: int) -> dict:
         x = torch.randn(b, config.in_channels, 4 * h, 4 * w, generator=g)
         feats = torch.randn(b, 4 * h * w, config.cap_feat_dim, generator=g)
         t = torch.full((b,), 0.5)
-        res[name] = _median_ms(lambda: model(x, t, feats), repeats)
+        res[name] = median_ms(lambda: model(x, t, feats), repeats)
     res["params_m"] = model.num_parameters() / 1e6
     return res
 
@@ -69,7 +58,7 @@ def run(quick: bool = False) -> tuple[dict, str]:
         codes = list(range(16))  # 4 x 4 grid -> 128 x 128 image
         for variant in ("turbo", "normal"):
             dec = ImageDecoder.from_pretrained(root, variant, device="cpu", dtype=torch.float32)
-            figures[f"tiny_{variant}_decode_ms"] = _median_ms(lambda: dec.decode(codes, 4, 4, seed=0), repeats)
+            figures[f"tiny_{variant}_decode_ms"] = median_ms(lambda: dec.decode(codes, 4, 4, seed=0), repeats)
             figures[f"tiny_{variant}_model_calls"] = dec.sampler.model_calls
         figures["tiny_resident"] = _resident_mib(dec)
     figures["tiny_step_4x4"] = _dit_step_ms(DiTConfig.tiny(), 4, 4, repeats * 3)

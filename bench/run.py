@@ -21,30 +21,18 @@ import datetime as dt
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import torch
 
+from bench.timing import median_ms
+
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "out"
-
-
-def _time(fn, repeats: int, warmup: int = 1) -> float:
-    """Median wall time in ms."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(samples)
 
 
 @torch.no_grad()
@@ -61,15 +49,15 @@ def bench_tiny_forward(repeats: int) -> dict:
     block_mask = AttentionMask.prefix_and_block(1024, 32)
     pos = torch.arange(1024, 1056)
     res = {
-        "window256_all_logits_ms": _time(lambda: model(ids256), repeats),
-        "window256_block_logits_ms": _time(lambda: model(ids256, logits_for=32), repeats),
-        "window1056_all_logits_ms": _time(lambda: model(ids), repeats),
-        "window1056_block_logits_ms": _time(lambda: model(ids, logits_for=32), repeats),
-        "block32_over_cached1024_ms": _time(
+        "window256_all_logits_ms": median_ms(lambda: model(ids256), repeats),
+        "window256_block_logits_ms": median_ms(lambda: model(ids256, logits_for=32), repeats),
+        "window1056_all_logits_ms": median_ms(lambda: model(ids), repeats),
+        "window1056_block_logits_ms": median_ms(lambda: model(ids, logits_for=32), repeats),
+        "block32_over_cached1024_ms": median_ms(
             lambda: model(ids[:, 1024:], position_ids=pos, mask=block_mask, past=pre), repeats
         ),
     }
-    res["eager_window256_block_logits_ms"] = _time(
+    res["eager_window256_block_logits_ms"] = median_ms(
         lambda: model.set_backends(attn="eager")(ids256, logits_for=32), repeats
     )
     model.set_backends(attn="auto")
@@ -111,8 +99,8 @@ def bench_full_moe_layer(repeats: int, dtype: torch.dtype) -> dict:
     for T in (32, 64):
         x = torch.randn(1, T, cfg.hidden_size, generator=g).to(dtype)
         diff = (ours(x).float() - ref(x).float()).abs().max().item()
-        t_ours = _time(lambda: ours(x), repeats)
-        t_ref = _time(lambda: ref(x), repeats)
+        t_ours = median_ms(lambda: ours(x), repeats)
+        t_ref = median_ms(lambda: ref(x), repeats)
         out[f"T{T}"] = {"ours_ms": t_ours, "transformers_deepseek_v3_ms": t_ref, "speedup": t_ref / t_ours, "max_abs_diff": diff}
     n_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
     out["layer_weight_bytes"] = n_bytes
