@@ -18,7 +18,7 @@ import re
 import struct
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 from safetensors.torch import save_file
@@ -287,6 +287,57 @@ def _compare_names(expected: dict[str, tuple], weight_map: dict[str, str], where
         raise CheckpointError(f"{where}: the weights do not match config.json: " + "; ".join(parts))
 
 
+def check_weight_files(
+    root: Path, weight_map: dict[str, str], expected: dict[str, tuple], headers: Optional[dict] = None
+) -> dict[str, tuple[dict, int]]:
+    """Check a weight map against the model's expected names and shapes before anything is
+    allocated: every name present once, in its file, with the expected shape and a float dtype.
+
+    Returns file name -> (safetensors header, data start) for ``fill_weights``. Raises
+    CheckpointError naming the tensor and the file.
+    """
+    _compare_names(expected, weight_map, root)
+    if headers is None:
+        headers = {fname: read_safetensors_header(root / fname) for fname in sorted(set(weight_map.values()))}
+    for name, fname in weight_map.items():
+        header = headers[fname][0]
+        if name not in header:
+            raise CheckpointError(f"{root / fname}: tensor {name!r} is listed in the index but not in this file")
+        got = tuple(header[name]["shape"])
+        if got != expected[name]:
+            raise CheckpointError(
+                f"{root / fname}: tensor {name!r} has shape {list(got)}, the model expects {list(expected[name])}"
+            )
+        if header[name]["dtype"] not in _FLOAT_ST:
+            raise CheckpointError(f"{root / fname}: tensor {name!r} has dtype {header[name]['dtype']}, expected a float type")
+    return headers
+
+
+def fill_weights(
+    root: Path,
+    weight_map: dict[str, str],
+    headers: dict[str, tuple[dict, int]],
+    destination: Callable[[str], torch.Tensor],
+    progress: Optional[str] = None,
+) -> None:
+    """Read every tensor of ``weight_map`` straight into ``destination(name)``, file by file in
+    on-disk order. ``progress`` names a tqdm bar over the files (None: no bar)."""
+    by_file: dict[str, list[str]] = defaultdict(list)
+    for name, fname in weight_map.items():
+        by_file[fname].append(name)
+    files: Iterable[str] = sorted(by_file)
+    if progress:
+        from tqdm import tqdm
+
+        files = tqdm(list(files), desc=progress, unit="file")
+    with torch.no_grad():
+        for fname in files:
+            header, data_start = headers[fname]
+            with open(root / fname, "rb") as fh:
+                for name in sorted(by_file[fname], key=lambda n: header[n]["data_offsets"][0]):
+                    _read_tensor_into(fh, root / fname, name, data_start, header[name], destination(name))
+
+
 def load_backbone(
     path_or_repo: str | os.PathLike,
     *,
@@ -312,44 +363,16 @@ def load_backbone(
         raise CheckpointError(f"{ckpt}: no {CONFIG_NAME}") from None
     weight_map = read_weight_map(ckpt)
     model = build_meta_backbone(config, dtype)
-    expected = published_shapes(model)
-    _compare_names(expected, weight_map, ckpt)
-
-    by_file: dict[str, list[str]] = defaultdict(list)
-    for name, fname in weight_map.items():
-        by_file[fname].append(name)
-    headers = {fname: read_safetensors_header(ckpt / fname) for fname in sorted(by_file)}
-    for fname, names in by_file.items():
-        header = headers[fname][0]
-        for name in names:
-            if name not in header:
-                raise CheckpointError(f"{ckpt / fname}: tensor {name!r} is listed in the index but not in this file")
-            got = tuple(header[name]["shape"])
-            if got != expected[name]:
-                raise CheckpointError(
-                    f"{ckpt / fname}: tensor {name!r} has shape {list(got)}, the model expects {list(expected[name])}"
-                )
-            if header[name]["dtype"] not in _FLOAT_ST:
-                raise CheckpointError(f"{ckpt / fname}: tensor {name!r} has dtype {header[name]['dtype']}, expected a float type")
-
+    headers = check_weight_files(ckpt, weight_map, published_shapes(model))
     model = model.to_empty(device=device)
     targets = model.state_dict(keep_vars=True)
-    files = sorted(by_file)
-    it: Iterable[str] = files
-    if progress:
-        from tqdm import tqdm
 
-        it = tqdm(files, desc="loading backbone", unit="shard")
-    with torch.no_grad():
-        for fname in it:
-            header, data_start = headers[fname]
-            with open(ckpt / fname, "rb") as fh:
-                for name in sorted(by_file[fname], key=lambda n: header[n]["data_offsets"][0]):
-                    internal, slot = ExpertNameMap.to_internal(name)
-                    dst = targets[internal].detach()
-                    if slot is not None:
-                        dst = ExpertNameMap.slot_view(dst, *slot)
-                    _read_tensor_into(fh, ckpt / fname, name, data_start, header[name], dst)
+    def destination(name: str) -> torch.Tensor:
+        internal, slot = ExpertNameMap.to_internal(name)
+        dst = targets[internal].detach()
+        return dst if slot is None else ExpertNameMap.slot_view(dst, *slot)
+
+    fill_weights(ckpt, weight_map, headers, destination, progress="loading backbone" if progress else None)
     model.eval().requires_grad_(False)
     return model.set_backends(attn=attn_backend, moe=moe_backend)
 

@@ -36,9 +36,9 @@ from torch import nn
 
 from .checkpoint import (
     CheckpointError,
-    _FLOAT_ST,
-    _read_tensor_into,
+    check_weight_files,
     default_dtype,
+    fill_weights,
     read_safetensors_header,
     resolve_checkpoint,
 )
@@ -340,34 +340,10 @@ def load_image_tokenizer_network(
     weight_map = _weight_files(tok_dir)
     with torch.device("meta"):
         model = SigLIPVQ(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(weight_map))
-    unexpected = sorted(set(weight_map) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[:5]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {[f'{n} in {weight_map[n]}' for n in unexpected[:5]]})")
-        raise CheckpointError(f"{tok_dir}: the weights do not match {CONFIG_NAME}: " + "; ".join(parts))
-    headers = {f: read_safetensors_header(tok_dir / f) for f in sorted(set(weight_map.values()))}
-    for name, fname in weight_map.items():
-        header = headers[fname][0]
-        if name not in header:
-            raise CheckpointError(f"{tok_dir / fname}: tensor {name!r} is listed in the index but not in this file")
-        got = tuple(header[name]["shape"])
-        if got != expected[name]:
-            raise CheckpointError(f"{tok_dir / fname}: tensor {name!r} has shape {list(got)}, the model expects {list(expected[name])}")
-        if header[name]["dtype"] not in _FLOAT_ST:
-            raise CheckpointError(f"{tok_dir / fname}: tensor {name!r} has dtype {header[name]['dtype']}, expected a float type")
+    headers = check_weight_files(tok_dir, weight_map, {k: tuple(v.shape) for k, v in model.state_dict().items()})
     model = model.to_empty(device=device).to(dtype)
     targets = model.state_dict(keep_vars=True)
-    with torch.no_grad():
-        for fname, (header, start) in headers.items():
-            names = sorted((n for n, f in weight_map.items() if f == fname), key=lambda n: header[n]["data_offsets"][0])
-            with open(tok_dir / fname, "rb") as fh:
-                for name in names:
-                    _read_tensor_into(fh, tok_dir / fname, name, start, header[name], targets[name].detach())
+    fill_weights(tok_dir, weight_map, headers, lambda name: targets[name].detach())
     return model.eval().requires_grad_(False)
 
 

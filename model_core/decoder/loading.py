@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from ..checkpoint import _FLOAT_ST, CheckpointError, _compare_names, _read_tensor_into, read_safetensors_header
+from ..checkpoint import CheckpointError, check_weight_files, fill_weights, read_safetensors_header
 from ..config import ConfigError
 from .config import OFFICIAL_AXES_LENS, DiTConfig
 from .dit import ZImageDiT
@@ -91,20 +91,12 @@ def load_dit(
     with torch.device("meta"):
         model = ZImageDiT(config)
     model = model.to(dtype)
+    weight_map = {name: weights.name for name in header}
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    _compare_names(expected, {name: weights.name for name in header}, d)
-    for name, want in expected.items():
-        info = header[name]
-        if tuple(info["shape"]) != want:
-            raise CheckpointError(f"{weights}: tensor {name!r} has shape {info['shape']}, the model expects {list(want)}")
-        if info["dtype"] not in _FLOAT_ST:
-            raise CheckpointError(f"{weights}: tensor {name!r} has dtype {info['dtype']}, expected a float type")
-
+    headers = check_weight_files(d, weight_map, expected, headers={weights.name: (header, data_start)})
     model = model.to_empty(device=device)
     targets = model.state_dict(keep_vars=True)
-    with torch.no_grad(), open(weights, "rb") as fh:
-        for name in sorted(expected, key=lambda n: header[n]["data_offsets"][0]):
-            _read_tensor_into(fh, weights, name, data_start, header[name], targets[name].detach())
+    fill_weights(d, weight_map, headers, lambda name: targets[name].detach())
     model.eval().requires_grad_(False)
     return LoadedDiT(model, config, weights, notes)
 
