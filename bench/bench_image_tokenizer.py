@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from bench.timing import median_ms
 from PIL import Image
 
 from model_core import BackboneConfig
@@ -40,14 +41,7 @@ CONFIGS = {
 
 def _time(fn, repeats: int, warmup: int = 1) -> float:
     """Median seconds."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
+    return median_ms(fn, repeats, warmup) / 1e3
 
 
 def _image(w: int, h: int, seed: int) -> Image.Image:
