@@ -362,26 +362,34 @@ def final_answer(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
 
 
 # ----------------------------------------------------------------------- interleaved_story
+def interleaved_segments(runtime: Runtime, node: str, state: dict, result: Any, seconds: float, *, stream: bool):
+    """An interleaved result -> (stored image refs, timeline events, cleaned texts); the last event
+    carries the call's seconds. ``stream`` also sends each text through the stream writer."""
+    refs, ev, texts = [], [], []
+    for seg in result.segments:
+        if isinstance(seg, str):
+            t = prompts.clean(seg)
+            if t:
+                texts.append(t)
+                ev.append(_event(node, "text", state, text=t, data={"role": "story"}))
+                if stream:
+                    runtime.stream_writer({"type": "text", "node": node, "text": t})
+        else:
+            ref = _store_image(runtime, node, seg, "interleaved")
+            refs.append(ref)
+            ev.append(_event(node, "image", state, image=ref))
+    if ev:
+        ev[-1]["seconds"] = seconds
+    return refs, ev, texts
+
+
 @_guarded("interleave")
 def interleave(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
     ctx = runtime.context
     images = [_image_input(runtime, ref, state["retokenize"])[0] for ref in state.get("inputs", [])]
     r, s = _call(runtime, "interleave", "generate_interleaved", state["current_prompt"], images=images,
                  max_frames=state["max_iterations"], seed=_seed(runtime, 0), **ctx.interleaved_options)
-    refs, ev, texts = [], [], []
-    for seg in r.segments:
-        if isinstance(seg, str):
-            t = prompts.clean(seg)
-            if t:
-                texts.append(t)
-                ev.append(_event("interleave", "text", state, text=t, data={"role": "story"}))
-                runtime.stream_writer({"type": "text", "node": "interleave", "text": t})
-        else:
-            ref = _store_image(runtime, "interleave", seg, "interleaved")
-            refs.append(ref)
-            ev.append(_event("interleave", "image", state, image=ref))
-    if ev:
-        ev[-1]["seconds"] = s
+    refs, ev, texts = interleaved_segments(runtime, "interleave", state, r, s, stream=True)
     return {"images": refs, "current": refs[-1] if refs else None, "iteration": len(refs),
             "answer": "\n\n".join(texts), "timeline": ev}
 

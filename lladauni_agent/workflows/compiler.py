@@ -25,7 +25,7 @@ from langgraph.runtime import Runtime
 
 from .. import prompts
 from ..context import AgentContext
-from ..graph import _call, _event, _guarded, _image_input, _ok, _seed, _store_image
+from ..graph import _call, _event, _guarded, _image_input, _ok, _seed, _store_image, interleaved_segments
 from ..report import write_run_files
 from ..state import ImageRef, Status, TimelineEvent
 from . import schema as S
@@ -262,19 +262,7 @@ def _make_node(wf: Workflow, name: str, node: Any, compiled_children: dict[str, 
             ims = [_image_input(runtime, r, retok)[0] for r in _images(node.images, state, name)]
             r, s = _call(runtime, name, "generate_interleaved", text, images=ims, max_frames=frames,
                          seed=_seed(runtime, state.get("iteration", 0)), **_options(runtime, "interleaved", node.options))
-            refs, ev, texts = [], [], []
-            for seg in r.segments:
-                if isinstance(seg, str):
-                    t = prompts.clean(seg)
-                    if t:
-                        texts.append(t)
-                        ev.append(_event(name, "text", state, text=t, data={"role": "story"}))
-                else:
-                    ref = _store_image(runtime, name, seg, "interleaved")
-                    refs.append(ref)
-                    ev.append(_event(name, "image", state, image=ref))
-            if ev:
-                ev[-1]["seconds"] = s
+            refs, ev, texts = interleaved_segments(runtime, name, state, r, s, stream=False)
             extra = {"current": refs[-1]} if refs else {}
             return done(state, {"text": "\n\n".join(texts), "images": refs, "image": refs[-1] if refs else None}, ev,
                         images=refs, **extra)
