@@ -124,14 +124,32 @@ def to_published_state_dict(model: LLaDA2Backbone) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------- files
+#: The embedded default model: the tiny shapes model trained by ``model_core.training`` and shipped
+#: inside the package (published layout, own compact tokenizer). Used when no checkpoint is given.
+DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parent / "data" / "shapes-tiny"
+
+
+def default_checkpoint() -> Path:
+    """The embedded default checkpoint directory, or CheckpointError when this install lacks it."""
+    if not (DEFAULT_CHECKPOINT_DIR / "config.json").is_file():
+        raise CheckpointError(
+            f"the embedded default model is missing from {DEFAULT_CHECKPOINT_DIR}; rebuild it with "
+            f"`python -m model_core.training.build` or pass a checkpoint directory"
+        )
+    return DEFAULT_CHECKPOINT_DIR
+
+
 def resolve_checkpoint(
-    path_or_repo: str | os.PathLike,
+    path_or_repo: str | os.PathLike | None = None,
     *,
     revision: Optional[str] = None,
     allow_download: bool = True,
     allow_patterns: Optional[list[str]] = None,
 ) -> Path:
-    """A local checkpoint directory, or a Hugging Face repo id snapshot-downloaded when online."""
+    """A local checkpoint directory, or a Hugging Face repo id snapshot-downloaded when online.
+    None means the embedded default model (:func:`default_checkpoint`)."""
+    if path_or_repo is None:
+        return default_checkpoint()
     text = os.fspath(path_or_repo)
     p = Path(text).expanduser()
     if p.is_dir():

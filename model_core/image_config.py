@@ -40,7 +40,7 @@ def _from_dict(cls: type[_T], data: Any, **converted: Any) -> _T:
 
 def _to_dict(cfg: Any) -> dict:
     """Keys of the source file in file order, then fields that differ from the default (all
-    fields for a config built in code), then unknown keys."""
+    fields for a config built in code, except optional fields left at None), then unknown keys."""
     known = {f.name: f for f in dataclasses.fields(cfg) if f.name not in _NOT_FIELDS}
 
     def plain(value: Any) -> Any:
@@ -55,6 +55,8 @@ def _to_dict(cfg: Any) -> dict:
             continue
         value = getattr(cfg, name)
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if value is None and default is None:
+            continue  # an unset optional field: never written, so code-built files match published ones
         if cfg.source_keys is None or value != default:
             out[name] = plain(value)
     for key, value in cfg.extra.items():
@@ -236,6 +238,12 @@ class PreprocessorConfig:
     ``min_pixels``/``max_pixels``/``do_resize``/``resample`` are kept for the round trip but not
     used: like the official code, resizing is done by the purpose-specific policies of
     ``model_core.image_preprocess``.
+
+    ``fixed_size`` (not in the published file; ``None`` by default) is ``[height, width]`` in
+    pixels, each a positive multiple of ``patch_size``. When set, the ``understand`` and ``edit``
+    purposes resize every image to exactly that size instead of the published policies, and the
+    published grid-side rule (``check_grid``) is not applied: the checkpoint's own text tokenizer
+    decides which grid sides have size tokens. It is written to the file only when set.
     """
 
     min_pixels: int = 262144
@@ -252,6 +260,7 @@ class PreprocessorConfig:
     processor_class: str = "GlmImageProcessor"
     resample: int = 3
     rescale_factor: float = 0.00392156862745098
+    fixed_size: Optional[list] = None
     extra: dict = field(default_factory=dict)
     source_keys: Optional[tuple] = field(default=None, repr=False, compare=False)
 
@@ -271,6 +280,14 @@ class PreprocessorConfig:
                 raise ConfigError(f"{name}={value!r}: expected three numbers (R, G, B)")
         if not all(s > 0 for s in self.image_std):
             raise ConfigError(f"image_std={self.image_std!r}: every value must be > 0")
+        if self.fixed_size is not None:
+            fs = self.fixed_size
+            if len(fs) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in fs):
+                raise ConfigError(f"fixed_size={fs!r}: expected [height, width], two positive ints (pixels)")
+            if any(v % self.patch_size for v in fs):
+                raise ConfigError(
+                    f"fixed_size={fs!r}: height and width must be multiples of patch_size={self.patch_size}"
+                )
 
     @classmethod
     def from_dict(cls, data: dict) -> "PreprocessorConfig":

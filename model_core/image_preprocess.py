@@ -19,6 +19,13 @@ Three steps, each a plain function so callers and tests can use them alone:
    - ``none``: no resizing; both sides must already be multiples of the patch size.
    Every grid side produced must be one the size tokens ``<|reserved_token_N|>`` can express:
    even and in 8..34, or any side in 36..255 (``check_grid``).
+   These are the published model's policies and the default. A preprocessor config with
+   ``fixed_size = [height, width]`` replaces them: ``understand`` and ``edit`` (one image or
+   several; ``legacy_crop`` is ignored) scale the image bicubically, aspect kept, to cover that
+   size and centre-crop it to exactly [height, width] (an image already of that size is left
+   untouched, ``fixed_resize``); ``none`` still does no resizing. With ``fixed_size`` set,
+   ``check_grid`` is not applied to any purpose: the checkpoint's own text tokenizer decides
+   which grid sides have size tokens (it raises for a side it has no token for).
 3. ``to_pixel_values``: float32 rescale (x * 1/255) then normalise ((x - mean) / std), in that
    order, then Qwen2-VL patch rows: (gh * gw, C * p * p) in raster order, each row (C, p, p).
 """
@@ -46,6 +53,7 @@ __all__ = [
     "check_grid",
     "edit_crop",
     "edit_crop_sizes",
+    "fixed_resize",
     "grid_side_ok",
     "load_image",
     "pick_edit_size",
@@ -294,6 +302,22 @@ def edit_crop(img: Image.Image, *, legacy_crop: bool = False) -> Image.Image:
     return img.crop((left, top, left + cw, top + ch))
 
 
+# ----------------------------------------------------------------------------- fixed size
+def fixed_resize(img: Image.Image, height: int, width: int) -> Image.Image:
+    """Exactly ``height`` x ``width`` pixels: bicubic resize (aspect kept) to cover the target,
+    then a centred crop. An image already of that size is returned as it is (no resampling)."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"fixed size {height}x{width}: both sides must be > 0")
+    if img.size == (width, height):
+        return img
+    scale = max(height / img.height, width / img.width)
+    new_w, new_h = max(width, int(round(img.width * scale))), max(height, int(round(img.height * scale)))
+    if (new_w, new_h) != img.size:
+        img = img.resize((new_w, new_h), resample=Image.BICUBIC)
+    left, top = (new_w - width) // 2, (new_h - height) // 2
+    return img.crop((left, top, left + width, top + height))
+
+
 # ----------------------------------------------------------------------------- pixels
 def to_pixel_values(img: Image.Image, config: PreprocessorConfig) -> torch.Tensor:
     """RGB image (H, W multiples of the patch) -> (gh * gw, 3 * p * p) float32 patch rows, raster
@@ -326,12 +350,19 @@ def prepare_image(
 ) -> tuple[Image.Image, torch.Tensor, tuple[int, int]]:
     """Load, resize for ``purpose`` and patchify one image.
 
+    With ``config.fixed_size`` set, ``understand`` and ``edit`` resize to exactly that size
+    (``multi_image`` and ``legacy_crop`` then change nothing) and the published grid-side rule is
+    not checked (see the module docstring).
+
     Returns (the resized RGB image, pixel values (gh*gw, 3*p*p) float32, (gh, gw)).
     """
     if purpose not in PURPOSES:
         raise ValueError(f"purpose={purpose!r}: choose one of {list(PURPOSES)}")
     img = load_image(image, max_pixels=max_pixels, min_side=min_side)
-    if purpose == "understand":
+    fixed = config.fixed_size
+    if fixed is not None and purpose in ("understand", "edit"):
+        img = fixed_resize(img, fixed[0], fixed[1])
+    elif purpose == "understand":
         img = smart_resize(img, multi_image=multi_image)
     elif purpose == "edit":
         img = edit_crop(img, legacy_crop=legacy_crop)
@@ -342,5 +373,6 @@ def prepare_image(
             f"purpose='none' does not resize (use 'understand' or 'edit')"
         )
     gh, gw = img.height // p, img.width // p
-    check_grid(gh, gw, img.size)
+    if fixed is None:
+        check_grid(gh, gw, img.size)
     return img, to_pixel_values(img, config), (gh, gw)

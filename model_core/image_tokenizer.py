@@ -298,7 +298,8 @@ class SigLIPVQ(nn.Module):
 
 # ----------------------------------------------------------------------------- loading
 def _weight_files(tok_dir: Path) -> dict[str, str]:
-    """tensor name -> file name: from an index if present, else from every *.safetensors file."""
+    """tensor name -> file name: from an index if present, else from every *.safetensors file
+    except the decoder's ``sigvq_embedding.safetensors``."""
     indexes = sorted(tok_dir.glob("*.safetensors.index.json"))
     if len(indexes) > 1:
         raise CheckpointError(f"{tok_dir}: several weight indexes ({[p.name for p in indexes]}); keep one")
@@ -310,7 +311,8 @@ def _weight_files(tok_dir: Path) -> dict[str, str]:
         if not isinstance(wm, dict) or not all(isinstance(v, str) and Path(v).name == v for v in wm.values()):
             raise CheckpointError(f"{indexes[0]}: 'weight_map' must map tensor names to file names in {tok_dir}")
         return wm
-    files = sorted(p.name for p in tok_dir.glob("*.safetensors"))
+    # the decoder's SigVQ embedder may sit beside the tokenizer weights as sigvq_embedding.safetensors
+    files = sorted(p.name for p in tok_dir.glob("*.safetensors") if p.name != "sigvq_embedding.safetensors")
     if not files:
         raise CheckpointError(
             f"{tok_dir}: no weights (expected image_tokenizer.safetensors, model.safetensors or an index)"

@@ -13,6 +13,7 @@ global RNG; weights load once.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence, Union
@@ -30,6 +31,28 @@ from .tokenizer import TextTokenizer
 __all__ = ["LLaDAUni", "TextResult", "ImageResult", "InterleavedResult", "GenerationStats", "GenerationError"]
 
 Progress = Callable[[int, int], None]
+
+
+DEFAULTS_FILE = "lladauni.json"
+
+
+def read_defaults(checkpoint_dir: Union[str, os.PathLike]) -> dict:
+    """Generation defaults a checkpoint ships in ``lladauni.json`` ({} when it has none).
+
+    Known key: ``image_size`` [height, width] in pixels (the size the model was trained at)."""
+    path = Path(checkpoint_dir) / DEFAULTS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    size = data.get("image_size") if isinstance(data, dict) else None
+    if size is not None and not (
+        isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+    ):
+        raise ValueError(f"{path}: image_size={size!r}: expected [height, width], two positive ints")
+    return data if isinstance(data, dict) else {}
 
 
 class LLaDAUni:
@@ -51,6 +74,7 @@ class LLaDAUni:
         self._image_tokenizer = image_tokenizer
         self._decoder = decoder
         self.decoder_variant = decoder_variant
+        self.defaults = read_defaults(checkpoint_dir) if checkpoint_dir is not None else {}
         cfg = backbone.config
         self.image_token_offset = cfg.image_token_offset
         if tokenizer.image_code0 is not None and tokenizer.image_code0 != cfg.image_token_offset:
@@ -65,7 +89,7 @@ class LLaDAUni:
     @classmethod
     def from_pretrained(
         cls,
-        path_or_repo: Union[str, os.PathLike],
+        path_or_repo: Union[str, os.PathLike, None] = None,
         *,
         device: Union[str, torch.device, None] = None,
         dtype: Optional[torch.dtype] = None,
@@ -76,7 +100,8 @@ class LLaDAUni:
         revision: Optional[str] = None,
     ) -> "LLaDAUni":
         """Load the backbone and text tokenizer, plus ``image_tokenizer`` and/or ``decoder`` when
-        listed in ``components`` (others load on first use, once)."""
+        listed in ``components`` (others load on first use, once). With no path, the embedded
+        default model (the tiny shapes model shipped in the package) is loaded."""
         unknown = set(components) - {"backbone", "image_tokenizer", "decoder"}
         if unknown:
             raise ValueError(f"unknown component(s) {sorted(unknown)}; choose from backbone, image_tokenizer, decoder")
@@ -145,6 +170,11 @@ class LLaDAUni:
                 f"{what}: prompt ({prompt_len} tokens) + gen_length ({gen_length}) = {prompt_len + gen_length} "
                 f"exceeds the model's {limit} positions"
             )
+
+    def _image_size(self, image_h: Optional[int], image_w: Optional[int], fallback: int) -> tuple[int, int]:
+        """Requested output size, with the checkpoint's default (``lladauni.json``) filling gaps."""
+        dh, dw = self.defaults.get("image_size", (fallback, fallback))
+        return (dh if image_h is None else image_h), (dw if image_w is None else image_w)
 
     def _grid_from_pixels(self, image_h: int, image_w: int) -> tuple[int, int]:
         """Output pixels -> code grid (32 px per code), validated against the size tokens."""
@@ -328,8 +358,8 @@ class LLaDAUni:
         self,
         prompt: str,
         *,
-        image_h: int = 1024,
-        image_w: int = 1024,
+        image_h: Optional[int] = None,
+        image_w: Optional[int] = None,
         steps: int = 16,
         block_length: int = 32,
         cfg_scale: float = 4.0,
@@ -360,12 +390,13 @@ class LLaDAUni:
         progress: Optional[Progress] = None,
         trace: bool = False,
     ) -> ImageResult:
-        """Text to image. ``image_h``/``image_w`` are output pixels (32 per code).
+        """Text to image. ``image_h``/``image_w`` are output pixels (32 per code); None means the
+        checkpoint's default size (``lladauni.json``), else 1024.
 
         mode ``thinking``: the model first writes its reasoning and the image header itself; the
         codes are generated for the grid it wrote (reported in the result).
         """
-        h, w = self._grid_from_pixels(image_h, image_w)
+        h, w = self._grid_from_pixels(*self._image_size(image_h, image_w, 1024))
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt must be a non-empty string")
         gen = self._generator(seed, generator)
@@ -494,8 +525,8 @@ class LLaDAUni:
         *,
         images: Sequence[Any] = (),
         max_frames: int = 4,
-        image_h: int = 512,
-        image_w: int = 512,
+        image_h: Optional[int] = None,
+        image_w: Optional[int] = None,
         text_gen_length: int = 1024,
         steps: int = 32,
         image_steps: int = 16,
@@ -520,7 +551,7 @@ class LLaDAUni:
         (no-text: every image so far with <uncondition> instead of the instruction; no-image:
         the instruction alone). A malformed header falls back to ``image_h`` x ``image_w``.
         """
-        default_grid = self._grid_from_pixels(image_h, image_w)
+        default_grid = self._grid_from_pixels(*self._image_size(image_h, image_w, 512))
         if max_frames < 0:
             raise ValueError(f"max_frames={max_frames}: must be >= 0")
         gen = self._generator(seed, generator)

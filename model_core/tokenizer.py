@@ -23,6 +23,32 @@ __all__ = ["TextTokenizer", "SpecialTokens", "TokenizerError"]
 _SIZE_TOKEN = re.compile(r"^<\|reserved_token_(\d+)\|>$")
 
 
+def _summarize_sides(sides: Any) -> str:
+    """A compact list of grid sides: runs of 3+ consecutive sides as ``a..b``, runs of 3+ sides
+    two apart as ``a..b (even)``/``(odd)``, the rest one by one (the published vocabulary gives
+    ``8..34 (even), 36..255``)."""
+    ns = sorted(set(sides))
+    parts: list[str] = []
+    i = 0
+    while i < len(ns):
+        j = i
+        step = ns[i + 1] - ns[i] if i + 1 < len(ns) else 0
+        if step in (1, 2):
+            while j + 1 < len(ns) and ns[j + 1] - ns[j] == step:
+                # leave a side that starts a run of 3+ consecutive sides to that run
+                if step == 2 and j + 3 < len(ns) and ns[j + 3] - ns[j + 1] == 2:
+                    break
+                j += 1
+        if j - i >= 2:
+            kind = "" if step == 1 else (" (even)" if ns[i] % 2 == 0 else " (odd)")
+            parts.append(f"{ns[i]}..{ns[j]}{kind}")
+            i = j + 1
+        else:
+            parts.append(str(ns[i]))
+            i += 1
+    return ", ".join(parts)
+
+
 class TokenizerError(ValueError):
     """The checkpoint's tokenizer files are missing, corrupt or lack a token we need."""
 
@@ -146,10 +172,10 @@ class TextTokenizer:
         try:
             return self._size_ids[n]
         except KeyError:
-            have = sorted(self._size_ids)
+            have = _summarize_sides(self._size_ids)
             raise ValueError(
                 f"grid side {n} has no size token <|reserved_token_{n}|> in this tokenizer; "
-                f"usable sides: even 8..34 and 36..255 in the published vocabulary ({len(have)} sides here)"
+                + (f"this tokenizer has size tokens for sides {have}" if have else "this tokenizer has no size tokens")
             ) from None
 
     def image_header(self, h: int, w: int) -> list[int]:

@@ -43,6 +43,9 @@ def test_cli_review_round_trip_with_a_state_db(tmp_path, capsys, monkeypatch):
     with pytest.raises(ValueError, match="--review 'perhaps'"):
         a = _parse(["agent", "--resume", "r1", "--review", "perhaps"] + common)
         a.func(a)
+    import model_core.checkpoint as ckpt_mod
+
+    monkeypatch.setattr(ckpt_mod, "DEFAULT_CHECKPOINT_DIR", tmp_path / "no-default-model")
     with pytest.raises(ValueError, match="--checkpoint PATH"):
         a = _parse(["agent", "x"])
         a.func(a)

@@ -40,11 +40,6 @@ def test_inspect_errors_are_reported(tmp_path, capsys):
     assert "checkpoint directory not found" in capsys.readouterr().err
 
 
-def test_demo_does_not_fail(capsys):
-    assert main(["demo"]) == 0
-    assert capsys.readouterr().out
-
-
 def test_console_script_entry_point():
     r = subprocess.run([sys.executable, "-m", "tools.cli", "--help"], capture_output=True, text=True, check=True)
     assert "inspect-checkpoint" in r.stdout

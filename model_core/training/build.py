@@ -1,0 +1,183 @@
+"""Train a small shapes model end to end and write it as a checkpoint in the published layout.
+
+    python -m model_core.training.build --out model_core/data/shapes-tiny          # the embedded default
+    python -m model_core.training.build --out /tmp/smoke --smoke                    # CI-sized
+    python -m model_core.training.build --out DIR --stages backbone                 # redo one stage
+
+Stages (tokenizer, image_tokenizer, vae, decoder, backbone) write their parts into ``OUT.partial/``;
+the finished checkpoint replaces ``OUT`` only at the end, so an interrupted build never leaves a
+half-written model where a loader would look. Optimiser state for resuming lives in ``--work``
+(default ``OUT.work/``): rerunning the same command continues where it stopped, with the same
+result as an uninterrupted run (randomness is drawn per step from the seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from ..backbone import LLaDA2Backbone
+from ..checkpoint import save_backbone
+from ..decoder.loading import save_dit
+from ..decoder.sigvq import SIGVQ_SAFETENSORS
+from ..pipeline import DEFAULTS_FILE
+from ..image_tokenizer import CONFIG_NAME, PREPROCESSOR_NAME, TOKENIZER_DIR, SigLIPVQ, load_image_tokenizer_network
+from ..tokenizer import TextTokenizer
+from .corpus import BatchBuilder, texts_for_tokenizer
+from .spec import ShapesModelSpec
+from .stages import _init_backbone, encode_scenes, train_backbone, train_decoder, train_image_tokenizer, train_vae
+from .text_tokenizer import build_compact_tokenizer
+
+__all__ = ["STAGES", "build_shapes_model", "main"]
+
+STAGES = ("tokenizer", "image_tokenizer", "vae", "decoder", "backbone")
+TRAINING_LOG = "training.json"
+
+
+def _save_image_tokenizer(net: SigLIPVQ, spec: ShapesModelSpec, root: Path, dtype: torch.dtype) -> None:
+    d = root / TOKENIZER_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to(dtype).contiguous() for k, v in net.state_dict().items()}
+    save_file(tensors, str(d / "image_tokenizer.safetensors"), metadata={"format": "pt"})
+    spec.image_tokenizer_config().to_json_file(d / CONFIG_NAME)
+    spec.preprocessor_config().to_json_file(d / PREPROCESSOR_NAME)
+
+
+def _load_image_tokenizer(root: Path) -> SigLIPVQ:
+    return load_image_tokenizer_network(root / TOKENIZER_DIR, device="cpu", dtype=torch.float32).set_backends(attn="sdpa")
+
+
+def _load_vae(root: Path):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(root / "vae", torch_dtype=torch.float32).eval().requires_grad_(False)
+
+
+def _summary(log) -> dict:
+    s = log.series("loss")
+    k = max(1, min(50, len(s) // 10))
+    return {"steps": len(s), "seconds": round(log.seconds, 1), "loss_first": round(float(np.mean(s[:k])), 5) if s else None,
+            "loss_last": round(float(np.mean(s[-k:])), 5) if s else None}
+
+
+def build_shapes_model(
+    out: str | os.PathLike,
+    spec: Optional[ShapesModelSpec] = None,
+    *,
+    work_dir: Optional[str | os.PathLike] = None,
+    stages: Sequence[str] = STAGES,
+    progress: bool = True,
+    resume: bool = True,
+    dtype: torch.dtype = torch.bfloat16,
+) -> dict:
+    """Train the stages listed (the others are read from ``out``) and write the checkpoint to ``out``.
+    Returns the training record also written to ``out/training.json``."""
+    spec = spec or ShapesModelSpec()
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    work = Path(work_dir) if work_dir is not None else out.with_name(out.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    if partial.exists():
+        shutil.rmtree(partial)
+    if out.exists():
+        shutil.copytree(out, partial)
+    else:
+        partial.mkdir(parents=True)
+    record: dict = {"spec": spec.to_dict(), "stages": {}}
+    old = partial / TRAINING_LOG
+    if old.is_file():
+        record["stages"] = json.loads(old.read_text(encoding="utf-8")).get("stages", {})
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    if "tokenizer" in stages:
+        t0 = time.perf_counter()
+        texts = texts_for_tokenizer(np.random.default_rng([spec.seed, 1]), 6000)
+        layout = build_compact_tokenizer(texts, partial, num_codes=spec.num_codes, grid_sides=(spec.grid,),
+                                         bpe_vocab_size=spec.bpe_vocab_size, model_max_length=spec.max_positions)
+        record["stages"]["tokenizer"] = {"seconds": round(time.perf_counter() - t0, 1), **layout}
+    if "image_tokenizer" in stages:
+        net, log = train_image_tokenizer(spec, work, progress=progress, resume=resume)
+        _save_image_tokenizer(net, spec, partial, dtype)
+        record["stages"]["image_tokenizer"] = {**_summary(log), "codes_used_last": log.losses[-1].get("used") if log.losses else None,
+                                               "cls_last": log.losses[-1].get("cls") if log.losses else None}
+    if "vae" in stages:
+        vae, log = train_vae(spec, work, progress=progress, resume=resume)
+        if (partial / "vae").exists():
+            shutil.rmtree(partial / "vae")
+        vae.to(dtype).save_pretrained(partial / "vae", safe_serialization=True)
+        record["stages"]["vae"] = _summary(log)
+    if "decoder" in stages:
+        net = _load_image_tokenizer(partial)
+        vae = _load_vae(partial)
+        sigvq, dit, log = train_decoder(spec, net, vae, work, progress=progress, resume=resume)
+        for folder in ("decoder", "decoder-turbo"):
+            save_dit(dit, partial / folder, dtype=dtype)
+        tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in sigvq.state_dict().items()}
+        save_file(tensors, str(partial / TOKENIZER_DIR / SIGVQ_SAFETENSORS), metadata={"format": "pt"})
+        record["stages"]["decoder"] = _summary(log)
+    if "backbone" in stages:
+        tok = TextTokenizer.from_pretrained(partial)
+        offset = tok.image_code0
+        if offset is None:
+            raise RuntimeError(f"{partial}: the tokenizer has no <IMAGE0> token")
+        config = spec.backbone_config(vocab_size=offset + spec.num_codes, image_token_offset=offset, pad_token_id=tok.special.pad)
+        model = LLaDA2Backbone(config)
+        _init_backbone(model, spec.seed)
+        net = _load_image_tokenizer(partial)
+        batches = BatchBuilder(tok, offset, lambda scenes: encode_scenes(net, scenes, spec), spec.grid,
+                               batch_size=spec.steps.backbone_batch, block_length=spec.block_length)
+        model, log = train_backbone(spec, model, batches, work, progress=progress, resume=resume)
+        save_backbone(model, partial, dtype=dtype)
+        record["stages"]["backbone"] = {**_summary(log), "max_load_last": log.losses[-1].get("max_load") if log.losses else None}
+
+    defaults = {
+        "about": "Generation defaults for this checkpoint (read by LLaDAUni when the caller gives none).",
+        "image_size": [spec.image_size, spec.image_size],
+        "block_length": spec.block_length,
+    }
+    (partial / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=2) + "\n", encoding="utf-8")
+    (partial / TRAINING_LOG).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(partial, out)
+    return record
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m model_core.training.build", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
+    p.add_argument("--work", default=None, help="resumable training state (default OUT.work)")
+    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    p.add_argument("--smoke", action="store_true", help="the CI-sized recipe (a few steps per stage)")
+    p.add_argument("--spec", default=None, help="a JSON file with ShapesModelSpec fields")
+    p.add_argument("--fresh", action="store_true", help="ignore saved training state")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.spec:
+        spec = ShapesModelSpec.from_dict(json.loads(Path(args.spec).read_text(encoding="utf-8")))
+    else:
+        spec = ShapesModelSpec.smoke() if args.smoke else ShapesModelSpec()
+    t0 = time.perf_counter()
+    record = build_shapes_model(args.out, spec, work_dir=args.work, stages=args.stages, progress=not args.no_progress,
+                                resume=not args.fresh)
+    for name, st in record["stages"].items():
+        print(f"{name}: {json.dumps(st)}")
+    print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Token sequences for the block-diffusion objective, built with the library's own prompt builder.
+
+Each :class:`tasks.Task` becomes ``prompt ids`` (exactly what ``LLaDAUni`` sends at inference:
+``PromptBuilder.text_to_image`` / ``thinking_phase1`` / ``understanding`` / ``editing`` / ``chat``)
+and ``response ids`` (answer text + ``<|endoftext|>``, or image codes + ``<|/image|>``). Null
+prompts of classifier-free guidance are trained too: 10% of text-to-image prompts use the
+``<uncondition>`` prompt, 10% of edits the no-text and 10% the no-image prompt.
+
+Block-diffusion training (what the sampler does, MODEL_SPEC §5): the sequence ``prompt + response``
+is padded with ``<|endoftext|>`` to whole blocks of ``block_length`` counted from position 0; one
+block that holds response tokens is drawn as the *active* block; earlier positions are clean,
+later ones are cut off, and each response token of the active block is replaced by ``<|mask|>``
+with probability t ~ U(0.05, 1) (at least one). The loss is the cross-entropy on masked tokens,
+seen through the block-causal mask the sampler uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..generation.prompts import ChatMessage, ImageCodes, PromptBuilder, UNCONDITION
+from ..layers.attention import AttentionMask
+from ..tokenizer import TextTokenizer
+from .shapes import Scene
+from .tasks import DEFAULT_MIX, TASKS, Task, sample_task
+
+__all__ = ["BatchBuilder", "Sequence_", "task_sequence"]
+
+
+@dataclass
+class Sequence_:
+    prompt: list[int]
+    response: list[int]
+    kind: str
+
+
+def task_sequence(
+    task: Task,
+    prompts: PromptBuilder,
+    tok: TextTokenizer,
+    codes: dict[str, ImageCodes],
+    rng: np.random.Generator,
+    *,
+    null_rate: float = 0.1,
+    chat_rate: float = 0.25,
+) -> Sequence_:
+    """Prompt and response ids of one task; ``codes`` holds 'source' / 'target' image codes."""
+    sp = tok.special
+    eos = [sp.eos]
+    if task.kind in ("t2i", "t2i_thinking"):
+        tgt = codes["target"]
+        image = (tgt.codes + prompts.offset).tolist() + [sp.image_end]
+        if task.kind == "t2i":
+            cond, null = prompts.text_to_image(task.text, tgt.h, tgt.w)
+            return Sequence_(null if rng.random() < null_rate else cond, image, task.kind)
+        if rng.random() < null_rate:
+            return Sequence_(prompts.thinking_null(tgt.h, tgt.w), image, task.kind)
+        body = tok.encode(task.answer) + prompts.header(tgt.h, tgt.w)
+        return Sequence_(prompts.thinking_phase1(task.text), body + image, task.kind)
+    if task.kind in ("caption", "qa", "verify", "claim"):
+        template = "chat" if rng.random() < chat_rate else "official"
+        return Sequence_(prompts.understanding(codes["source"], task.text, template=template), tok.encode(task.answer) + eos, task.kind)
+    if task.kind == "claims":
+        return Sequence_(prompts.chat([ChatMessage("user", task.text)]), tok.encode(task.answer) + eos, task.kind)
+    if task.kind in ("edit", "fix"):
+        src, tgt = codes["source"], codes["target"]
+        full, no_text, no_image = prompts.editing([src], task.text, tgt.h, tgt.w)
+        r = rng.random()
+        prompt = no_text if r < null_rate else no_image if r < 2 * null_rate else full
+        return Sequence_(prompt, (tgt.codes + prompts.offset).tolist() + [sp.image_end], task.kind)
+    raise ValueError(f"unknown task kind {task.kind!r}")
+
+
+class BatchBuilder:
+    """Draws tasks by ``mix``, encodes their scenes with ``encode`` (scenes -> (N, g*g) codes) and
+    builds masked block-diffusion batches: {"input_ids", "labels", "mask", "kinds"}."""
+
+    def __init__(
+        self,
+        tok: TextTokenizer,
+        image_token_offset: int,
+        encode,
+        grid: int,
+        *,
+        batch_size: int = 32,
+        block_length: int = 32,
+        mix: Optional[dict[str, float]] = None,
+    ) -> None:
+        self.tok = tok
+        self.prompts = PromptBuilder(tok, image_token_offset)
+        self.encode = encode
+        self.grid = grid
+        self.batch_size = batch_size
+        self.block = block_length
+        mix = dict(DEFAULT_MIX if mix is None else mix)
+        unknown = set(mix) - set(TASKS)
+        if unknown:
+            raise ValueError(f"unknown task kinds in mix: {sorted(unknown)}")
+        self.kinds = list(mix)
+        w = np.array([mix[k] for k in self.kinds], dtype=np.float64)
+        self.weights = w / w.sum()
+
+    def sequences(self, rng: np.random.Generator, n: int) -> list[Sequence_]:
+        tasks = [sample_task(self.kinds[int(rng.choice(len(self.kinds), p=self.weights))], rng) for _ in range(n)]
+        scenes: list[Scene] = []
+        for t in tasks:
+            scenes += [s for s in (t.source, t.target) if s is not None]
+        codes = self.encode(scenes) if scenes else None
+        out, i = [], 0
+        g = self.grid
+        for t in tasks:
+            c: dict[str, ImageCodes] = {}
+            for name in ("source", "target"):
+                if getattr(t, name) is not None:
+                    c[name] = ImageCodes(codes[i], g, g)
+                    i += 1
+            out.append(task_sequence(t, self.prompts, self.tok, c, rng))
+        return out
+
+    def mask_sequence(self, seq: Sequence_, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+        """(input ids, labels) of one sequence with one active block noised (see the module docstring)."""
+        B = self.block
+        P = len(seq.prompt)
+        full = seq.prompt + seq.response
+        L = -(-len(full) // B) * B
+        full = full + [self.tok.special.eos] * (L - len(full))
+        b = int(rng.integers(P // B, L // B))
+        end = (b + 1) * B
+        ids = full[:end]
+        labels = [-100] * end
+        lo = max(P, b * B)
+        t = float(rng.uniform(0.05, 1.0))
+        pos = np.arange(lo, end)
+        hit = rng.random(len(pos)) < t
+        if not hit.any():
+            hit[int(rng.integers(len(pos)))] = True
+        mask_id = self.tok.special.mask
+        for p_ in pos[hit]:
+            labels[p_] = ids[p_]
+            ids[p_] = mask_id
+        return ids, labels
+
+    def __call__(self, rng: np.random.Generator, gen: Optional[torch.Generator] = None) -> dict:
+        seqs = self.sequences(rng, self.batch_size)
+        rows = [self.mask_sequence(s, rng) for s in seqs]
+        L = max(len(r[0]) for r in rows)
+        eos = self.tok.special.eos
+        ids = torch.full((len(rows), L), eos, dtype=torch.long)
+        labels = torch.full((len(rows), L), -100, dtype=torch.long)
+        for i, (a, b) in enumerate(rows):
+            ids[i, : len(a)] = torch.tensor(a)
+            labels[i, : len(b)] = torch.tensor(b)
+        # Rows are whole blocks; a shorter row's padding lies in later blocks, which block-causal
+        # attention hides from it, so no key-validity mask is needed.
+        return {"input_ids": ids, "labels": labels, "mask": AttentionMask.block_causal(L, self.block), "kinds": [s.kind for s in seqs]}
+
+
+def texts_for_tokenizer(rng: np.random.Generator, n: int) -> list[str]:
+    """A corpus of every text the tasks produce (for training the BPE)."""
+    from ..generation.prompts import SYSTEM_PROMPTS
+    from ..testing import TINY_WORDS
+
+    out: list[str] = []
+    for i in range(n):
+        t = sample_task(TASKS[i % len(TASKS)], rng)
+        out += [t.text, t.answer]
+    out += [f"<role>SYSTEM</role> {s} <role>HUMAN</role>" for s in SYSTEM_PROMPTS.values()]
+    out += ["<role>ASSISTANT</role>", UNCONDITION, TINY_WORDS, "0 1 2 3 4 5 6 7 8 9"]
+    return out
+
+
+def sequence_lengths(seqs: Sequence[Sequence_]) -> list[int]:
+    return [len(s.prompt) + len(s.response) for s in seqs]

@@ -1,0 +1,170 @@
+"""The recipe of a small shapes model: sizes of every part and how long each is trained.
+
+``ShapesModelSpec()`` is the embedded default model's recipe; ``ShapesModelSpec.smoke()`` the same
+architecture family shrunk for CI smoke runs. Every part is one of the published model's classes
+with a small config: the GLM-Image ViT + cosine VQ image tokenizer (``SigLIPVQ``), the LLaDA2 MoE
+backbone (``LLaDA2Backbone``), the Z-Image DiT decoder with its SigVQ code embedder, and a diffusers
+``AutoencoderKL`` with the published 8x downsampling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import BackboneConfig
+from ..decoder.config import DiTConfig
+from ..image_config import ImageTokenizerConfig, PreprocessorConfig, VisionConfig, VQConfig
+
+__all__ = ["ShapesModelSpec", "StageSteps"]
+
+
+@dataclass
+class StageSteps:
+    """Optimiser steps and batch size per training stage."""
+
+    image_tokenizer: int = 1500
+    vae: int = 2000
+    decoder: int = 2000
+    backbone: int = 4500
+    image_tokenizer_batch: int = 64
+    vae_batch: int = 16
+    decoder_batch: int = 32
+    backbone_batch: int = 32
+
+
+@dataclass
+class ShapesModelSpec:
+    seed: int = 0
+    image_size: int = 96  # canvas side in pixels: a 3x3 grid of 32-pixel cells
+    patch_size: int = 32  # one image code per cell
+    num_codes: int = 32
+    bpe_vocab_size: int = 1024
+    block_length: int = 32
+    # backbone
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 32
+    dense_intermediate: int = 256
+    num_experts: int = 8
+    experts_per_token: int = 2
+    moe_intermediate: int = 128
+    max_positions: int = 8192
+    # image tokenizer
+    vit_hidden: int = 64
+    vit_depth: int = 2
+    vit_heads: int = 2
+    vq_dim: int = 16
+    # VAE and decoder
+    vae_channels: tuple = (16, 32, 48, 64)
+    latent_channels: int = 8
+    dit_dim: int = 64
+    dit_heads: int = 2
+    dit_layers: int = 2
+    dit_refiner_layers: int = 1
+    cap_feat_dim: int = 32
+    # data
+    train_scenes: int = 12000
+    steps: StageSteps = field(default_factory=StageSteps)
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @classmethod
+    def smoke(cls) -> "ShapesModelSpec":
+        """Smaller widths and a few steps per stage: for CI, where only falling losses are checked."""
+        return cls(
+            hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=32, dense_intermediate=128,
+            num_experts=4, moe_intermediate=64, vit_hidden=32, vae_channels=(8, 8, 16, 16), latent_channels=4,
+            dit_dim=32, dit_heads=1, cap_feat_dim=16, train_scenes=300,
+            steps=StageSteps(image_tokenizer=40, vae=30, decoder=40, backbone=40, image_tokenizer_batch=32,
+                             vae_batch=8, decoder_batch=16, backbone_batch=16),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ShapesModelSpec":
+        data = dict(data)
+        steps = StageSteps(**data.pop("steps", {}))
+        if "vae_channels" in data:
+            data["vae_channels"] = tuple(data["vae_channels"])
+        return cls(**data, steps=steps)
+
+    # ------------------------------------------------------------------ configs of the parts
+    def backbone_config(self, vocab_size: int, image_token_offset: int, pad_token_id: int) -> BackboneConfig:
+        return BackboneConfig().replace(
+            vocab_size=vocab_size,
+            image_token_offset=image_token_offset,
+            pad_token_id=pad_token_id,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.dense_intermediate,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            num_key_value_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            num_experts=self.num_experts,
+            num_experts_per_tok=self.experts_per_token,
+            n_group=1,
+            topk_group=1,
+            moe_intermediate_size=self.moe_intermediate,
+            num_shared_experts=1,
+            first_k_dense_replace=1,
+            max_position_embeddings=self.max_positions,
+            routed_scaling_factor=1.0,
+        )
+
+    def image_tokenizer_config(self) -> ImageTokenizerConfig:
+        return ImageTokenizerConfig(
+            vision_config=VisionConfig(
+                depth=self.vit_depth, hidden_size=self.vit_hidden, num_heads=self.vit_heads,
+                intermediate_size=4 * self.vit_hidden, image_size=self.image_size, patch_size=self.patch_size,
+            ),
+            vq_config=VQConfig(embed_dim=self.vq_dim, latent_channels=self.vit_hidden, num_embeddings=self.num_codes),
+        )
+
+    def preprocessor_config(self) -> PreprocessorConfig:
+        return PreprocessorConfig(patch_size=self.patch_size, min_pixels=self.image_size ** 2,
+                                  max_pixels=self.image_size ** 2, fixed_size=[self.image_size, self.image_size])
+
+    def dit_config(self) -> DiTConfig:
+        head = self.dit_dim // self.dit_heads
+        a = (head // 4) // 2 * 2
+        b = (head - a) // 2 // 2 * 2
+        axes = [head - 2 * b, b, b]
+        return DiTConfig(
+            in_channels=self.latent_channels, dim=self.dit_dim, n_layers=self.dit_layers,
+            n_refiner_layers=self.dit_refiner_layers, n_heads=self.dit_heads, n_kv_heads=self.dit_heads,
+            cap_feat_dim=self.cap_feat_dim, axes_dims=axes,
+        )
+
+    def vae_config(self) -> dict[str, Any]:
+        n = len(self.vae_channels)
+        return {
+            "_class_name": "AutoencoderKL",
+            "_diffusers_version": "0.36.0",
+            "act_fn": "silu",
+            "block_out_channels": list(self.vae_channels),
+            "down_block_types": ["DownEncoderBlock2D"] * n,
+            "force_upcast": True,
+            "in_channels": 3,
+            "latent_channels": self.latent_channels,
+            "latents_mean": None,
+            "latents_std": None,
+            "layers_per_block": 1,
+            "mid_block_add_attention": False,
+            "norm_num_groups": 8 if min(self.vae_channels) >= 8 else min(self.vae_channels),
+            "out_channels": 3,
+            "sample_size": self.image_size,
+            "scaling_factor": 1.0,
+            "shift_factor": 0.0,
+            "up_block_types": ["UpDecoderBlock2D"] * n,
+            "use_post_quant_conv": False,
+            "use_quant_conv": False,
+        }

@@ -1,0 +1,342 @@
+"""The four training stages of a small LLaDA2.0-Uni, each on the library's own classes.
+
+1. :func:`train_image_tokenizer`: the GLM-Image ViT + cosine VQ (``SigLIPVQ``). Straight-through
+   VQ with codebook and commitment losses on L2-normalised vectors (the published quantizer's
+   geometry), trained through two throwaway heads on the quantised vectors: a per-code pixel
+   reconstruction and a cell-content classifier (empty, or kind x colour), so codes are both
+   visual and semantic. Codebook initialised by k-means after a short warm-up; codes unused in a
+   batch are re-seeded from that batch's worst-quantised vectors every 50 steps.
+2. :func:`train_vae`: a diffusers ``AutoencoderKL`` (8x) with L1 + L2 reconstruction and a small
+   KL term; afterwards the latent shift and scale are set from data (Flux convention).
+3. :func:`train_decoder`: the Z-Image DiT and its SigVQ code embedder by rectified flow matching
+   (x_t = t x1 + (1 - t) x0, target x1 - x0, logit-normal t) on VAE latents conditioned on the
+   codes of the same image; 10% of the conditions are zeroed (the decoder CFG's null branch).
+4. :func:`train_backbone`: the LLaDA2 MoE backbone with the block-diffusion masked-token
+   objective over text and image tokens (``corpus.py``), and the aux-loss-free expert-bias
+   balancing of DeepSeek-V3 (after each step every router's ``expert_bias`` moves by
+   ``bias_rate`` against the sign of its expert's load minus the mean load).
+
+Every stage is seeded per step and resumable (``common.StageRunner``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbone import LLaDA2Backbone
+from ..decoder.dit import ZImageDiT
+from ..decoder.sigvq import SigVQ
+from ..image_tokenizer import SigLIPVQ
+from .common import StageLog, StageRunner, cosine_lr, scene_images, scene_pixels, step_rngs
+from .shapes import COLORS, POSITIONS, SHAPES, Scene, sample_scene
+from .spec import ShapesModelSpec
+
+__all__ = [
+    "cell_labels",
+    "encode_scenes",
+    "train_backbone",
+    "train_decoder",
+    "train_image_tokenizer",
+    "train_vae",
+    "vae_latents",
+]
+
+Work = Optional[str | os.PathLike]
+
+
+def cell_labels(scenes: list[Scene]) -> torch.Tensor:
+    """(N * 9,) cell contents in raster order: 0 empty, else 1 + kind * len(COLORS) + colour."""
+    colors = list(COLORS)
+    out = []
+    for s in scenes:
+        for pos in POSITIONS:
+            sh = s.at(pos)
+            out.append(0 if sh is None else 1 + SHAPES.index(sh.kind) * len(colors) + colors.index(sh.color))
+    return torch.tensor(out, dtype=torch.long)
+
+
+def _scenes(rng: np.random.Generator, n: int) -> list[Scene]:
+    return [sample_scene(rng) for _ in range(n)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1. image tokenizer
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _kmeans(x: torch.Tensor, k: int, gen: torch.Generator, iters: int = 15) -> torch.Tensor:
+    """Spherical k-means of the rows of x (already unit length) -> (k, D) unit centroids."""
+    c = x[torch.randperm(x.shape[0], generator=gen)[:k]].clone()
+    for _ in range(iters):
+        a = (x @ c.T).argmax(1)
+        for j in range(k):
+            m = a == j
+            if bool(m.any()):
+                c[j] = F.normalize(x[m].mean(0), dim=0)
+    return c
+
+
+def train_image_tokenizer(
+    spec: ShapesModelSpec, work_dir: Work = None, *, progress: bool = True, resume: bool = True
+) -> tuple[SigLIPVQ, StageLog]:
+    torch.manual_seed(spec.seed)
+    cfg = spec.image_tokenizer_config()
+    pre = spec.preprocessor_config()
+    net = SigLIPVQ(cfg).set_backends(attn="sdpa")
+    net.init_weights(torch.Generator().manual_seed(spec.seed))
+    p = spec.patch_size
+    E = cfg.vq_config.embed_dim
+    heads = nn.ModuleDict({"pixels": nn.Linear(E, 3 * p * p), "cells": nn.Linear(E, 1 + len(SHAPES) * len(COLORS))})
+    params = list(net.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0)
+    total = spec.steps.image_tokenizer
+    sched = cosine_lr(opt, total)
+    warm = max(1, total // 3)
+    bs = spec.steps.image_tokenizer_batch
+    grid = spec.grid
+    codebook = net.model.vqmodel.quantize.embedding
+
+    def step(s: int) -> dict:
+        rng, gen = step_rngs(spec.seed, "image_tokenizer", s)
+        scenes = _scenes(rng, bs)
+        px = scene_pixels(scenes, spec.image_size, pre)
+        labels = cell_labels(scenes)
+        f = net.features(px, [(grid, grid)] * bs)
+        zn = F.normalize(net.model.vqmodel.project(f), dim=-1)
+        out = {}
+        if s < warm:
+            q_st, vq = zn, zn.new_zeros(())
+        else:
+            with torch.no_grad():
+                if s == warm:
+                    codebook.weight.copy_(_kmeans(zn.detach(), codebook.num_embeddings, gen))
+            e = F.normalize(codebook.weight, dim=-1)
+            idx = (zn.detach() @ e.T).argmax(1)
+            q = e[idx]
+            vq = F.mse_loss(q, zn.detach()) + 0.25 * F.mse_loss(zn, q.detach())
+            q_st = zn + (q - zn).detach()
+            out["used"] = float(idx.unique().numel())
+        rec = F.mse_loss(heads["pixels"](q_st), px)
+        cls = F.cross_entropy(heads["cells"](q_st), labels)
+        if s >= warm:  # keep the encoder's classes apart before quantisation too
+            cls = 0.5 * (cls + F.cross_entropy(heads["cells"](zn), labels))
+        loss = rec + 0.5 * cls + vq
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if s >= warm and s % 50 == 0:
+            # re-seed the codes this batch did not use from its vectors (after the step: no autograd conflict)
+            with torch.no_grad():
+                dead = torch.ones(codebook.num_embeddings, dtype=torch.bool)
+                dead[idx.unique()] = False
+                nd = int(dead.sum())
+                if nd:
+                    # the worst-quantised vectors: they sit in clusters that share a code with another
+                    err = 1.0 - (zn.detach() * q.detach()).sum(-1)
+                    pick = torch.topk(err + 1e-6 * torch.rand(err.shape, generator=gen), nd).indices
+                    codebook.weight[dead] = zn.detach()[pick] + 0.01 * torch.randn(nd, E, generator=gen)
+        out.update(loss=float(loss.detach()), rec=float(rec.detach()), cls=float(cls.detach()), vq=float(vq.detach()))
+        return out
+
+    runner = StageRunner("image_tokenizer", work_dir, {"net": net, "heads": heads}, opt, total, progress=progress, scheduler=sched)
+    log = runner.run(step, resume=resume)
+    return net.eval().requires_grad_(False), log
+
+
+@torch.no_grad()
+def encode_scenes(net: SigLIPVQ, scenes: list[Scene], spec: ShapesModelSpec) -> torch.Tensor:
+    """(N, grid * grid) int64 codes of the rendered scenes."""
+    if not scenes:
+        return torch.zeros(0, spec.grid * spec.grid, dtype=torch.long)
+    pre = spec.preprocessor_config()
+    px = scene_pixels(scenes, spec.image_size, pre)
+    g = spec.grid
+    return net(px, [(g, g)] * len(scenes)).view(len(scenes), g * g)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2. VAE
+# ----------------------------------------------------------------------------------------------------------
+
+
+def train_vae(spec: ShapesModelSpec, work_dir: Work = None, *, progress: bool = True, resume: bool = True):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(spec.seed)
+    cfg = spec.vae_config()
+    vae = AutoencoderKL.from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    total = spec.steps.vae
+    sched = cosine_lr(opt, total)
+    bs = spec.steps.vae_batch
+
+    def step(s: int) -> dict:
+        rng, gen = step_rngs(spec.seed, "vae", s)
+        x = scene_images(_scenes(rng, bs), spec.image_size)
+        # the VAE is convolutional: train on 8-aligned half-size crops (4x cheaper), decode whole images later
+        c = spec.image_size // 2
+        top, left = (int(v) * 8 for v in rng.integers(0, (spec.image_size - c) // 8 + 1, size=2))
+        x = x[:, :, top : top + c, left : left + c]
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        rec = vae.decode(z).sample
+        l1 = (rec - x).abs().mean()
+        l2 = F.mse_loss(rec, x)
+        kl = post.kl().mean() / z[0].numel()
+        loss = l1 + l2 + 1e-3 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        return {"loss": float(loss.detach()), "l1": float(l1.detach()), "kl": float(kl.detach())}
+
+    runner = StageRunner("vae", work_dir, {"vae": vae}, opt, total, progress=progress, scheduler=sched)
+    log = runner.run(step, resume=resume)
+    vae.eval().requires_grad_(False)
+    # Flux convention: decoder input = latent / scaling_factor + shift_factor
+    with torch.no_grad():
+        rng, _ = step_rngs(spec.seed, "vae_stats", 0)
+        z = torch.cat([vae.encode(scene_images(_scenes(rng, 64), spec.image_size)).latent_dist.mean for _ in range(4)])
+        shift, std = float(z.mean()), float(z.std())
+    vae.register_to_config(shift_factor=round(shift, 6), scaling_factor=round(1.0 / std, 6))
+    return vae, log
+
+
+@torch.no_grad()
+def vae_latents(vae, scenes: list[Scene], spec: ShapesModelSpec) -> torch.Tensor:
+    """Normalised latents (what the DiT produces) of the rendered scenes: (z - shift) * scale."""
+    z = vae.encode(scene_images(scenes, spec.image_size)).latent_dist.mean
+    return (z - vae.config.shift_factor) * vae.config.scaling_factor
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. decoder (DiT + SigVQ embedder)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def train_decoder(
+    spec: ShapesModelSpec, tokenizer_net: SigLIPVQ, vae, work_dir: Work = None, *, progress: bool = True, resume: bool = True
+) -> tuple[SigVQ, ZImageDiT, StageLog]:
+    torch.manual_seed(spec.seed)
+    dit = ZImageDiT(spec.dit_config())
+    with torch.no_grad():
+        for block in dit.all_final_layer.values():
+            block.linear.weight.zero_()
+            block.linear.bias.zero_()
+    sigvq = SigVQ(vocab_size=spec.num_codes, width=spec.cap_feat_dim)
+    sigvq.init_weights(torch.Generator().manual_seed(spec.seed))
+    sigvq.requires_grad_(True)
+    params = list(dit.parameters()) + list(sigvq.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
+    total = spec.steps.decoder
+    sched = cosine_lr(opt, total)
+    bs = spec.steps.decoder_batch
+    g = spec.grid
+
+    def step(s: int) -> dict:
+        rng, gen = step_rngs(spec.seed, "decoder", s)
+        scenes = _scenes(rng, bs)
+        codes = encode_scenes(tokenizer_net, scenes, spec).view(bs, g, g)
+        x1 = vae_latents(vae, scenes, spec)
+        x0 = torch.randn(x1.shape, generator=gen)
+        t = torch.sigmoid(torch.randn(bs, generator=gen))
+        xt = t.view(-1, 1, 1, 1) * x1 + (1 - t.view(-1, 1, 1, 1)) * x0
+        feats = sigvq.features(codes)
+        drop = (torch.rand(bs, generator=gen) < 0.1).view(-1, 1, 1)
+        feats = torch.where(drop, torch.zeros_like(feats), feats)
+        v = dit(xt, t, feats)
+        loss = F.mse_loss(v, x1 - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        return {"loss": float(loss.detach())}
+
+    runner = StageRunner("decoder", work_dir, {"dit": dit, "sigvq": sigvq}, opt, total, progress=progress, scheduler=sched)
+    log = runner.run(step, resume=resume)
+    return sigvq.eval().requires_grad_(False), dit.eval().requires_grad_(False), log
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 4. backbone
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _init_backbone(model: LLaDA2Backbone, seed: int) -> None:
+    model.init_weights(torch.Generator().manual_seed(seed), std=0.02)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+                p.fill_(1.0)
+        for name, b in model.named_buffers():
+            if name.endswith("expert_bias"):
+                b.zero_()
+
+
+def train_backbone(
+    spec: ShapesModelSpec,
+    model: LLaDA2Backbone,
+    make_batch: Callable[[np.random.Generator, torch.Generator], dict],
+    work_dir: Work = None,
+    *,
+    progress: bool = True,
+    resume: bool = True,
+    bias_rate: float = 0.002,
+    lr: float = 1.5e-3,
+) -> tuple[LLaDA2Backbone, StageLog]:
+    """``make_batch(rng, gen)`` returns {"input_ids" (B, L), "labels" (B, L) with -100 where no loss}
+    (``corpus.BatchBuilder``)."""
+    from ..moe import Router
+
+    routers = [m for m in model.modules() if isinstance(m, Router)]
+    counts: list[torch.Tensor] = []
+
+    def record(mod, _inp, out) -> None:
+        counts.append(torch.bincount(out[0].reshape(-1), minlength=mod.weight.shape[0]).float())
+
+    hooks = [r.register_forward_hook(record) for r in routers]
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embeddings" not in n]
+    other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embeddings" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": other, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
+    total = spec.steps.backbone
+    sched = cosine_lr(opt, total, warmup=100)
+    model.train()
+
+    def step(s: int) -> dict:
+        rng, gen = step_rngs(spec.seed, "backbone", s)
+        batch = make_batch(rng, gen)
+        ids, labels = batch["input_ids"], batch["labels"]
+        counts.clear()
+        out = model(ids, None, batch["mask"], logits_for=0, check_inputs=False)
+        sel = labels != -100
+        logits = model.lm_head(out.hidden_states[sel]).float()
+        loss = F.cross_entropy(logits, labels[sel])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        imbalance = 0.0
+        with torch.no_grad():
+            for r, c in zip(routers, counts):
+                r.expert_bias.add_(bias_rate * torch.sign(c.mean() - c))
+                imbalance = max(imbalance, float(c.max() / c.mean().clamp_min(1e-9)))
+        return {"loss": float(loss.detach()), "max_load": imbalance}
+
+    runner = StageRunner("backbone", work_dir, {"model": model}, opt, total, progress=progress, scheduler=sched)
+    try:
+        log = runner.run(step, resume=resume)
+    finally:
+        for h in hooks:
+            h.remove()
+    return model.eval().requires_grad_(False), log

@@ -1,0 +1,250 @@
+"""What the shapes model is taught to do: every prompt and answer format, in one place.
+
+The tiny shapes model is trained on the same prompts the library sends at inference
+(``model_core.generation.prompts.PromptBuilder``) and on the exact question and instruction texts of
+the bundled ``workflows/draw-check-refine.yaml`` and of the agent graph's claim/inspect prompts, so
+the demo workflow and the agent loop run on it in-distribution. This module holds the formats and
+the structured targets; ``corpus.py`` turns them into token sequences.
+
+Task kinds (``TASKS``):
+
+* ``t2i``: caption -> image (codes of the rendered scene).
+* ``t2i_thinking``: caption -> a plan (:func:`shapes.plan`) -> image.
+* ``caption``: image + "Describe the image." -> caption.
+* ``qa``: image + a count / colour / position / presence question -> short answer.
+* ``verify``: image + "Does this image show: "<caption>"? ..." -> "yes" or "no, <what is wrong>".
+* ``claim``: image + the agent's inspect prompt about one shape -> "yes, ..." or "no, ...".
+* ``claims``: the agent's claims prompt (text only) -> one shape per line.
+* ``edit``: image + recolour / move / add / remove instruction -> edited image.
+* ``fix``: image of a flawed scene + "Change the image so that it shows: <caption>. <feedback>" ->
+  the requested scene (the refine step of the demo workflow).
+
+Imports only numpy (through ``shapes``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import numpy as np
+
+from .shapes import (
+    COLORS,
+    MAX_SHAPES,
+    POSITIONS,
+    SHAPES,
+    Scene,
+    Shape,
+    _sample_shape,
+    caption,
+    make_edit,
+    plan,
+    position_phrase,
+    questions,
+    sample_scene,
+)
+
+__all__ = [
+    "CHECK_QUESTION",
+    "CLAIMS_PROMPT",
+    "DESCRIBE_QUESTION",
+    "FIX_INSTRUCTION",
+    "INSPECT_PROMPT",
+    "RECHECK_QUESTION",
+    "TASKS",
+    "Task",
+    "corrupt_scene",
+    "fix_instruction",
+    "mismatch_answer",
+    "mismatches",
+    "sample_task",
+    "verify_answer",
+]
+
+# The check and recheck questions of workflows/draw-check-refine.yaml, as its folded (>-) scalars render.
+CHECK_QUESTION = 'Does this image show: "{prompt}"? Answer yes or no first, then name what is wrong or missing.'
+RECHECK_QUESTION = 'Does this image show: "{prompt}"? Answer yes or no first, then name what is wrong.'
+# The fix instruction of the same workflow: the request, then the last check's answer.
+FIX_INSTRUCTION = "Change the image so that it shows: {prompt}. {feedback}"
+DESCRIBE_QUESTION = "Describe the image."
+# lladauni_agent.prompts.INSPECT and CLAIMS (a test pins them equal).
+INSPECT_PROMPT = (
+    'Look at the image. Is this statement true of it: "{claim}"? '
+    "Answer yes or no first, then give one short reason."
+)
+CLAIMS_PROMPT = (
+    "List the separate facts that an image made for the following request must show. "
+    "Write one short statement per line that can be checked by looking at the image.\n"
+    "Request: {prompt}"
+)
+
+TASKS: tuple[str, ...] = ("t2i", "t2i_thinking", "caption", "qa", "verify", "claim", "claims", "edit", "fix")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One training (or evaluation) item in structured form.
+
+    ``kind`` is one of :data:`TASKS`. ``source`` is the input scene (image tasks), ``target`` the
+    scene to draw (image outputs), ``text`` the user text (caption, question or instruction) and
+    ``answer`` the text the model writes (for ``t2i_thinking``: the plan).
+    """
+
+    kind: str
+    text: str
+    answer: str = ""
+    source: Optional[Scene] = None
+    target: Optional[Scene] = None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Comparing a scene with a request
+# ----------------------------------------------------------------------------------------------------------
+
+
+def mismatches(expected: Scene, found: Scene) -> list[str]:
+    """What is wrong with ``found`` for a request of ``expected``, cell by cell in reading order."""
+    out: list[str] = []
+    for pos in POSITIONS:
+        e, f = expected.at(pos), found.at(pos)
+        if e is None and f is None:
+            continue
+        if f is None:
+            out.append(f"the {e.name} {position_phrase(pos)} is missing")
+        elif e is None:
+            out.append(f"there is an extra {f.name} {position_phrase(pos)}")
+        elif e.key() != f.key():
+            out.append(f"the shape {position_phrase(pos)} is a {f.name}, not a {e.name}")
+    return out
+
+
+def mismatch_answer(problems: list[str]) -> str:
+    """'yes' when nothing is wrong, else 'no, <problem>; <problem>.'"""
+    return "yes" if not problems else "no, " + "; ".join(problems) + "."
+
+
+def verify_answer(expected: Scene, found: Scene) -> str:
+    """The answer to :data:`CHECK_QUESTION` about an image of ``found`` for a request of ``expected``."""
+    return mismatch_answer(mismatches(expected, found))
+
+
+def fix_instruction(prompt: str, feedback: str) -> str:
+    return FIX_INSTRUCTION.format(prompt=prompt, feedback=feedback)
+
+
+def corrupt_scene(scene: Scene, rng: np.random.Generator, max_errors: int = 2) -> Scene:
+    """A flawed drawing of ``scene``: one or two errors (wrong colour, wrong kind, a shape missing,
+    an extra shape, a shape in the wrong cell), the kinds of mistakes a drawing model makes."""
+    shapes = list(scene.shapes)
+    n_err = int(rng.integers(1, max_errors + 1))
+    for _ in range(n_err):
+        kinds = ["color", "kind"] if shapes else []
+        if len(shapes) > 1:
+            kinds.append("drop")
+        if len(shapes) < MAX_SHAPES:
+            kinds += ["extra", "move"] if shapes else ["extra"]
+        if not kinds:
+            break
+        k = kinds[int(rng.integers(len(kinds)))]
+        used = {s.position for s in shapes}
+        free = [p for p in POSITIONS if p not in used]
+        if k == "extra" and free:
+            colors = [c for c in COLORS if c not in {s.color for s in shapes}] or list(COLORS)
+            shapes.append(_sample_shape(rng, SHAPES[int(rng.integers(len(SHAPES)))],
+                                        colors[int(rng.integers(len(colors)))], free[int(rng.integers(len(free)))]))
+            continue
+        if not shapes:
+            continue
+        i = int(rng.integers(len(shapes)))
+        s = shapes[i]
+        if k == "color":
+            others = [c for c in COLORS if c != s.color]
+            shapes[i] = replace(s, color=others[int(rng.integers(len(others)))])
+        elif k == "kind":
+            others = [x for x in SHAPES if x != s.kind]
+            shapes[i] = replace(s, kind=others[int(rng.integers(len(others)))])
+        elif k == "drop":
+            shapes.pop(i)
+        elif k == "move" and free:
+            shapes[i] = replace(s, position=free[int(rng.integers(len(free)))])
+    out = Scene(tuple(shapes))
+    return out if out.signature() != scene.signature() else corrupt_scene(scene, rng, max_errors)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sampling tasks
+# ----------------------------------------------------------------------------------------------------------
+
+# How often each task is drawn in training (relative weights).
+DEFAULT_MIX: dict[str, float] = {
+    "t2i": 3.0,
+    "t2i_thinking": 0.7,
+    "caption": 1.5,
+    "qa": 2.0,
+    "verify": 1.5,
+    "claim": 0.6,
+    "claims": 0.3,
+    "edit": 2.0,
+    "fix": 2.0,
+}
+
+
+def _claim_answer(scene: Scene, claim: Shape) -> str:
+    pos = claim.position
+    there = scene.at(pos)
+    if there is not None and there.key() == claim.key():
+        return f"yes, there is {claim.describe()}."
+    if there is None:
+        return f"no, the {claim.name} {position_phrase(pos)} is missing."
+    return f"no, the shape {position_phrase(pos)} is a {there.name}."
+
+
+def sample_task(kind: str, rng: np.random.Generator) -> Task:
+    """A random task of the given kind."""
+    if kind not in TASKS:
+        raise ValueError(f"unknown task kind {kind!r}; expected one of {', '.join(TASKS)}")
+    scene = sample_scene(rng)
+    cap = caption(scene)
+    if kind == "t2i":
+        return Task(kind, cap, target=scene)
+    if kind == "t2i_thinking":
+        return Task(kind, cap, answer=plan(scene), target=scene)
+    if kind == "caption":
+        return Task(kind, DESCRIBE_QUESTION, answer=cap, source=scene)
+    if kind == "qa":
+        qs = questions(scene, rng)
+        qa = qs[int(rng.integers(len(qs)))]
+        return Task(kind, qa.question, answer=qa.answer, source=scene)
+    if kind == "verify":
+        # half the images match the request, half are flawed drawings of it
+        shown = scene if rng.random() < 0.5 else corrupt_scene(scene, rng)
+        q = CHECK_QUESTION if rng.random() < 0.6 else RECHECK_QUESTION
+        return Task(kind, q.format(prompt=cap), answer=verify_answer(scene, shown), source=shown, target=scene)
+    if kind == "claim":
+        shown = scene if rng.random() < 0.5 else corrupt_scene(scene, rng)
+        s = scene.shapes[int(rng.integers(len(scene)))]
+        return Task(kind, INSPECT_PROMPT.format(claim=s.describe()), answer=_claim_answer(shown, s), source=shown)
+    if kind == "claims":
+        return Task(kind, CLAIMS_PROMPT.format(prompt=cap), answer="\n".join(s.describe() for s in scene.shapes))
+    if kind == "edit":
+        for _ in range(8):
+            e = make_edit(scene, ("recolor", "move", "add", "remove")[int(rng.integers(4))], rng)
+            if e is not None:
+                return Task(kind, e.instruction, source=e.source, target=e.target)
+        e = make_edit(scene, "recolor", rng)
+        assert e is not None  # a scene always has a shape to recolour
+        return Task(kind, e.instruction, source=e.source, target=e.target)
+    # fix: a flawed drawing, the request, and the check's feedback (usually right, sometimes empty)
+    shown = corrupt_scene(scene, rng)
+    feedback = verify_answer(scene, shown) if rng.random() < 0.85 else ""
+    return Task(kind, fix_instruction(cap, feedback).rstrip(), source=shown, target=_keep_unchanged(shown, scene))
+
+
+def _keep_unchanged(shown: Scene, target: Scene) -> Scene:
+    """The target scene with shapes that were already right keeping their drawn size and offset."""
+    out = []
+    for s in target.shapes:
+        f = shown.at(s.position)
+        out.append(f if f is not None and f.key() == s.key() else s)
+    return Scene(tuple(out))

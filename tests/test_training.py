@@ -1,0 +1,193 @@
+"""Training code: the compact tokenizer, block-diffusion batches, every stage for a few steps (losses
+fall), resumable runs, and a smoke-trained checkpoint that the library loads and runs end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model_core import LLaDAUni, TextTokenizer
+from model_core.generation.prompts import ImageCodes, PromptBuilder
+from model_core.training import tasks
+from model_core.training.build import STAGES, build_shapes_model
+from model_core.training.corpus import BatchBuilder, task_sequence
+from model_core.training.shapes import Scene, Shape, caption, render, sample_scene
+from model_core.training.spec import ShapesModelSpec, StageSteps
+from model_core.training.text_tokenizer import SPECIAL_TOKENS, build_compact_tokenizer
+
+
+@pytest.fixture(scope="module")
+def smoke_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke") / "model"
+    spec = ShapesModelSpec.smoke()
+    record = build_shapes_model(out, spec, progress=False)
+    return out, spec, record
+
+
+# ------------------------------------------------------------------------------------------------ tokenizer
+def test_compact_tokenizer_layout_and_round_trip(tmp_path):
+    texts = ["a red circle at the top left", "Describe the image.", "How many shapes are there?"] * 20
+    layout = build_compact_tokenizer(texts, tmp_path, num_codes=16, grid_sides=(3, 4))
+    tok = TextTokenizer.from_pretrained(tmp_path)
+    bpe = layout["special"]
+    assert layout["image_token_offset"] == bpe + len(SPECIAL_TOKENS) + 2
+    assert layout["vocab_size"] == layout["image_token_offset"] + 16 == len(tok)
+    assert tok.image_code0 == layout["image_token_offset"]
+    assert tok.special.mask == bpe + SPECIAL_TOKENS.index("<|mask|>")
+    assert tok.size_token_ids == {3: layout["sizes"], 4: layout["sizes"] + 1}
+    for text in ["a red circle at the top left", "Ünïcode 😀 words never seen", "<role>HUMAN</role> hi"]:
+        assert tok.decode(tok.encode(text)) == text
+    assert tok.encode("<|mask|>") == [tok.special.mask]
+    with pytest.raises(ValueError, match="side 8"):
+        tok.size_token_id(8)
+
+
+def test_compact_tokenizer_is_deterministic(tmp_path):
+    texts = [caption(sample_scene(np.random.default_rng(i))) for i in range(200)]
+    build_compact_tokenizer(texts, tmp_path / "a", num_codes=4)
+    build_compact_tokenizer(texts, tmp_path / "b", num_codes=4)
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
+
+
+# ------------------------------------------------------------------------------------------------ tasks
+def test_tasks_texts_match_the_workflow_and_agent_prompts():
+    from lladauni_agent import prompts as agent_prompts
+
+    assert tasks.INSPECT_PROMPT == agent_prompts.INSPECT
+    assert tasks.CLAIMS_PROMPT == agent_prompts.CLAIMS
+
+
+def test_verify_answers_name_every_problem():
+    want = Scene((Shape("circle", "red", "top left"), Shape("square", "blue", "center")))
+    got = Scene((Shape("circle", "green", "top left"), Shape("triangle", "yellow", "bottom")))
+    ans = tasks.verify_answer(want, got)
+    assert ans.startswith("no, ")
+    assert "the shape at the top left is a green circle, not a red circle" in ans
+    assert "the blue square in the center is missing" in ans
+    assert "there is an extra yellow triangle at the bottom" in ans
+    assert tasks.verify_answer(want, want) == "yes"
+
+
+@pytest.mark.parametrize("kind", tasks.TASKS)
+def test_every_task_kind_is_consistent(kind):
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        t = tasks.sample_task(kind, rng)
+        if kind in ("t2i", "t2i_thinking", "edit", "fix"):
+            assert t.target is not None
+        if kind in ("edit", "fix"):
+            assert t.source is not None and t.source.signature() != t.target.signature()
+        if kind == "verify":
+            assert (t.answer == "yes") == (t.source.signature() == t.target.signature())
+
+
+def test_corrupt_scene_always_differs():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        s = sample_scene(rng)
+        assert tasks.corrupt_scene(s, rng).signature() != s.signature()
+
+
+# ------------------------------------------------------------------------------------------------ batches
+def test_sequences_use_the_inference_prompts(smoke_build):
+    out, spec, _ = smoke_build
+    tok = TextTokenizer.from_pretrained(out)
+    pb = PromptBuilder(tok, tok.image_code0)
+    rng = np.random.default_rng(0)
+    scene = sample_scene(rng)
+    codes = ImageCodes(torch.arange(9) % spec.num_codes, 3, 3)
+    t2i = task_sequence(tasks.Task("t2i", caption(scene), target=scene), pb, tok, {"target": codes}, rng, null_rate=0.0)
+    assert t2i.prompt == pb.text_to_image(caption(scene), 3, 3)[0]
+    assert t2i.response == (codes.codes + tok.image_code0).tolist() + [tok.special.image_end]
+    qa = task_sequence(tasks.Task("qa", "How many shapes are there?", "2", source=scene), pb, tok, {"source": codes}, rng, chat_rate=0.0)
+    assert qa.prompt == pb.understanding(codes, "How many shapes are there?")
+    assert qa.response == tok.encode("2") + [tok.special.eos]
+
+
+def test_block_diffusion_masking(smoke_build):
+    out, spec, _ = smoke_build
+    tok = TextTokenizer.from_pretrained(out)
+    bb = BatchBuilder(tok, tok.image_code0, lambda scenes: torch.zeros(len(scenes), 9, dtype=torch.long), 3,
+                      batch_size=16, block_length=32)
+    rng = np.random.default_rng(1)
+    batch = bb(rng)
+    ids, labels = batch["input_ids"], batch["labels"]
+    assert ids.shape[1] % 32 == 0
+    masked = ids == tok.special.mask
+    assert torch.equal(masked, labels != -100)  # loss exactly on the masked tokens
+    for row in range(ids.shape[0]):
+        pos = torch.nonzero(masked[row]).flatten()
+        assert pos.numel() >= 1
+        assert len({int(p) // 32 for p in pos}) == 1  # one active block per row
+        last = int(torch.nonzero(ids[row] != tok.special.eos).max()) if bool((ids[row] != tok.special.eos).any()) else 0
+        assert int(pos.max()) // 32 >= last // 32  # nothing after the active block is visible
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def test_every_stage_loss_falls(smoke_build):
+    _, _, record = smoke_build
+    assert set(record["stages"]) == set(STAGES)
+    for name in ("image_tokenizer", "vae", "decoder", "backbone"):
+        st = record["stages"][name]
+        assert st["loss_last"] < st["loss_first"], (name, st)
+
+
+def test_smoke_checkpoint_runs_every_task(smoke_build):
+    out, spec, _ = smoke_build
+    model = LLaDAUni.from_pretrained(out, components=("backbone", "image_tokenizer", "decoder"))
+    assert model.defaults["image_size"] == [96, 96]
+    scene = sample_scene(np.random.default_rng(3))
+    img = model.generate_image(caption(scene), steps=4, seed=0, decoder_steps=2)
+    assert (img.h, img.w) == (3, 3) and img.image.size == (96, 96)
+    ans = model.understand(render(scene, 96), "How many shapes are there?", gen_length=32, steps=4)
+    assert isinstance(ans.text, str)
+    ed = model.edit_image(render(scene, 200), "Make the shape blue.", steps=4, seed=0, decoder_steps=2)
+    assert ed.image.size == (96, 96)
+    data = json.loads((out / "training.json").read_text())
+    assert data["spec"]["num_codes"] == spec.num_codes
+
+
+def test_backbone_stage_resumes_exactly(tmp_path, smoke_build, monkeypatch):
+    """A run stopped after a save and resumed ends with the weights of an uninterrupted run."""
+    from model_core import LLaDA2Backbone
+    from model_core.training import common
+    from model_core.training.build import _load_image_tokenizer
+    from model_core.training.stages import _init_backbone, encode_scenes, train_backbone
+
+    out, spec, _ = smoke_build
+    spec = ShapesModelSpec.smoke()
+    spec.steps = StageSteps(**{**spec.steps.__dict__, "backbone": 6})
+    monkeypatch.setattr(common, "SAVE_EVERY", 2)
+    tok = TextTokenizer.from_pretrained(out)
+    net = _load_image_tokenizer(out)
+    config = spec.backbone_config(len(tok), tok.image_code0, tok.special.pad)
+    batches = BatchBuilder(tok, tok.image_code0, lambda sc: encode_scenes(net, sc, spec), 3, batch_size=4)
+
+    def fresh():
+        m = LLaDA2Backbone(config)
+        _init_backbone(m, spec.seed)
+        return m
+
+    straight, log_a = train_backbone(spec, fresh(), batches, tmp_path / "a", progress=False)
+    calls = {"n": 0}
+
+    def flaky(rng, gen):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return batches(rng, gen)
+
+    with pytest.raises(KeyboardInterrupt):
+        train_backbone(spec, fresh(), flaky, tmp_path / "b", progress=False)
+    resumed, log_b = train_backbone(spec, fresh(), batches, tmp_path / "b", progress=False)
+    assert log_a.series() == log_b.series()
+    sa, sb = straight.state_dict(), resumed.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_unknown_stage_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="unknown stage"):
+        build_shapes_model(tmp_path / "x", ShapesModelSpec.smoke(), stages=("bogus",))
