@@ -70,11 +70,26 @@ def _device_lock(device: str) -> threading.Lock:
         return _DEVICE_LOCKS.setdefault(device, threading.Lock())
 
 
+def _require_default_model(hint: str) -> Path:
+    """The embedded default checkpoint, or ValueError saying it is missing and what to pass instead
+    (for CLIs that fall back to it; checked before anything runs)."""
+    from model_core.checkpoint import CheckpointError, default_checkpoint
+
+    try:
+        return default_checkpoint()
+    except CheckpointError as exc:
+        raise ValueError(f"no model given and {str(exc).split(';')[0]}; {hint}") from None
+
+
 class LocalBackend:
     """``model_core.LLaDAUni`` in this process, loaded once on first use.
 
-    ``keep_loaded=False`` unloads after every call (one-shot CLI use); ``unload()`` frees the
-    weights explicitly. ``decode`` decides whether generated images are decoded to pixels.
+    ``checkpoint``: a directory or Hugging Face repo id; with neither it nor ``model``, the
+    embedded default model (the tiny shapes model, ``model_core.checkpoint.default_checkpoint()``).
+    ``model``: an already loaded ``LLaDAUni`` to wrap. ``keep_loaded=False`` unloads after every
+    call (one-shot CLI use); ``unload()`` frees the weights explicitly, and they reload on the next
+    call unless the backend only wraps a ``model`` it was given. ``decode`` decides whether
+    generated images are decoded to pixels.
     """
 
     name = "local"
@@ -91,8 +106,6 @@ class LocalBackend:
         keep_loaded: bool = True,
         decode: bool = True,
     ) -> None:
-        if checkpoint is None and model is None:
-            raise ValueError("LocalBackend needs a checkpoint path/repo or a loaded model")
         self.checkpoint = checkpoint
         self.device = device
         self.dtype = dtype
@@ -100,12 +113,19 @@ class LocalBackend:
         self.keep_loaded = keep_loaded
         self.decode = decode
         self._model = model
+        # it can load (again) what it drops: it loads itself, or it knows the checkpoint of the model it wraps
+        self._reloadable = model is None or checkpoint is not None
         self._load_lock = threading.Lock()
         self.calls: Counter[str] = Counter()
 
     @property
     def loaded(self) -> bool:
         return self._model is not None
+
+    @property
+    def uses_default_model(self) -> bool:
+        """True when this backend loads the embedded default model (no checkpoint, no model given)."""
+        return self.checkpoint is None and self._reloadable
 
     def load(self):
         """Load the model (once) and return it."""
@@ -119,8 +139,9 @@ class LocalBackend:
             return self._model
 
     def unload(self) -> None:
-        """Drop the weights (they reload on the next call when a checkpoint was given)."""
-        if self.checkpoint is None:
+        """Drop the weights; they reload on the next call (from the checkpoint, or the embedded
+        default model when none was given)."""
+        if not self._reloadable:
             raise ValueError("this LocalBackend wraps a model it did not load; unload it where it was made")
         with self._load_lock:
             if self._model is None:
@@ -140,7 +161,7 @@ class LocalBackend:
                 out = getattr(model, method)(*args, **kw)
             finally:
                 self.calls[method] += 1
-        if not self.keep_loaded and self.checkpoint is not None:
+        if not self.keep_loaded and self._reloadable:
             self.unload()
         return out
 

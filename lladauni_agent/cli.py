@@ -22,7 +22,8 @@ def add_agent_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("prompt", nargs="?", help="the request or question (omit with --resume)")
     p.add_argument("--graph", choices=GRAPHS, default="draw_inspect_refine")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", help="model checkpoint directory or Hugging Face repo id (in-process model)")
+    src.add_argument("--checkpoint", help="model checkpoint directory or Hugging Face repo id (in-process model; "
+                     "default: the embedded default model, the tiny shapes model, at its own sizes)")
     src.add_argument("--server", help="base URL of an OpenAI-compatible server (ours or SGLang-Omni)")
     p.add_argument("--api-key", default=os.environ.get("LLADAUNI_API_KEY"), help="bearer token for --server")
     p.add_argument("--image", "-a", action="append", default=[], help="input image (repeat for several)")
@@ -34,10 +35,11 @@ def add_agent_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--human-review", action="store_true", help="pause for approval before drawing")
     p.add_argument("--max-iterations", type=int, default=None)
     p.add_argument("--retokenize", choices=["reuse", "roundtrip"], default="reuse")
-    p.add_argument("--size", default="1024x1024", help="HxW output pixels, multiples of 32")
-    p.add_argument("--steps", type=int, default=8, help="image denoising steps")
+    p.add_argument("--size", default=None, help="HxW output pixels, multiples of 32 (default: 1024x1024; "
+                   "96x96 on the embedded default model)")
+    p.add_argument("--steps", type=int, default=None, help="image denoising steps (default: 8; SHAPES_OPTIONS on the default model)")
     p.add_argument("--decoder-steps", type=int, default=None)
-    p.add_argument("--gen-length", type=int, default=512, help="text tokens per reply")
+    p.add_argument("--gen-length", type=int, default=None, help="text tokens per reply (default: 512; SHAPES_OPTIONS on the default model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true", help="print JSONL events, then the result, on stdout")
@@ -65,9 +67,35 @@ def _jsonable(x: Any) -> Any:
     return json.loads(json.dumps(x, default=lambda o: getattr(o, "value", None) if hasattr(o, "value") else str(o)))
 
 
+def _options(args: argparse.Namespace, default_model: bool) -> dict[str, dict[str, Any]]:
+    """Model options per call kind: the flags given, over SHAPES_OPTIONS on the embedded default
+    model or the full-size defaults (1024x1024, 8 steps, 512 tokens) otherwise."""
+    import copy
+
+    from .context import SHAPES_OPTIONS
+
+    if default_model:
+        o = copy.deepcopy(SHAPES_OPTIONS)
+    else:
+        o = {"text": {"gen_length": 512}, "image": {"image_h": 1024, "image_w": 1024, "steps": 8},
+             "edit": {"steps": 8}, "interleaved": {"image_h": 1024, "image_w": 1024, "image_steps": 8, "text_gen_length": 512}}
+    if args.size:
+        h, w = _size(args.size)
+        for k in ("image", "interleaved"):
+            o[k].update(image_h=h, image_w=w)
+    if args.steps is not None:
+        o["image"]["steps"] = o["edit"]["steps"] = o["interleaved"]["image_steps"] = args.steps
+    if args.decoder_steps:
+        for k in ("image", "edit", "interleaved"):
+            o[k]["decoder_steps"] = args.decoder_steps
+    if args.gen_length is not None:
+        o["text"]["gen_length"] = o["interleaved"]["text_gen_length"] = args.gen_length
+    return o
+
+
 def run_agent_command(args: argparse.Namespace) -> int:
     from .agent import Agent
-    from .backend import HTTPBackend, LocalBackend
+    from .backend import HTTPBackend, LocalBackend, _require_default_model
 
     if not args.resume and not args.prompt:
         raise ValueError("give a prompt, or --resume THREAD")
@@ -76,15 +104,12 @@ def run_agent_command(args: argparse.Namespace) -> int:
     elif args.checkpoint:
         backend = LocalBackend(args.checkpoint, device=args.device)
     else:
-        raise ValueError("choose where the model runs: --checkpoint PATH (in-process) or --server URL")
-    h, w = _size(args.size)
-    dec = {"decoder_steps": args.decoder_steps} if args.decoder_steps else {}
+        _require_default_model("choose where the model runs: --checkpoint PATH (in-process) or --server URL")
+        backend = LocalBackend(None, device=args.device)
+    o = _options(args, default_model=not args.server and not args.checkpoint)
     agent = Agent(
         backend, runs_dir=args.runs_dir, checkpoint=args.state_db, seed=args.seed,
-        text_options={"gen_length": args.gen_length},
-        image_options={"image_h": h, "image_w": w, "steps": args.steps, **dec},
-        edit_options={"steps": args.steps, **dec},
-        interleaved_options={"image_h": h, "image_w": w, "image_steps": args.steps, "text_gen_length": args.gen_length, **dec},
+        text_options=o["text"], image_options=o["image"], edit_options=o["edit"], interleaved_options=o["interleaved"],
     )
 
     def on_event(part: dict) -> None:

@@ -3,7 +3,7 @@ generation options). Passed as ``context_schema`` and read through ``Runtime``.
 
 Under ``langgraph dev`` the context arrives as JSON, so ``backend`` may be missing: it is then
 built once per process from ``server`` / ``checkpoint`` (or the ``LLADAUNI_SERVER`` /
-``LLADAUNI_CHECKPOINT`` environment variables).
+``LLADAUNI_CHECKPOINT`` environment variables), and from the embedded default model when none is set.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from .artifacts import ArtifactStore
 
-__all__ = ["AgentContext", "TINY_OPTIONS"]
+__all__ = ["AgentContext", "SHAPES_OPTIONS", "TINY_OPTIONS"]
 
 # The sizes the CPU tests use on a tiny checkpoint.
 TINY_OPTIONS: dict[str, dict[str, Any]] = {
@@ -26,6 +26,20 @@ TINY_OPTIONS: dict[str, dict[str, Any]] = {
     "edit": {"steps": 2, "decoder_steps": 2},
     "interleaved": {"image_h": 256, "image_w": 256, "text_gen_length": 32, "steps": 2, "image_steps": 2,
                     "decoder_steps": 2},
+}
+
+# The sizes the embedded default model (the tiny shapes model, model_core/data/shapes-tiny) works at:
+# 96x96 images (a 3x3 code grid, 32 px per code), a few denoising steps, short answers and plans
+# (its answers are a few words; a verify answer or a thinking plan is a few short lines), and the
+# turbo decoder at 8 steps. `lladauni demo`, the CLIs without --checkpoint and bench/shapes_eval.py
+# use it.
+SHAPES_OPTIONS: dict[str, dict[str, Any]] = {
+    "text": {"steps": 8, "gen_length": 64},
+    "image": {"image_h": 96, "image_w": 96, "steps": 4, "decoder_steps": 8, "thinking_steps": 8,
+              "thinking_gen_length": 128},
+    "edit": {"steps": 4, "decoder_steps": 8},
+    "interleaved": {"image_h": 96, "image_w": 96, "text_gen_length": 64, "steps": 8, "image_steps": 4,
+                    "decoder_steps": 8},
 }
 
 _SHARED: dict[tuple, Any] = {}
@@ -54,8 +68,14 @@ class AgentContext:
         server = self.server or os.environ.get("LLADAUNI_SERVER")
         ckpt = self.checkpoint or os.environ.get("LLADAUNI_CHECKPOINT")
         key = ("http", server) if server else ("local", ckpt)
-        if key[1] is None:
-            raise ValueError("no backend: pass one in the context, or set LLADAUNI_SERVER or LLADAUNI_CHECKPOINT")
+        if key[1] is None:  # neither given: the embedded default model, when this install has it
+            from model_core.checkpoint import CheckpointError, default_checkpoint
+
+            try:
+                default_checkpoint()
+            except CheckpointError as exc:
+                raise ValueError(f"no backend: pass one in the context, set LLADAUNI_SERVER or LLADAUNI_CHECKPOINT "
+                                 f"({exc})") from None
         with _SHARED_LOCK:
             if key not in _SHARED:
                 from .backend import HTTPBackend, LocalBackend

@@ -73,6 +73,27 @@ def _load_pipe(args: argparse.Namespace, components=("backbone",)):
     )
 
 
+_FULL_SIZE_DEFAULTS = {"gen_length": 2048, "height": 1024, "width": 1024}
+
+
+def _model_defaults(args: argparse.Namespace, kind: str) -> None:
+    """Fill the size flags left unset: the embedded default model's own sizes (SHAPES_OPTIONS[kind])
+    when no --checkpoint is given, the full-size defaults otherwise."""
+    shapes: dict = {}
+    if args.checkpoint is None:
+        try:
+            from lladauni_agent.context import SHAPES_OPTIONS
+        except ImportError as exc:
+            raise ValueError(f"the embedded default model's sizes come with the agent extra "
+                             f"(pip install 'lladauni-agent[agent]'): {exc}") from None
+        o = SHAPES_OPTIONS[kind]
+        shapes = {"gen_length": o.get("gen_length"), "height": o.get("image_h"), "width": o.get("image_w"),
+                  "steps": o.get("steps"), "decoder_steps": o.get("decoder_steps")}
+    for k, v in {**_FULL_SIZE_DEFAULTS, **{k: v for k, v in shapes.items() if v is not None}}.items():
+        if hasattr(args, k) and getattr(args, k) is None:
+            setattr(args, k, v)
+
+
 def _sampling(args: argparse.Namespace) -> dict:
     kw = dict(steps=args.steps, block_length=args.block_length, temperature=args.temperature, seed=args.seed,
               use_sprint=args.sprint, cache=args.cache)
@@ -92,6 +113,7 @@ def _stats(stats) -> dict:
 
 
 def _chat(args: argparse.Namespace) -> int:
+    _model_defaults(args, "text")
     pipe = _load_pipe(args)
     update, close = _progress_bar("chat")
     try:
@@ -103,6 +125,7 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def _understand(args: argparse.Namespace) -> int:
+    _model_defaults(args, "text")
     pipe = _load_pipe(args, ("backbone", "image_tokenizer"))
     update, close = _progress_bar("understand")
     try:
@@ -127,6 +150,7 @@ def _save_image_result(args: argparse.Namespace, r, extra: dict) -> dict:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    _model_defaults(args, "image")
     pipe = _load_pipe(args, ("backbone",) if args.no_decode else ("backbone", "decoder"))
     update, close = _progress_bar("generate")
     try:
@@ -142,6 +166,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _edit(args: argparse.Namespace) -> int:
+    _model_defaults(args, "edit")
     pipe = _load_pipe(args, ("backbone", "image_tokenizer") + (() if args.no_decode else ("decoder",)))
     update, close = _progress_bar("edit")
     try:
@@ -156,29 +181,136 @@ def _edit(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_PROMPT = "a red circle at the top left and a blue square in the center"
+DEMO_WORKFLOW = "draw-check-refine"
+_DEMO_STEPS = ("draw", "check", "fix", "recheck")
+
+
+def _demo_backend(args: argparse.Namespace):
+    """The backend the demo runs on: the embedded default model in this process."""
+    from lladauni_agent.backend import LocalBackend
+
+    return LocalBackend(None, device=args.device)
+
+
+def _demo_dir(out: Path) -> Path:
+    """``out``, emptied of a previous demo run (only the files a workflow run writes); another run there is refused."""
+    import shutil
+
+    meta_path = out / "run.json"
+    if meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            meta = {}
+        if meta.get("kind") != "workflow" or meta.get("name") != DEMO_WORKFLOW:
+            raise ValueError(f"{out} holds another run (not a demo run); choose another --out")
+        for name in ("run.json", "trace.json", "report.html"):
+            (out / name).unlink(missing_ok=True)
+        for name in ("images", "codes"):
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+    return out
+
+
+def _demo_summary(result, prompt: str, load_s: float, run_s: float) -> list[str]:
+    """The lines ``lladauni demo`` prints: each step with its text and verdict, the outcome, the report, the time."""
+    from lladauni_agent.artifacts import ArtifactStore
+
+    lines = [f"prompt   {prompt}"]
+    steps = [ev for ev in result.state.get("timeline", []) if ev.get("node") in _DEMO_STEPS]
+    for i, ev in enumerate(steps, 1):
+        node, text = ev["node"], " ".join(str(ev.get("text") or "").split())
+        secs = f"  ({ev['seconds']:.1f} s)" if ev.get("seconds") else ""
+        if ev.get("kind") == "verdict":
+            verdict = (ev.get("data") or {}).get("verdict")
+            word = {True: "pass", False: "fail"}.get(verdict, "unclear")
+            lines.append(f"{i}. {node:8} {word:7} {text!r}{secs}")
+        else:
+            img = ev.get("image") or {}
+            size = f"{img.get('width', '?')}x{img.get('height', '?')}"
+            what = "drew" if node == "draw" else "edited"
+            lines.append(f"{i}. {node:8} {what:7} a {size} image for {text!r}{secs}")
+    outputs = result.state.get("outputs") or {}
+    passed = outputs.get("passed")
+    rounds = sum(1 for ev in steps if ev["node"] == "fix")
+    verdict = {True: "passed", False: "not passed", None: "unclear"}.get(passed, str(passed))
+    lines.append(f"result   {verdict} by the model's own check after {rounds} fix round{'s' if rounds != 1 else ''} "
+                 f"(status {result.status})")
+    if result.error:
+        lines.append(f"error    {result.error}")
+    ref = outputs.get("image")
+    if isinstance(ref, dict) and ref.get("png"):
+        store = ArtifactStore(result.run_dir)
+        lines.append(f"image    {store.path(ref['png'])}")
+        from model_core.training import parse_caption, scene_matches
+
+        try:
+            scene = parse_caption(prompt)
+        except ValueError:
+            lines.append("checker  (the prompt is not a shapes-world caption, so the pixel checker cannot judge it)")
+        else:
+            ok = scene_matches(scene, store.load_image(ref))
+            lines.append(f"checker  the pixel checker {'agrees: the image shows' if ok else 'finds that the image does not show'} "
+                         f"the request")
+    lines.append(f"report   {result.report_path}")
+    lines.append(f"wall     {load_s + run_s:.1f} s (model load {load_s:.1f} s, workflow {run_s:.1f} s)")
+    return lines
+
+
 def _demo(args: argparse.Namespace) -> int:
-    print(
-        "no model yet: the demo workflow runs on the embedded default model, which lands with the "
-        "'tiny trained model' issue. Try `lladauni inspect-checkpoint PATH --meta` meanwhile."
-    )
-    return 0
+    import time
+
+    import model_core.checkpoint as mc
+
+    try:
+        mc.default_checkpoint()
+    except mc.CheckpointError:
+        print(f"error: lladauni demo needs the embedded default model, which is not installed here "
+              f"({mc.DEFAULT_CHECKPOINT_DIR} has no config.json); build it with `python -m model_core.training.build`",
+              file=sys.stderr)
+        return 2
+    from lladauni_agent.context import SHAPES_OPTIONS
+    from lladauni_agent.workflows import run_workflow
+    from lladauni_agent.workflows.cli import event_printer
+
+    out = _demo_dir(Path(args.out))
+    backend = _demo_backend(args)
+    t0 = time.perf_counter()
+    if hasattr(backend, "load"):
+        print("loading the embedded default model ...", file=sys.stderr, flush=True)
+        backend.load()
+    t1 = time.perf_counter()
+    result = run_workflow(DEMO_WORKFLOW, {"prompt": args.prompt, "max_rounds": args.max_rounds}, backend, run_dir=out,
+                          seed="workflow" if args.seed is None else args.seed, on_event=event_printer(False),
+                          text_options=SHAPES_OPTIONS["text"], image_options=SHAPES_OPTIONS["image"],
+                          edit_options=SHAPES_OPTIONS["edit"], interleaved_options=SHAPES_OPTIONS["interleaved"])
+    t2 = time.perf_counter()
+    print(file=sys.stderr)
+    print("\n".join(_demo_summary(result, args.prompt, t1 - t0, t2 - t1)))
+    return 0 if result.status in ("done", "capped") else 1
 
 
 def _tool_service(args: argparse.Namespace):
     """The ``ToolService`` that ``serve`` and ``mcp`` share: one model, limits, defaults."""
     from lladauni_agent import LocalBackend
-    from lladauni_agent.context import TINY_OPTIONS
+    from lladauni_agent.backend import _require_default_model
+    from lladauni_agent.context import SHAPES_OPTIONS, TINY_OPTIONS
     from tools.runtime import Limits
     from tools.service import ToolService
 
     dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    if args.checkpoint is None:
+        _require_default_model("pass --checkpoint PATH")
     backend = LocalBackend(args.checkpoint, device=args.device, dtype=dtype, decoder_variant=args.decoder)
     backend.load()
     limits = Limits(allowed_roots=tuple(Path(p).resolve() for p in args.allow_path), queue_size=args.queue_size,
                     timeout_s=args.timeout, max_body_bytes=args.max_body_mb * 1024 * 1024,
                     max_image_side=args.max_image_side)
     workflows = dict(w.split("=", 1) for w in args.workflow)
-    svc = ToolService(backend, limits=limits, defaults=TINY_OPTIONS if args.preset == "tiny" else None,
+    preset = args.preset or ("shapes" if args.checkpoint is None else "default")
+    defaults = {"tiny": TINY_OPTIONS, "shapes": SHAPES_OPTIONS}.get(preset)
+    svc = ToolService(backend, limits=limits, defaults=defaults,
                       out_dir=args.out_dir, model_name=args.model_name)
     for name, path in workflows.items():
         svc.register_workflow(name, path)
@@ -223,14 +355,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--meta", action="store_true", help="match names on the meta device without reading weights")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_inspect)
-    p = sub.add_parser("demo", help="run the demo workflow on the embedded default model")
+    p = sub.add_parser("demo", help="run the draw-check-refine workflow on the embedded default model",
+                       description="Draw a scene of the shapes world with the embedded default model, ask the model "
+                                   "whether the drawing matches, and fix it until it does; writes an HTML report.")
+    p.add_argument("--prompt", default=DEMO_PROMPT, help=f"what to draw (default: {DEMO_PROMPT!r})")
+    p.add_argument("--out", default="demo-out", metavar="DIR",
+                   help="run directory: images, trace.json, report.html (default: demo-out; a previous demo run there is replaced)")
+    p.add_argument("--seed", type=int, default=None, help="default: the workflow's backend.seed")
+    p.add_argument("--max-rounds", type=int, default=2, help="most fix rounds after the first check")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.set_defaults(func=_demo)
 
     def common(p: argparse.ArgumentParser, steps_default: Optional[int]) -> None:
-        p.add_argument("--checkpoint", required=True, help="checkpoint directory (or Hugging Face repo id)")
+        p.add_argument("--checkpoint", default=None,
+                       help="checkpoint directory or Hugging Face repo id (default: the embedded default model, "
+                            "the tiny shapes model)")
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
         p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
-        p.add_argument("--steps", type=int, default=steps_default, help="denoising steps per 32-token block")
+        p.add_argument("--steps", type=int, default=steps_default,
+                   help="denoising steps per 32-token block (default: the model's; SHAPES_OPTIONS on the default model)")
         p.add_argument("--block-length", type=int, default=None)
         p.add_argument("--temperature", type=float, default=None)
         p.add_argument("--seed", type=int, default=None)
@@ -242,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chat", help="text chat")
     common(p, None)
     p.add_argument("prompt")
-    p.add_argument("--gen-length", type=int, default=2048)
+    p.add_argument("--gen-length", type=int, default=None, help="default: 2048; SHAPES_OPTIONS on the default model")
     p.set_defaults(func=_chat)
 
     p = sub.add_parser("understand", help="answer a question about an image")
@@ -250,15 +393,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True)
     p.add_argument("--question", default="")
     p.add_argument("--template", choices=["official", "chat"], default="official")
-    p.add_argument("--gen-length", type=int, default=2048)
+    p.add_argument("--gen-length", type=int, default=None, help="default: 2048; SHAPES_OPTIONS on the default model")
     p.set_defaults(func=_understand)
 
     p = sub.add_parser("generate", help="text to image")
     common(p, None)
     p.add_argument("prompt")
     p.add_argument("--out", required=True, help="PNG path; codes and stats go to the .json beside it")
-    p.add_argument("--height", type=int, default=1024)
-    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--height", type=int, default=None, help="pixels (default: 1024; 96 on the default model)")
+    p.add_argument("--width", type=int, default=None, help="pixels (default: 1024; 96 on the default model)")
     p.add_argument("--cfg", type=float, default=4.0)
     p.add_argument("--mode", choices=["normal", "thinking"], default="normal")
     p.add_argument("--decoder-steps", type=int, default=None)
@@ -277,7 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_edit)
 
     def served(p: argparse.ArgumentParser, port: int) -> None:
-        p.add_argument("--checkpoint", required=True, help="checkpoint directory (or Hugging Face repo id)")
+        p.add_argument("--checkpoint", default=None,
+                       help="checkpoint directory or Hugging Face repo id (default: the embedded default model, "
+                            "the tiny shapes model)")
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
         p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
         p.add_argument("--decoder", choices=["turbo", "normal"], default="turbo")
@@ -293,8 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-body-mb", type=int, default=32)
         p.add_argument("--max-image-side", type=int, default=2048, help="largest output side a request may ask for")
         p.add_argument("--model-name", default="inclusionAI/LLaDA2.0-Uni", help="the model id clients send")
-        p.add_argument("--preset", choices=["default", "tiny"], default="default",
-                       help="tiny: CPU-test sizes as default options (tiny checkpoints)")
+        p.add_argument("--preset", choices=["default", "tiny", "shapes"], default=None,
+                       help="default options for requests: tiny = CPU-test sizes (tiny checkpoints), shapes = the "
+                            "embedded default model's sizes (default: shapes without --checkpoint, else the model's own)")
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (needs the server extra)")
     served(p, 8000)

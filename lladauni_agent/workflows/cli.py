@@ -7,9 +7,9 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
-__all__ = ["add_workflow_commands"]
+__all__ = ["add_workflow_commands", "event_printer"]
 
 
 def add_workflow_commands(subparsers: Any) -> None:
@@ -22,14 +22,16 @@ def add_workflow_commands(subparsers: Any) -> None:
     p.add_argument("workflow", metavar="FILE")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an input (repeat)")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory: images, trace.json, report.html")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="model checkpoint directory or Hugging Face repo id (in-process model)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", help="model checkpoint directory or Hugging Face repo id (in-process model; "
+                     "default: the embedded default model, the tiny shapes model, at its own sizes)")
     src.add_argument("--server", help="base URL of an OpenAI-compatible server")
     p.add_argument("--api-key", default=os.environ.get("LLADAUNI_API_KEY"))
     p.add_argument("--device", default=None)
     p.add_argument("--state-db", help="SQLite file for a durable, resumable run")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (needs the same --state-db)")
-    p.add_argument("--size", help="HxW image size for every image call (overrides the workflow)")
+    p.add_argument("--size", help="HxW image size for every image call (overrides the workflow; the embedded "
+                   "default model runs at its own sizes, lladauni_agent.context.SHAPES_OPTIONS, unless given)")
     p.add_argument("--steps", type=int, help="denoising steps for every call (overrides the workflow)")
     p.add_argument("--decoder-steps", type=int)
     p.add_argument("--gen-length", type=int)
@@ -60,8 +62,9 @@ def _validate(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    o: dict[str, dict[str, Any]] = {"text": {}, "image": {}, "edit": {}, "interleaved": {}}
+def _overrides(args: argparse.Namespace, base: Any = None) -> dict[str, dict[str, Any]]:
+    """Option overrides per call kind from the flags, over ``base`` (SHAPES_OPTIONS on the default model)."""
+    o: dict[str, dict[str, Any]] = {k: dict((base or {}).get(k, {})) for k in ("text", "image", "edit", "interleaved")}
     if args.size:
         try:
             h, w = (int(x) for x in args.size.lower().split("x"))
@@ -82,8 +85,25 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return o
 
 
+def event_printer(as_json: bool) -> Callable[[dict], None]:
+    """The ``on_event`` of ``lladauni run`` (and ``lladauni demo``): JSONL events on stdout, or
+    node completions and progress on stderr."""
+
+    def on_event(part: dict) -> None:
+        if as_json:
+            print(json.dumps({"type": part["type"], "data": part["data"]}, default=str), flush=True)
+        elif part["type"] == "updates":
+            for node in part["data"]:
+                print(f"[{node}] done", file=sys.stderr, flush=True)
+        elif part["type"] == "custom" and part["data"].get("type") == "progress":
+            d = part["data"]
+            print(f"\r  {d['node']}: {d['step']}/{d['total']}", end="", file=sys.stderr, flush=True)
+
+    return on_event
+
+
 def _run(args: argparse.Namespace) -> int:
-    from ..backend import HTTPBackend, LocalBackend
+    from ..backend import HTTPBackend, LocalBackend, _require_default_model
     from .loader import WorkflowError
     from .runner import resume_workflow, run_workflow
 
@@ -94,24 +114,23 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE")
         inputs[key.strip()] = value
 
-    def on_event(part: dict) -> None:
-        if args.json:
-            print(json.dumps({"type": part["type"], "data": part["data"]}, default=str), flush=True)
-        elif part["type"] == "updates":
-            for node in part["data"]:
-                print(f"[{node}] done", file=sys.stderr, flush=True)
-        elif part["type"] == "custom" and part["data"].get("type") == "progress":
-            d = part["data"]
-            print(f"\r  {d['node']}: {d['step']}/{d['total']}", end="", file=sys.stderr, flush=True)
-
-    backend: Any = HTTPBackend(args.server, api_key=args.api_key) if args.server else LocalBackend(args.checkpoint, device=args.device)
+    on_event = event_printer(args.json)
+    default_model = not args.server and not args.checkpoint
+    if args.server:
+        backend: Any = HTTPBackend(args.server, api_key=args.api_key)
+    else:
+        if default_model:
+            _require_default_model("pass --checkpoint PATH (in-process) or --server URL")
+        backend = LocalBackend(args.checkpoint, device=args.device)
     try:
         if args.resume:
             if not args.state_db:
                 raise ValueError("--resume needs the --state-db of the first run")
             result = resume_workflow(args.out, backend, checkpoint=args.state_db, on_event=on_event)
         else:
-            o = _overrides(args)
+            from ..context import SHAPES_OPTIONS
+
+            o = _overrides(args, SHAPES_OPTIONS if default_model else None)
             result = run_workflow(args.workflow, inputs, backend, run_dir=args.out, checkpoint=args.state_db,
                                   seed="workflow" if args.seed is None else args.seed, on_event=on_event,
                                   text_options=o["text"], image_options=o["image"], edit_options=o["edit"],
