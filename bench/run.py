@@ -253,7 +253,8 @@ def main(argv=None) -> int:
         print(md)
     parts = ["# Benchmark results", "",
              "CPU figures from `make bench` (bench/run.py); each section's ratios compare numbers from one run of that section.", ""]
-    for name in SECTIONS:
+    # shapes_eval (bench/shapes_eval.py) writes its own section file; keep it in the rebuilt page
+    for name in (*SECTIONS, "shapes_eval"):
         f = OUT / f"{name}.md"
         if f.exists():
             parts.append(f.read_text().rstrip() + "\n")

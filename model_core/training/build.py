@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..backbone import LLaDA2Backbone
-from ..checkpoint import save_backbone
+from ..checkpoint import load_backbone, save_backbone
 from ..decoder.loading import save_dit
 from ..decoder.sigvq import SIGVQ_SAFETENSORS
 from ..pipeline import DEFAULTS_FILE
@@ -79,9 +79,13 @@ def build_shapes_model(
     progress: bool = True,
     resume: bool = True,
     dtype: torch.dtype = torch.bfloat16,
+    init_from: Optional[str | os.PathLike] = None,
 ) -> dict:
     """Train the stages listed (the others are read from ``out``) and write the checkpoint to ``out``.
-    Returns the training record also written to ``out/training.json``."""
+    Returns the training record also written to ``out/training.json``.
+
+    ``init_from``: a checkpoint whose backbone weights start the backbone stage (fine-tuning, or a
+    second schedule after a first), instead of a fresh initialisation."""
     spec = spec or ShapesModelSpec()
     unknown = set(stages) - set(STAGES)
     if unknown:
@@ -136,6 +140,11 @@ def build_shapes_model(
         config = spec.backbone_config(vocab_size=offset + spec.num_codes, image_token_offset=offset, pad_token_id=tok.special.pad)
         model = LLaDA2Backbone(config)
         _init_backbone(model, spec.seed)
+        if init_from is not None:
+            src = load_backbone(init_from, device="cpu", dtype=torch.float32)
+            if src.config.to_dict() != config.to_dict():
+                raise ValueError(f"{init_from}: its backbone config differs from this spec's; cannot start from it")
+            model.load_state_dict(src.state_dict())
         net = _load_image_tokenizer(partial)
         batches = BatchBuilder(tok, offset, lambda scenes: encode_scenes(net, scenes, spec), spec.grid,
                                batch_size=spec.steps.backbone_batch, block_length=spec.block_length)
@@ -165,6 +174,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--spec", default=None, help="a JSON file with ShapesModelSpec fields")
     p.add_argument("--fresh", action="store_true", help="ignore saved training state")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--init-from", default=None, help="start the backbone stage from this checkpoint's backbone")
     args = p.parse_args(argv)
     if args.spec:
         spec = ShapesModelSpec.from_dict(json.loads(Path(args.spec).read_text(encoding="utf-8")))
@@ -172,7 +182,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         spec = ShapesModelSpec.smoke() if args.smoke else ShapesModelSpec()
     t0 = time.perf_counter()
     record = build_shapes_model(args.out, spec, work_dir=args.work, stages=args.stages, progress=not args.no_progress,
-                                resume=not args.fresh)
+                                resume=not args.fresh, init_from=args.init_from)
     for name, st in record["stages"].items():
         print(f"{name}: {json.dumps(st)}")
     print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s")

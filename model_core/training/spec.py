@@ -27,7 +27,7 @@ class StageSteps:
 
     image_tokenizer: int = 1500
     vae: int = 2000
-    decoder: int = 2000
+    decoder: int = 4000
     backbone: int = 4500
     image_tokenizer_batch: int = 64
     vae_batch: int = 16
@@ -54,6 +54,10 @@ class ShapesModelSpec:
     experts_per_token: int = 2
     moe_intermediate: int = 128
     max_positions: int = 8192
+    # The published RoPE (theta 600,000 on half of each head) is made for 16k-token contexts; a small
+    # model reading a 3x3 grid tens of tokens back needs finer relative positions.
+    rope_theta: float = 10000.0
+    partial_rotary_factor: float = 1.0
     # image tokenizer
     vit_hidden: int = 64
     vit_depth: int = 2
@@ -118,6 +122,10 @@ class ShapesModelSpec:
             first_k_dense_replace=1,
             max_position_embeddings=self.max_positions,
             routed_scaling_factor=1.0,
+            rope_theta=self.rope_theta,
+            partial_rotary_factor=self.partial_rotary_factor,
+            rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta,
+                             "partial_rotary_factor": self.partial_rotary_factor},
         )
 
     def image_tokenizer_config(self) -> ImageTokenizerConfig:
