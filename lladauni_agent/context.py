@@ -34,11 +34,11 @@ TINY_OPTIONS: dict[str, dict[str, Any]] = {
 # turbo decoder at 8 steps. `lladauni demo`, the CLIs without --checkpoint and bench/shapes_eval.py
 # use it.
 SHAPES_OPTIONS: dict[str, dict[str, Any]] = {
-    "text": {"steps": 8, "gen_length": 64},
-    "image": {"image_h": 96, "image_w": 96, "steps": 4, "decoder_steps": 8, "thinking_steps": 8,
+    "text": {"steps": 32, "gen_length": 64},
+    "image": {"image_h": 96, "image_w": 96, "steps": 16, "decoder_steps": 8, "thinking_steps": 32,
               "thinking_gen_length": 128},
-    "edit": {"steps": 4, "decoder_steps": 8},
-    "interleaved": {"image_h": 96, "image_w": 96, "text_gen_length": 64, "steps": 8, "image_steps": 4,
+    "edit": {"steps": 16, "decoder_steps": 8},
+    "interleaved": {"image_h": 96, "image_w": 96, "text_gen_length": 64, "steps": 32, "image_steps": 16,
                     "decoder_steps": 8},
 }
 

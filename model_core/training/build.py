@@ -148,7 +148,7 @@ def build_shapes_model(
         net = _load_image_tokenizer(partial)
         batches = BatchBuilder(tok, offset, lambda scenes: encode_scenes(net, scenes, spec), spec.grid,
                                batch_size=spec.steps.backbone_batch, block_length=spec.block_length)
-        model, log = train_backbone(spec, model, batches, work, progress=progress, resume=resume)
+        model, log = train_backbone(spec, model, batches, work, progress=progress, resume=resume, lr=spec.steps.backbone_lr)
         save_backbone(model, partial, dtype=dtype)
         record["stages"]["backbone"] = {**_summary(log), "max_load_last": log.losses[-1].get("max_load") if log.losses else None}
 

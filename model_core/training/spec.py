@@ -27,12 +27,13 @@ class StageSteps:
 
     image_tokenizer: int = 1500
     vae: int = 2000
-    decoder: int = 4000
+    decoder: int = 8000
     backbone: int = 4500
     image_tokenizer_batch: int = 64
     vae_batch: int = 16
     decoder_batch: int = 32
     backbone_batch: int = 32
+    backbone_lr: float = 1.5e-3
 
 
 @dataclass

