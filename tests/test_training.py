@@ -188,6 +188,14 @@ def test_backbone_stage_resumes_exactly(tmp_path, smoke_build, monkeypatch):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_second_backbone_schedule_runs_from_the_first(tmp_path):
+    spec = ShapesModelSpec.smoke()
+    spec.steps = StageSteps(**{**spec.steps.__dict__, "backbone": 3, "backbone_second": 2})
+    rec = build_shapes_model(tmp_path / "m", spec, progress=False, stages=("tokenizer", "image_tokenizer", "backbone"))
+    assert rec["stages"]["backbone"]["steps"] == 3 and rec["stages"]["backbone_second"]["steps"] == 2
+    assert (tmp_path / "m.work" / "backbone_second.state.pt").is_file()
+
+
 def test_unknown_stage_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown stage"):
         build_shapes_model(tmp_path / "x", ShapesModelSpec.smoke(), stages=("bogus",))

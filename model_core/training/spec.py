@@ -34,6 +34,9 @@ class StageSteps:
     decoder_batch: int = 32
     backbone_batch: int = 32
     backbone_lr: float = 1.5e-3
+    # a second schedule from the first one's weights (the shipped model needed it: colours bind late)
+    backbone_second: int = 3000
+    backbone_second_lr: float = 1e-3
 
 
 @dataclass
@@ -88,7 +91,7 @@ class ShapesModelSpec:
             num_experts=4, moe_intermediate=64, vit_hidden=32, vae_channels=(8, 8, 16, 16), latent_channels=4,
             dit_dim=32, dit_heads=1, cap_feat_dim=16, train_scenes=300,
             steps=StageSteps(image_tokenizer=40, vae=30, decoder=40, backbone=40, image_tokenizer_batch=32,
-                             vae_batch=8, decoder_batch=16, backbone_batch=16),
+                             vae_batch=8, decoder_batch=16, backbone_batch=16, backbone_second=0),
         )
 
     def to_dict(self) -> dict[str, Any]:

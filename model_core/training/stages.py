@@ -303,9 +303,13 @@ def train_backbone(
     resume: bool = True,
     bias_rate: float = 0.002,
     lr: float = 1.5e-3,
+    total: Optional[int] = None,
+    state_name: str = "backbone",
 ) -> tuple[LLaDA2Backbone, StageLog]:
     """``make_batch(rng, gen)`` returns {"input_ids" (B, L), "labels" (B, L) with -100 where no loss}
-    (``corpus.BatchBuilder``)."""
+    (``corpus.BatchBuilder``). ``total`` defaults to ``spec.steps.backbone``; ``state_name`` names the
+    resumable state (a second schedule keeps its own), while batches are always drawn from the
+    'backbone' seed stream."""
     from ..moe import Router
 
     routers = [m for m in model.modules() if isinstance(m, Router)]
@@ -318,9 +322,9 @@ def train_backbone(
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embeddings" not in n]
     other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embeddings" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": other, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
-    total = spec.steps.backbone
+    total = spec.steps.backbone if total is None else total
     sched = cosine_lr(opt, total, warmup=100)
-    model.train()
+    model.train().requires_grad_(True)
 
     def step(s: int) -> dict:
         rng, gen = step_rngs(spec.seed, "backbone", s)
@@ -343,7 +347,7 @@ def train_backbone(
                 imbalance = max(imbalance, float(c.max() / c.mean().clamp_min(1e-9)))
         return {"loss": float(loss.detach()), "max_load": imbalance}
 
-    runner = StageRunner("backbone", work_dir, {"model": model}, opt, total, progress=progress, scheduler=sched)
+    runner = StageRunner(state_name, work_dir, {"model": model}, opt, total, progress=progress, scheduler=sched)
     try:
         log = runner.run(step, resume=resume)
     finally:
