@@ -147,7 +147,8 @@ def build_shapes_model(
             model.load_state_dict(src.state_dict())
         net = _load_image_tokenizer(partial)
         batches = BatchBuilder(tok, offset, lambda scenes: encode_scenes(net, scenes, spec), spec.grid,
-                               batch_size=spec.steps.backbone_batch, block_length=spec.block_length)
+                               batch_size=spec.steps.backbone_batch, block_length=spec.block_length,
+                               mix=spec.task_mix or None)
         model, log = train_backbone(spec, model, batches, work, progress=progress, resume=resume, lr=spec.steps.backbone_lr)
         record["stages"]["backbone"] = {**_summary(log), "max_load_last": log.losses[-1].get("max_load") if log.losses else None}
         if spec.steps.backbone_second > 0:

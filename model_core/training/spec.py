@@ -77,6 +77,7 @@ class ShapesModelSpec:
     cap_feat_dim: int = 32
     # data
     train_scenes: int = 12000
+    task_mix: dict = field(default_factory=dict)  # task kind -> weight; empty: tasks.DEFAULT_MIX
     steps: StageSteps = field(default_factory=StageSteps)
 
     @property
