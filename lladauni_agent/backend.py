@@ -81,6 +81,17 @@ def _require_default_model(hint: str) -> Path:
         raise ValueError(f"no model given and {str(exc).split(';')[0]}; {hint}") from None
 
 
+def backend_from_args(server: Optional[str], checkpoint: Optional[str], *, api_key: Optional[str] = None,
+                      device: Optional[str] = None, hint: str) -> Any:
+    """What the CLIs run on: ``HTTPBackend(server)``, else ``LocalBackend(checkpoint)``, else the embedded
+    default model (checked first; ValueError with ``hint`` when it is missing)."""
+    if server:
+        return HTTPBackend(server, api_key=api_key)
+    if not checkpoint:
+        _require_default_model(hint)
+    return LocalBackend(checkpoint or None, device=device)
+
+
 class LocalBackend:
     """``model_core.LLaDAUni`` in this process, loaded once on first use.
 

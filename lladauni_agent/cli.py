@@ -95,32 +95,20 @@ def _options(args: argparse.Namespace, default_model: bool) -> dict[str, dict[st
 
 def run_agent_command(args: argparse.Namespace) -> int:
     from .agent import Agent
-    from .backend import HTTPBackend, LocalBackend, _require_default_model
+    from .backend import backend_from_args
+    from .workflows.cli import event_printer
 
     if not args.resume and not args.prompt:
         raise ValueError("give a prompt, or --resume THREAD")
-    if args.server:
-        backend: Any = HTTPBackend(args.server, api_key=args.api_key)
-    elif args.checkpoint:
-        backend = LocalBackend(args.checkpoint, device=args.device)
-    else:
-        _require_default_model("choose where the model runs: --checkpoint PATH (in-process) or --server URL")
-        backend = LocalBackend(None, device=args.device)
+    backend = backend_from_args(args.server, args.checkpoint, api_key=args.api_key, device=args.device,
+                                hint="choose where the model runs: --checkpoint PATH (in-process) or --server URL")
     o = _options(args, default_model=not args.server and not args.checkpoint)
     agent = Agent(
         backend, runs_dir=args.runs_dir, checkpoint=args.state_db, seed=args.seed,
         text_options=o["text"], image_options=o["image"], edit_options=o["edit"], interleaved_options=o["interleaved"],
     )
 
-    def on_event(part: dict) -> None:
-        if args.json:
-            print(json.dumps(_jsonable({"type": part["type"], "data": part["data"]})), flush=True)
-        elif part["type"] == "updates":
-            for node in part["data"]:
-                print(f"[{node}] done", file=sys.stderr, flush=True)
-        elif part["type"] == "custom" and part["data"].get("type") == "progress":
-            d = part["data"]
-            print(f"\r  {d['node']}: {d['step']}/{d['total']}", end="", file=sys.stderr, flush=True)
+    on_event = event_printer(args.json, to_json=lambda part: json.dumps(_jsonable(part)))
 
     try:
         if args.resume:

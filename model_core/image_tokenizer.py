@@ -311,8 +311,10 @@ def _weight_files(tok_dir: Path) -> dict[str, str]:
         if not isinstance(wm, dict) or not all(isinstance(v, str) and Path(v).name == v for v in wm.values()):
             raise CheckpointError(f"{indexes[0]}: 'weight_map' must map tensor names to file names in {tok_dir}")
         return wm
-    # the decoder's SigVQ embedder may sit beside the tokenizer weights as sigvq_embedding.safetensors
-    files = sorted(p.name for p in tok_dir.glob("*.safetensors") if p.name != "sigvq_embedding.safetensors")
+    # the decoder's SigVQ embedder may sit beside the tokenizer weights
+    from .decoder.sigvq import SIGVQ_SAFETENSORS
+
+    files = sorted(p.name for p in tok_dir.glob("*.safetensors") if p.name != SIGVQ_SAFETENSORS)
     if not files:
         raise CheckpointError(
             f"{tok_dir}: no weights (expected image_tokenizer.safetensors, model.safetensors or an index)"

@@ -7,7 +7,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 __all__ = ["add_workflow_commands", "event_printer"]
 
@@ -85,13 +85,15 @@ def _overrides(args: argparse.Namespace, base: Any = None) -> dict[str, dict[str
     return o
 
 
-def event_printer(as_json: bool) -> Callable[[dict], None]:
-    """The ``on_event`` of ``lladauni run`` (and ``lladauni demo``): JSONL events on stdout, or
-    node completions and progress on stderr."""
+def event_printer(as_json: bool, to_json: Optional[Callable[[dict], str]] = None) -> Callable[[dict], None]:
+    """The ``on_event`` of ``lladauni run``, ``agent`` and ``demo``: JSONL events on stdout (each
+    ``{"type", "data"}`` written by ``to_json``, default ``json.dumps(..., default=str)``), or node
+    completions and progress on stderr."""
+    dumps = to_json or (lambda part: json.dumps(part, default=str))
 
     def on_event(part: dict) -> None:
         if as_json:
-            print(json.dumps({"type": part["type"], "data": part["data"]}, default=str), flush=True)
+            print(dumps({"type": part["type"], "data": part["data"]}), flush=True)
         elif part["type"] == "updates":
             for node in part["data"]:
                 print(f"[{node}] done", file=sys.stderr, flush=True)
@@ -103,7 +105,7 @@ def event_printer(as_json: bool) -> Callable[[dict], None]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..backend import HTTPBackend, LocalBackend, _require_default_model
+    from ..backend import backend_from_args
     from .loader import WorkflowError
     from .runner import resume_workflow, run_workflow
 
@@ -116,12 +118,8 @@ def _run(args: argparse.Namespace) -> int:
 
     on_event = event_printer(args.json)
     default_model = not args.server and not args.checkpoint
-    if args.server:
-        backend: Any = HTTPBackend(args.server, api_key=args.api_key)
-    else:
-        if default_model:
-            _require_default_model("pass --checkpoint PATH (in-process) or --server URL")
-        backend = LocalBackend(args.checkpoint, device=args.device)
+    backend = backend_from_args(args.server, args.checkpoint, api_key=args.api_key, device=args.device,
+                                hint="pass --checkpoint PATH (in-process) or --server URL")
     try:
         if args.resume:
             if not args.state_db:

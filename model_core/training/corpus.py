@@ -17,7 +17,7 @@ seen through the block-causal mask the sampler uses.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from ..tokenizer import TextTokenizer
 from .shapes import Scene
 from .tasks import DEFAULT_MIX, TASKS, Task, sample_task
 
-__all__ = ["BatchBuilder", "Sequence_", "task_sequence"]
+__all__ = ["BatchBuilder", "Sequence_", "task_sequence", "texts_for_tokenizer"]
 
 
 @dataclass
@@ -172,6 +172,3 @@ def texts_for_tokenizer(rng: np.random.Generator, n: int) -> list[str]:
     out += ["<role>ASSISTANT</role>", UNCONDITION, TINY_WORDS, "0 1 2 3 4 5 6 7 8 9"]
     return out
 
-
-def sequence_lengths(seqs: Sequence[Sequence_]) -> list[int]:
-    return [len(s.prompt) + len(s.response) for s in seqs]

@@ -75,8 +75,7 @@ class ShapesModelSpec:
     dit_layers: int = 2
     dit_refiner_layers: int = 1
     cap_feat_dim: int = 32
-    # data
-    train_scenes: int = 12000
+    # data (scenes are drawn fresh every step)
     task_mix: dict = field(default_factory=dict)  # task kind -> weight; empty: tasks.DEFAULT_MIX
     steps: StageSteps = field(default_factory=StageSteps)
 
@@ -90,7 +89,7 @@ class ShapesModelSpec:
         return cls(
             hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=32, dense_intermediate=128,
             num_experts=4, moe_intermediate=64, vit_hidden=32, vae_channels=(8, 8, 16, 16), latent_channels=4,
-            dit_dim=32, dit_heads=1, cap_feat_dim=16, train_scenes=300,
+            dit_dim=32, dit_heads=1, cap_feat_dim=16,
             steps=StageSteps(image_tokenizer=40, vae=30, decoder=40, backbone=40, image_tokenizer_batch=32,
                              vae_batch=8, decoder_batch=16, backbone_batch=16, backbone_second=0),
         )
