@@ -199,3 +199,74 @@ def test_second_backbone_schedule_runs_from_the_first(tmp_path):
 def test_unknown_stage_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown stage"):
         build_shapes_model(tmp_path / "x", ShapesModelSpec.smoke(), stages=("bogus",))
+
+
+def test_masked_loss_weighs_tokens_or_sequences():
+    from model_core.training.stages import masked_loss
+
+    ce = torch.tensor([4.0, 1.0, 2.0, 3.0])
+    rows = torch.tensor([0, 1, 1, 1])  # row 0: 4; row 1: 1, 2, 3; row 2: nothing masked
+    assert masked_loss(ce, rows, 3, "token").item() == pytest.approx(2.5)
+    assert masked_loss(ce, rows, 3, "sequence").item() == pytest.approx((4.0 + 2.0) / 2)
+    with pytest.raises(ValueError, match="loss_norm"):
+        masked_loss(ce, rows, 3, "row")
+
+
+def test_rows_cut_to_their_own_length_give_the_same_outputs(smoke_build):
+    """The backbone stage runs rows of equal length together, cut to their own length; block-causal
+    attention makes that exact: a row's padding lies in later blocks, which it cannot see."""
+    from model_core import LLaDA2Backbone
+    from model_core.layers.attention import AttentionMask
+    from model_core.training.build import _load_image_tokenizer
+    from model_core.training.stages import _init_backbone, encode_scenes, row_lengths
+
+    out, spec, _ = smoke_build
+    tok = TextTokenizer.from_pretrained(out)
+    net = _load_image_tokenizer(out)
+    batch = BatchBuilder(tok, tok.image_code0, lambda sc: encode_scenes(net, sc, spec), 3, batch_size=12)(
+        np.random.default_rng(5))
+    ids, labels = batch["input_ids"], batch["labels"]
+    lengths = row_lengths(labels, spec.block_length)
+    assert len(set(lengths.tolist())) > 1 and int(lengths.max()) == ids.shape[1]
+    for r in range(ids.shape[0]):
+        n = int(lengths[r])
+        assert n % spec.block_length == 0 and (labels[r, n:] == -100).all() and (labels[r, n - spec.block_length:n] != -100).any()
+    m = LLaDA2Backbone(spec.backbone_config(len(tok), tok.image_code0, tok.special.pad))
+    _init_backbone(m, 0)
+    m.eval()
+    with torch.no_grad():
+        full = m(ids, None, batch["mask"], logits_for=0).hidden_states
+        for r in range(ids.shape[0]):
+            n = int(lengths[r])
+            own = m(ids[r:r + 1, :n], None, AttentionMask.block_causal(n, spec.block_length), logits_for=0).hidden_states
+            torch.testing.assert_close(own[0], full[r, :n], rtol=1e-4, atol=1e-4)
+
+
+def test_question_kinds_are_drawn_evenly():
+    from model_core.training.shapes import COLORS, POSITIONS
+
+    rng = np.random.default_rng(3)
+    counts = {"count": 0, "presence": 0, "position": 0, "color": 0}
+    for _ in range(800):
+        a = tasks.sample_task("qa", rng).answer
+        k = "count" if a.isdigit() else "presence" if a in ("yes", "no") else "position" if a in POSITIONS else "color"
+        assert k != "color" or a in COLORS
+        counts[k] += 1
+    # a scene with no shape has only count and presence questions; otherwise each kind is a quarter
+    # (drawing among all questions instead gives counts and presence a third each)
+    assert all(0.18 <= c / 800 <= 0.32 for c in counts.values()), counts
+
+
+def test_backbone_init_scales_with_width():
+    from model_core import LLaDA2Backbone
+    from model_core.training.stages import _init_backbone
+
+    spec = ShapesModelSpec.smoke()
+    m = LLaDA2Backbone(spec.backbone_config(vocab_size=300, image_token_offset=268, pad_token_id=0))
+    _init_backbone(m, 0)
+    w = dict(m.named_parameters())
+    q = next(p for n, p in w.items() if n.endswith("query_key_value.weight"))
+    assert float(q.std()) == pytest.approx(spec.hidden_size ** -0.5, rel=0.1)
+    assert float(m.model.word_embeddings.weight.std()) == pytest.approx(1.0, rel=0.05)
+    assert all(float(b.abs().max()) == 0.0 for n, b in m.named_buffers() if n.endswith("expert_bias"))
+    assert all(bool((p == 1).all()) for n, p in w.items() if n.endswith("norm.weight"))

@@ -125,3 +125,23 @@ def test_sqlite_checkpoint_resume_skips_finished_nodes(tmp_path):
     again = ScriptedBackend(replies={"understand": "yes"})
     r3 = resume_workflow(tmp_path / "run2", again, checkpoint=db)
     assert r3.status == "done" and [m for m, _ in again.calls] == ["understand"]
+
+
+def test_each_loop_pass_draws_with_a_seed_of_its_own(tmp_path):
+    """The first fix must not reuse the draw's seed: an edit that yields the draw's codes would decode to
+    the very image that failed the check."""
+    seeds: list[tuple[str, object]] = []
+
+    class Spy(ScriptedBackend):
+        def generate_image(self, prompt, *, seed=None, **kw):
+            seeds.append(("draw", seed))
+            return super().generate_image(prompt, seed=seed, **kw)
+
+        def edit_image(self, image, instruction, *, seed=None, **kw):
+            seeds.append(("fix", seed))
+            return super().edit_image(image, instruction, seed=seed, **kw)
+
+    r = run_workflow("draw-check-refine", {"prompt": "a fox", "max_rounds": 3}, Spy(replies={"understand": "no"}),
+                     run_dir=tmp_path / "run", seed=7)
+    assert r.status == "capped"
+    assert seeds == [("draw", 7), ("fix", 8), ("fix", 9), ("fix", 10)]

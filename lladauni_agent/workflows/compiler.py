@@ -309,7 +309,11 @@ def _loop_nodes(name: str, node: S.LoopNode) -> tuple[Callable, Callable]:
     def enter(state, runtime):
         cap = _positive_int(_value(node.max_iterations, state), f"{name}.max_iterations", MAX_LOOP_ITERATIONS)
         info = {"iteration": 1, "max": cap, "capped": False, "next": "body"}
+        # every pass, the first included, draws with a seed of its own: a first pass at the seed of the
+        # nodes before the loop would redo their draw (a fix that yields the same codes decodes to the
+        # same image, with the same flaw)
         return {"loops": {name: info}, "nodes": {name: {"iteration": 1, "capped": False}}, "max_iterations": cap,
+                "iteration": state.get("iteration", 0) + 1,
                 "timeline": [_event(name, "note", state, text=f"loop starts (at most {cap} passes)")]}
 
     @_guarded(name)

@@ -149,12 +149,13 @@ def build_shapes_model(
         batches = BatchBuilder(tok, offset, lambda scenes: encode_scenes(net, scenes, spec), spec.grid,
                                batch_size=spec.steps.backbone_batch, block_length=spec.block_length,
                                mix=spec.task_mix or None)
-        model, log = train_backbone(spec, model, batches, work, progress=progress, resume=resume, lr=spec.steps.backbone_lr)
+        model, log = train_backbone(spec, model, batches, work, progress=progress, resume=resume, lr=spec.steps.backbone_lr,
+                                    loss_norm=spec.steps.backbone_loss)
         record["stages"]["backbone"] = {**_summary(log), "max_load_last": log.losses[-1].get("max_load") if log.losses else None}
         if spec.steps.backbone_second > 0:
             model, log2 = train_backbone(spec, model, batches, work, progress=progress, resume=resume,
                                          lr=spec.steps.backbone_second_lr, total=spec.steps.backbone_second,
-                                         state_name="backbone_second")
+                                         state_name="backbone_second", loss_norm=spec.steps.backbone_loss)
             record["stages"]["backbone_second"] = {**_summary(log2), "max_load_last": log2.losses[-1].get("max_load") if log2.losses else None}
         save_backbone(model, partial, dtype=dtype)
 

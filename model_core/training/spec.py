@@ -34,6 +34,7 @@ class StageSteps:
     decoder_batch: int = 32
     backbone_batch: int = 32
     backbone_lr: float = 1.5e-3
+    backbone_loss: str = "sequence"  # stages.train_backbone's loss_norm: "sequence" or "token"
     # a second schedule from the first one's weights (the shipped model needed it: colours bind late)
     backbone_second: int = 3000
     backbone_second_lr: float = 1e-3

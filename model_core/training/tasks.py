@@ -213,7 +213,12 @@ def sample_task(kind: str, rng: np.random.Generator) -> Task:
     if kind == "caption":
         return Task(kind, DESCRIBE_QUESTION, answer=cap, source=scene)
     if kind == "qa":
+        # one question kind drawn uniformly (count, colour, position, presence), then one of its questions:
+        # drawing among all questions would ask twice as often about counts and presence
         qs = questions(scene, rng)
+        kinds = sorted({q.kind for q in qs})
+        k = kinds[int(rng.integers(len(kinds)))]
+        qs = [q for q in qs if q.kind == k]
         qa = qs[int(rng.integers(len(qs)))]
         return Task(kind, qa.question, answer=qa.answer, source=scene)
     if kind == "verify":
