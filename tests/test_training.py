@@ -270,3 +270,18 @@ def test_backbone_init_scales_with_width():
     assert float(m.model.word_embeddings.weight.std()) == pytest.approx(1.0, rel=0.05)
     assert all(float(b.abs().max()) == 0.0 for n, b in m.named_buffers() if n.endswith("expert_bias"))
     assert all(bool((p == 1).all()) for n, p in w.items() if n.endswith("norm.weight"))
+
+
+def test_two_jobs_train_the_backbone_beside_the_decoder(tmp_path, smoke_build):
+    """jobs=2 runs the backbone stage in a second process while this one trains the decoder; the
+    checkpoint is complete and the backbone starts from the same weights and data as a one-job build."""
+    _, spec, one_job = smoke_build
+    rec = build_shapes_model(tmp_path / "m", spec, progress=False, jobs=2)
+    assert rec["jobs"] == 2 and rec["wall_seconds"] > 0
+    assert set(rec["stages"]) >= {"tokenizer", "image_tokenizer", "vae", "decoder", "backbone"}
+    assert rec["stages"]["backbone"]["steps"] == spec.steps.backbone
+    assert rec["stages"]["backbone"]["loss_first"] == pytest.approx(one_job["stages"]["backbone"]["loss_first"], rel=1e-3)
+    pipe = LLaDAUni.from_pretrained(tmp_path / "m", device="cpu")
+    assert pipe.generate_image("a red circle", image_h=96, image_w=96, steps=2, decode=False).codes.numel() == 9
+    with pytest.raises(ValueError, match="jobs"):
+        build_shapes_model(tmp_path / "x", spec, jobs=3)
