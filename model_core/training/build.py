@@ -93,7 +93,7 @@ def _backbone_stage(spec: ShapesModelSpec, partial: Path, work: Path, progress: 
     batches = BatchBuilder(tok, offset, lambda scenes: encode_scenes(net, scenes, spec), spec.grid,
                            batch_size=spec.steps.backbone_batch, block_length=spec.block_length,
                            mix=spec.task_mix or None)
-    out: dict = {}
+    out: dict = {"backbone_second": None}  # a stale record of an earlier second schedule is dropped
     model, log = train_backbone(spec, model, batches, work, progress=progress, resume=resume, lr=spec.steps.backbone_lr,
                                 loss_norm=spec.steps.backbone_loss)
     out["backbone"] = {**_summary(log), "max_load_last": log.losses[-1].get("max_load") if log.losses else None}
@@ -200,6 +200,7 @@ def build_shapes_model(
             record["stages"].update(pending.get())
             pool.close()
             pool.join()
+        record["stages"] = {k: v for k, v in record["stages"].items() if v is not None}
     except BaseException:
         if pool is not None:
             pool.terminate()
