@@ -285,3 +285,13 @@ def test_two_jobs_train_the_backbone_beside_the_decoder(tmp_path, smoke_build):
     assert pipe.generate_image("a red circle", image_h=96, image_w=96, steps=2, decode=False).codes.numel() == 9
     with pytest.raises(ValueError, match="jobs"):
         build_shapes_model(tmp_path / "x", spec, jobs=3)
+
+
+def test_retraining_the_backbone_drops_a_stale_second_schedule_record(tmp_path):
+    spec = ShapesModelSpec.smoke()
+    spec.steps = StageSteps(**{**spec.steps.__dict__, "backbone": 2, "backbone_second": 2})
+    build_shapes_model(tmp_path / "m", spec, progress=False, stages=("tokenizer", "image_tokenizer", "backbone"))
+    spec.steps = StageSteps(**{**spec.steps.__dict__, "backbone_second": 0})
+    rec = build_shapes_model(tmp_path / "m", spec, progress=False, stages=("backbone",), resume=False)
+    assert "backbone_second" not in rec["stages"] and rec["stages"]["backbone"]["steps"] == 2
+    assert "backbone_second" not in json.loads((tmp_path / "m" / "training.json").read_text())["stages"]

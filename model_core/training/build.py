@@ -93,15 +93,18 @@ def _backbone_stage(spec: ShapesModelSpec, partial: Path, work: Path, progress: 
     batches = BatchBuilder(tok, offset, lambda scenes: encode_scenes(net, scenes, spec), spec.grid,
                            batch_size=spec.steps.backbone_batch, block_length=spec.block_length,
                            mix=spec.task_mix or None)
-    out: dict = {"backbone_second": None}  # a stale record of an earlier second schedule is dropped
+    def summary(log) -> dict:
+        return {**_summary(log), "max_load_last": log.losses[-1].get("max_load") if log.losses else None}
+
+    out: dict = {}
     model, log = train_backbone(spec, model, batches, work, progress=progress, resume=resume, lr=spec.steps.backbone_lr,
                                 loss_norm=spec.steps.backbone_loss)
-    out["backbone"] = {**_summary(log), "max_load_last": log.losses[-1].get("max_load") if log.losses else None}
+    out["backbone"] = summary(log)
     if spec.steps.backbone_second > 0:
-        model, log2 = train_backbone(spec, model, batches, work, progress=progress, resume=resume,
-                                     lr=spec.steps.backbone_second_lr, total=spec.steps.backbone_second,
-                                     state_name="backbone_second", loss_norm=spec.steps.backbone_loss)
-        out["backbone_second"] = {**_summary(log2), "max_load_last": log2.losses[-1].get("max_load") if log2.losses else None}
+        model, log = train_backbone(spec, model, batches, work, progress=progress, resume=resume,
+                                    lr=spec.steps.backbone_second_lr, total=spec.steps.backbone_second,
+                                    state_name="backbone_second", loss_norm=spec.steps.backbone_loss)
+        out["backbone_second"] = summary(log)
     save_backbone(model, partial, dtype=dtype)
     return out
 
@@ -144,9 +147,9 @@ def build_shapes_model(
     second schedule after a first), instead of a fresh initialisation.
 
     ``jobs=2``: after the tokenizers and the VAE, the backbone stage runs in a second process beside the
-    decoder stage (it needs neither the VAE nor the decoder), each process on one thread. On two cores that is faster than
-    running them one after the other on two threads each: these small models' steps are too short for a
-    second thread to pay (the backbone steps ran about 1.4x faster on one thread than on two)."""
+    decoder stage (it needs neither the VAE nor the decoder), each process on one thread. On two cores
+    that is faster than running them one after the other on two threads each: these small models' steps
+    are too short for a second thread to pay (the backbone steps ran about 1.4x faster on one thread)."""
     if jobs not in (1, 2):
         raise ValueError(f"jobs must be 1 or 2, not {jobs}")
     t_start = time.perf_counter()
@@ -168,7 +171,6 @@ def build_shapes_model(
     old = partial / TRAINING_LOG
     if old.is_file():
         record["stages"] = json.loads(old.read_text(encoding="utf-8")).get("stages", {})
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     if "tokenizer" in stages:
         t0 = time.perf_counter()
@@ -183,6 +185,8 @@ def build_shapes_model(
                                                "cls_last": log.losses[-1].get("cls") if log.losses else None}
     if "vae" in stages:
         record["stages"].update(_vae_stage(spec, partial, work, progress, resume, dtype))
+    if "backbone" in stages:
+        record["stages"].pop("backbone_second", None)  # an earlier build's second schedule no longer applies
     pending = pool = None
     threads = torch.get_num_threads()
     if jobs == 2 and "backbone" in stages and "decoder" in stages:
@@ -194,13 +198,13 @@ def build_shapes_model(
     try:
         if "decoder" in stages:
             record["stages"].update(_decoder_stage(spec, partial, work, progress, resume, dtype))
-        if "backbone" in stages and pending is None:
-            record["stages"].update(_backbone_stage(spec, partial, work, progress, resume, dtype, init_from))
-        if pending is not None:
+        if pool is None:
+            if "backbone" in stages:
+                record["stages"].update(_backbone_stage(spec, partial, work, progress, resume, dtype, init_from))
+        else:
             record["stages"].update(pending.get())
             pool.close()
             pool.join()
-        record["stages"] = {k: v for k, v in record["stages"].items() if v is not None}
     except BaseException:
         if pool is not None:
             pool.terminate()

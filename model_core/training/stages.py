@@ -301,14 +301,17 @@ def _init_backbone(model: LLaDA2Backbone, seed: int) -> None:
                 b.zero_()
 
 
-def masked_loss(ce: torch.Tensor, rows: torch.Tensor, n_rows: int, loss_norm: str = "sequence") -> torch.Tensor:
+LOSS_NORMS = ("token", "sequence")
+
+
+def masked_loss(ce: torch.Tensor, rows: torch.Tensor, n_rows: int, loss_norm: str = "token") -> torch.Tensor:
     """The batch loss from ``ce`` (M,), the cross-entropies of the masked tokens, and ``rows`` (M,), the batch
     row of each. "token": their mean. "sequence": the mean over rows of each row's mean (rows without a
     masked token count as absent)."""
     if loss_norm == "token":
         return ce.mean()
-    if loss_norm != "sequence":
-        raise ValueError(f"loss_norm must be 'token' or 'sequence', not {loss_norm!r}")
+    if loss_norm not in LOSS_NORMS:
+        raise ValueError(f"loss_norm must be one of {LOSS_NORMS}, not {loss_norm!r}")
     per_row = torch.bincount(rows, minlength=n_rows)
     return (ce / per_row[rows].to(ce.dtype)).sum() / (per_row > 0).sum().clamp_min(1)
 
@@ -348,8 +351,8 @@ def train_backbone(
 
     Rows of equal length run together, each cut to its own length (``row_lengths``): exact under the
     block-causal mask, and 1.8x faster on a mixed batch than padding every row to the longest."""
-    if loss_norm not in ("token", "sequence"):
-        raise ValueError(f"loss_norm must be 'token' or 'sequence', not {loss_norm!r}")
+    if loss_norm not in LOSS_NORMS:
+        raise ValueError(f"loss_norm must be one of {LOSS_NORMS}, not {loss_norm!r}")
     from ..moe import Router
 
     routers = [m for m in model.modules() if isinstance(m, Router)]
@@ -379,10 +382,11 @@ def train_backbone(
         ce, rows = [], []
         for n in sorted(set(lengths.tolist()) - {0}):
             idx = torch.nonzero(lengths == n).flatten()
-            sel = labels[idx, :n] != -100
+            lab = labels[idx, :n]
+            sel = lab != -100
             out = model(ids[idx, :n], None, AttentionMask.block_causal(n, block), logits_for=0, check_inputs=False)
             logits = model.lm_head(out.hidden_states[sel]).float()
-            ce.append(F.cross_entropy(logits, labels[idx, :n][sel], reduction="none"))
+            ce.append(F.cross_entropy(logits, lab[sel], reduction="none"))
             rows.append(idx.unsqueeze(1).expand_as(sel)[sel])
         loss = masked_loss(torch.cat(ce), torch.cat(rows), ids.shape[0], loss_norm)
         opt.zero_grad(set_to_none=True)
