@@ -126,6 +126,38 @@ def test_block_diffusion_masking(smoke_build):
         assert int(pos.max()) // 32 >= last // 32  # nothing after the active block is visible
 
 
+
+def test_full_mask_share_masks_whole_answer_blocks(smoke_build):
+    """With full_mask=1 every text answer's active block is masked whole (the sampler's first state), so the
+    verdict of "no, the red circle ... is missing" cannot be read off the visible explanation; image
+    responses keep the usual t ~ U(0.05, 1) masking."""
+    out, _, _ = smoke_build
+    tok = TextTokenizer.from_pretrained(out)
+    mix = {"verify": 1.0, "qa": 1.0, "t2i": 1.0}
+    enc = lambda scenes: torch.zeros(len(scenes), 9, dtype=torch.long)
+    rng = np.random.default_rng(3)
+    bb = BatchBuilder(tok, tok.image_code0, enc, 3, batch_size=64, block_length=32, mix=mix, full_mask=1.0)
+    seqs = bb.sequences(rng, 64)
+    partial_image = 0
+    for seq in seqs:
+        ids, labels = bb.mask_sequence(seq, rng)
+        start = max(len(seq.prompt), (len(ids) - 32))
+        active = range(start, len(ids))
+        if seq.kind in ("verify", "qa"):
+            assert all(ids[p] == tok.special.mask for p in active), seq.kind
+        else:
+            partial_image += any(ids[p] != tok.special.mask for p in active)
+    assert partial_image > 0  # image responses are not forced whole
+    plain = BatchBuilder(tok, tok.image_code0, enc, 3, batch_size=64, block_length=32, mix={"verify": 1.0})
+    rng = np.random.default_rng(3)
+    partial = 0
+    for seq in plain.sequences(rng, 64):
+        ids, _ = plain.mask_sequence(seq, rng)
+        partial += any(ids[p] != tok.special.mask for p in range(max(len(seq.prompt), len(ids) - 32), len(ids)))
+    assert partial > 0  # without the share, answers are usually only partly masked
+    with pytest.raises(ValueError, match="full_mask"):
+        BatchBuilder(tok, tok.image_code0, enc, 3, full_mask=1.5)
+
 # ------------------------------------------------------------------------------------------------ stages
 def test_every_stage_loss_falls(smoke_build):
     _, _, record = smoke_build

@@ -92,7 +92,7 @@ def _backbone_stage(spec: ShapesModelSpec, partial: Path, work: Path, progress: 
     net = _load_image_tokenizer(partial)
     batches = BatchBuilder(tok, offset, lambda scenes: encode_scenes(net, scenes, spec), spec.grid,
                            batch_size=spec.steps.backbone_batch, block_length=spec.block_length,
-                           mix=spec.task_mix or None)
+                           mix=spec.task_mix or None, full_mask=spec.steps.backbone_full_mask)
     def summary(log) -> dict:
         return {**_summary(log), "max_load_last": log.losses[-1].get("max_load") if log.losses else None}
 

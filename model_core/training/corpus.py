@@ -12,6 +12,11 @@ block that holds response tokens is drawn as the *active* block; earlier positio
 later ones are cut off, and each response token of the active block is replaced by ``<|mask|>``
 with probability t ~ U(0.05, 1) (at least one). The loss is the cross-entropy on masked tokens,
 seen through the block-causal mask the sampler uses.
+
+Text answers get a share of wholly masked blocks (``full_mask``, t = 1): the sampler starts every answer
+from a wholly masked block, but with t ~ U(0.05, 1) an answer's first word is almost always learned with
+later words in view, and "yes" / "no, the red circle ... is missing" give the verdict away. Without
+this share the model learns to read a verdict off its own explanation rather than off the image.
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ from ..tokenizer import TextTokenizer
 from .shapes import Scene
 from .tasks import DEFAULT_MIX, TASKS, Task, sample_task
 
-__all__ = ["BatchBuilder", "Sequence_", "task_sequence", "texts_for_tokenizer"]
+__all__ = ["BatchBuilder", "FULL_MASK_KINDS", "Sequence_", "task_sequence", "texts_for_tokenizer"]
+
+# Task kinds whose response is a text answer to an image (the ``full_mask`` share applies to them).
+FULL_MASK_KINDS: tuple[str, ...] = ("caption", "qa", "verify", "claim")
 
 
 @dataclass
@@ -77,7 +85,10 @@ def task_sequence(
 
 class BatchBuilder:
     """Draws tasks by ``mix``, encodes their scenes with ``encode`` (scenes -> (N, g*g) codes) and
-    builds masked block-diffusion batches: {"input_ids", "labels", "mask", "kinds"}."""
+    builds masked block-diffusion batches: {"input_ids", "labels", "mask", "kinds"}.
+
+    ``full_mask``: the probability that a text answer's active block (:data:`FULL_MASK_KINDS`) is masked
+    whole (see the module docstring)."""
 
     def __init__(
         self,
@@ -89,7 +100,11 @@ class BatchBuilder:
         batch_size: int = 32,
         block_length: int = 32,
         mix: Optional[dict[str, float]] = None,
+        full_mask: float = 0.0,
     ) -> None:
+        if not 0.0 <= full_mask <= 1.0:
+            raise ValueError(f"full_mask must be a probability in [0, 1], got {full_mask}")
+        self.full_mask = float(full_mask)
         self.tok = tok
         self.prompts = PromptBuilder(tok, image_token_offset)
         self.encode = encode
@@ -134,6 +149,8 @@ class BatchBuilder:
         labels = [-100] * end
         lo = max(P, b * B)
         t = float(rng.uniform(0.05, 1.0))
+        if self.full_mask and seq.kind in FULL_MASK_KINDS and rng.random() < self.full_mask:
+            t = 1.0
         pos = np.arange(lo, end)
         hit = rng.random(len(pos)) < t
         if not hit.any():

@@ -37,6 +37,7 @@ class StageSteps:
     # stages.train_backbone's loss_norm: "token" or "sequence" (at 2,000 steps of the same recipe "token" was
     # ahead on every task probed: short answers 43% vs 33%, code-level text to image 45% vs 25%)
     backbone_loss: str = "token"
+    backbone_full_mask: float = 0.0
     # an optional second schedule from the first one's weights (off: one 9,000-step schedule does better)
     backbone_second: int = 0
     backbone_second_lr: float = 1e-3
