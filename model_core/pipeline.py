@@ -13,7 +13,9 @@ global RNG; weights load once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence, Union
@@ -39,7 +41,9 @@ DEFAULTS_FILE = "lladauni.json"
 def read_defaults(checkpoint_dir: Union[str, os.PathLike]) -> dict:
     """Generation defaults a checkpoint ships in ``lladauni.json`` ({} when it has none).
 
-    Known key: ``image_size`` [height, width] in pixels (the size the model was trained at)."""
+    Known keys: ``image_size`` [height, width] in pixels (the size the model was trained at);
+    ``decoder_cfg`` {variant: scale}, the decoder's classifier-free guidance for that variant's sampler
+    (``NormClampedCFG(scale)``; 0 = none) in place of the published policy (normal: 1.0, turbo: none)."""
     path = Path(checkpoint_dir) / DEFAULTS_FILE
     if not path.is_file():
         return {}
@@ -52,6 +56,18 @@ def read_defaults(checkpoint_dir: Union[str, os.PathLike]) -> dict:
         isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
     ):
         raise ValueError(f"{path}: image_size={size!r}: expected [height, width], two positive ints")
+    cfg = data.get("decoder_cfg") if isinstance(data, dict) else None
+    if cfg is not None:
+        from .decoder.pipeline import VARIANTS
+
+        if not isinstance(cfg, dict) or not all(
+            k in VARIANTS and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+            for k, v in cfg.items()
+        ):
+            raise ValueError(
+                f"{path}: decoder_cfg={cfg!r}: expected {{variant: scale}} with variants from {sorted(VARIANTS)} "
+                "and finite scales >= 0"
+            )
     return data if isinstance(data, dict) else {}
 
 
@@ -134,9 +150,16 @@ class LLaDAUni:
         if self._decoder is None:
             from .decoder import ImageDecoder
 
-            self._decoder = ImageDecoder.from_pretrained(
+            decoder = ImageDecoder.from_pretrained(
                 self._need_dir("decoder"), self.decoder_variant, device=self.device, dtype=getattr(self, "_dtype_request", None)
             )
+            scale = self.defaults.get("decoder_cfg", {}).get(self.decoder_variant)
+            if scale is not None:  # the checkpoint's own guidance policy (lladauni.json)
+                from .decoder.samplers import NoGuidance, NormClampedCFG
+
+                guidance = NormClampedCFG(float(scale)) if scale > 0 else NoGuidance()
+                decoder.sampler = dataclasses.replace(decoder.sampler, guidance=guidance)
+            self._decoder = decoder
         return self._decoder
 
     def _should_decode(self, decode: Optional[bool]) -> bool:

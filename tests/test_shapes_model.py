@@ -132,3 +132,35 @@ def test_edits(model):
             total += 1
             right += scene_matches(e.target, r.image)
     assert total == 79 and right >= EDITS_MIN, f"{right}/{total} edits right"
+
+
+def test_checkpoint_decoder_guidance_default(model, tmp_path):
+    """The shipped model asks for CFG 0.5 on its turbo sampler (lladauni.json decoder_cfg); a checkpoint
+    without the key keeps the published policy (turbo: none, normal: 1.0); 0 turns guidance off; a
+    malformed value is refused with the file named."""
+    import json
+    import shutil
+
+    from model_core.decoder.samplers import NoGuidance, NormClampedCFG
+
+    assert model.defaults["decoder_cfg"] == {"turbo": 0.5}
+    assert model.decoder.sampler.guidance == NormClampedCFG(0.5)
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(DEFAULT_CHECKPOINT_DIR, ckpt)
+    meta = json.loads((ckpt / "lladauni.json").read_text())
+
+    def load(cfg, variant="turbo"):
+        data = dict(meta)
+        data.pop("decoder_cfg")
+        if cfg is not None:
+            data["decoder_cfg"] = cfg
+        (ckpt / "lladauni.json").write_text(json.dumps(data))
+        return LLaDAUni.from_pretrained(ckpt, device="cpu", decoder_variant=variant)
+
+    assert load(None).decoder.sampler.guidance == NoGuidance()
+    assert load(None, "normal").decoder.sampler.guidance == NormClampedCFG(1.0)
+    assert load({"turbo": 0}).decoder.sampler.guidance == NoGuidance()
+    assert load({"turbo": 0.5}, "normal").decoder.sampler.guidance == NormClampedCFG(1.0)
+    for bad in ({"fast": 0.5}, {"turbo": -1}, {"turbo": "high"}, [0.5], {"turbo": float("nan")}):
+        with pytest.raises(ValueError, match=r"lladauni.json: decoder_cfg="):
+            load(bad)

@@ -171,6 +171,7 @@ def test_smoke_checkpoint_runs_every_task(smoke_build):
     out, spec, _ = smoke_build
     model = LLaDAUni.from_pretrained(out, components=("backbone", "image_tokenizer", "decoder"))
     assert model.defaults["image_size"] == [96, 96]
+    assert model.defaults["decoder_cfg"] == {"turbo": spec.decoder_cfg}
     scene = sample_scene(np.random.default_rng(3))
     img = model.generate_image(caption(scene), steps=4, seed=0, decoder_steps=2)
     assert (img.h, img.w) == (3, 3) and img.image.size == (96, 96)

@@ -218,6 +218,7 @@ def build_shapes_model(
         "about": "Generation defaults for this checkpoint (read by LLaDAUni when the caller gives none).",
         "image_size": [spec.image_size, spec.image_size],
         "block_length": spec.block_length,
+        "decoder_cfg": {"turbo": spec.decoder_cfg},
     }
     (partial / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=2) + "\n", encoding="utf-8")
     (partial / TRAINING_LOG).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
