@@ -290,6 +290,33 @@ def test_question_kinds_are_drawn_evenly():
     assert all(0.18 <= c / 800 <= 0.32 for c in counts.values()), counts
 
 
+
+def test_task_options_weight_question_kinds_and_keep_right_drawings():
+    from model_core.training.shapes import POSITIONS
+
+    opts = tasks.TaskOptions(qa_kinds={"presence": 3, "count": 1})
+    rng = np.random.default_rng(5)
+    answers = [tasks.sample_task("qa", rng, opts).answer for _ in range(400)]
+    presence = sum(a in ("yes", "no") for a in answers)
+    assert sum(a.isdigit() for a in answers) + presence == 400  # weight 0: never asked
+    assert 0.68 <= presence / 400 <= 0.82, presence
+    # fix_correct=1: the image already shows the request and is the target; the feedback complains wrongly
+    rng = np.random.default_rng(6)
+    items = [tasks.sample_task("fix", rng, tasks.TaskOptions(fix_correct=1.0)) for _ in range(40)]
+    assert all(t.source == t.target and caption(t.target) in t.text for t in items)
+    assert sum(", not a " in t.text or "missing" in t.text or "extra" in t.text for t in items) >= 25
+    plain = [tasks.sample_task("fix", rng) for _ in range(40)]
+    assert all(t.source != t.target for t in plain)
+    # the defaults draw exactly as before (same rng stream)
+    a, b = np.random.default_rng(9), np.random.default_rng(9)
+    assert [tasks.sample_task(k, a) for k in tasks.TASKS] == [tasks.sample_task(k, b, tasks.TaskOptions()) for k in tasks.TASKS]
+    for bad in ({"qa_kinds": {"size": 1}}, {"qa_kinds": {"count": -1}}, {"qa_kinds": {"count": 0}},
+                {"fix_correct": 2.0}, {"fix_rate": 0.1}):
+        with pytest.raises(ValueError):
+            tasks.TaskOptions.from_dict(bad)
+    with pytest.raises(ValueError, match="task options"):
+        build_shapes_model("/nonexistent/out", ShapesModelSpec(task_options={"fix_rate": 0.1}))
+
 def test_backbone_init_scales_with_width():
     from model_core import LLaDA2Backbone
     from model_core.training.stages import _init_backbone

@@ -34,6 +34,7 @@ from ..pipeline import DEFAULTS_FILE
 from ..image_tokenizer import CONFIG_NAME, PREPROCESSOR_NAME, TOKENIZER_DIR, SigLIPVQ, load_image_tokenizer_network
 from ..tokenizer import TextTokenizer
 from .corpus import BatchBuilder, texts_for_tokenizer
+from .tasks import TaskOptions
 from .spec import ShapesModelSpec
 from .stages import _init_backbone, encode_scenes, train_backbone, train_decoder, train_image_tokenizer, train_vae
 from .text_tokenizer import build_compact_tokenizer
@@ -92,7 +93,8 @@ def _backbone_stage(spec: ShapesModelSpec, partial: Path, work: Path, progress: 
     net = _load_image_tokenizer(partial)
     batches = BatchBuilder(tok, offset, lambda scenes: encode_scenes(net, scenes, spec), spec.grid,
                            batch_size=spec.steps.backbone_batch, block_length=spec.block_length,
-                           mix=spec.task_mix or None, full_mask=spec.steps.backbone_full_mask)
+                           mix=spec.task_mix or None, full_mask=spec.steps.backbone_full_mask,
+                           task_options=TaskOptions.from_dict(spec.task_options))
     def summary(log) -> dict:
         return {**_summary(log), "max_load_last": log.losses[-1].get("max_load") if log.losses else None}
 
@@ -154,6 +156,7 @@ def build_shapes_model(
         raise ValueError(f"jobs must be 1 or 2, not {jobs}")
     t_start = time.perf_counter()
     spec = spec or ShapesModelSpec()
+    TaskOptions.from_dict(spec.task_options)  # a bad option fails here, not an hour in
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")

@@ -31,7 +31,7 @@ from ..generation.prompts import ChatMessage, ImageCodes, PromptBuilder, UNCONDI
 from ..layers.attention import AttentionMask
 from ..tokenizer import TextTokenizer
 from .shapes import Scene
-from .tasks import DEFAULT_MIX, TASKS, Task, sample_task
+from .tasks import DEFAULT_MIX, TASKS, Task, TaskOptions, sample_task
 
 __all__ = ["BatchBuilder", "FULL_MASK_KINDS", "Sequence_", "task_sequence", "texts_for_tokenizer"]
 
@@ -88,7 +88,7 @@ class BatchBuilder:
     builds masked block-diffusion batches: {"input_ids", "labels", "mask", "kinds"}.
 
     ``full_mask``: the probability that a text answer's active block (:data:`FULL_MASK_KINDS`) is masked
-    whole (see the module docstring)."""
+    whole (see the module docstring); ``task_options`` how some kinds are drawn (:class:`tasks.TaskOptions`)."""
 
     def __init__(
         self,
@@ -101,10 +101,12 @@ class BatchBuilder:
         block_length: int = 32,
         mix: Optional[dict[str, float]] = None,
         full_mask: float = 0.0,
+        task_options: Optional[TaskOptions] = None,
     ) -> None:
         if not 0.0 <= full_mask <= 1.0:
             raise ValueError(f"full_mask must be a probability in [0, 1], got {full_mask}")
         self.full_mask = float(full_mask)
+        self.task_options = task_options or TaskOptions()
         self.tok = tok
         self.prompts = PromptBuilder(tok, image_token_offset)
         self.encode = encode
@@ -120,7 +122,8 @@ class BatchBuilder:
         self.weights = w / w.sum()
 
     def sequences(self, rng: np.random.Generator, n: int) -> list[Sequence_]:
-        tasks = [sample_task(self.kinds[int(rng.choice(len(self.kinds), p=self.weights))], rng) for _ in range(n)]
+        tasks = [sample_task(self.kinds[int(rng.choice(len(self.kinds), p=self.weights))], rng, self.task_options)
+                 for _ in range(n)]
         scenes: list[Scene] = []
         for t in tasks:
             scenes += [s for s in (t.source, t.target) if s is not None]

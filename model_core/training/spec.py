@@ -85,6 +85,7 @@ class ShapesModelSpec:
     decoder_cfg: float = 0.5
     # data (scenes are drawn fresh every step)
     task_mix: dict = field(default_factory=dict)  # task kind -> weight; empty: tasks.DEFAULT_MIX
+    task_options: dict = field(default_factory=dict)  # tasks.TaskOptions fields (qa_kinds, fix_correct)
     steps: StageSteps = field(default_factory=StageSteps)
 
     @property

@@ -24,7 +24,7 @@ Imports only numpy (through ``shapes``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
@@ -54,6 +54,7 @@ __all__ = [
     "RECHECK_QUESTION",
     "TASKS",
     "Task",
+    "TaskOptions",
     "corrupt_scene",
     "fix_instruction",
     "mismatch_answer",
@@ -201,8 +202,50 @@ def _claim_answer(scene: Scene, claim: Shape) -> str:
     return f"no, the shape {position_phrase(pos)} is a {there.name}."
 
 
-def sample_task(kind: str, rng: np.random.Generator) -> Task:
+@dataclass(frozen=True)
+class TaskOptions:
+    """How some task kinds are drawn (the defaults draw as the first releases did).
+
+    ``qa_kinds``: relative weights of the question kinds (count, color, position, presence); empty: even.
+    ``fix_correct``: the share of ``fix`` items whose image already shows the request; the feedback is
+    then a wrong complaint (what a mistaken check says) or empty, and the target is the image unchanged.
+    A check that wrongly says "no" then costs a redraw, not a broken image.
+    """
+
+    qa_kinds: dict = field(default_factory=dict)
+    fix_correct: float = 0.0
+
+    def __post_init__(self) -> None:
+        kinds = ("count", "color", "position", "presence")
+        bad = set(self.qa_kinds) - set(kinds)
+        if bad or any(not (isinstance(v, (int, float)) and v >= 0) for v in self.qa_kinds.values()):
+            raise ValueError(f"qa_kinds={self.qa_kinds!r}: weights >= 0 for {', '.join(kinds)}")
+        if self.qa_kinds and not any(self.qa_kinds.values()):
+            raise ValueError("qa_kinds: at least one weight must be positive")
+        if not 0.0 <= self.fix_correct <= 1.0:
+            raise ValueError(f"fix_correct={self.fix_correct!r}: must be a probability in [0, 1]")
+
+    @classmethod
+    def from_dict(cls, data: Optional[dict]) -> "TaskOptions":
+        data = dict(data or {})
+        unknown = set(data) - {"qa_kinds", "fix_correct"}
+        if unknown:
+            raise ValueError(f"unknown task options {sorted(unknown)}; expected qa_kinds, fix_correct")
+        return cls(**data)
+
+
+def _pick_question_kind(kinds: list[str], weights: dict, rng: np.random.Generator) -> str:
+    if not weights:
+        return kinds[int(rng.integers(len(kinds)))]
+    w = np.array([float(weights.get(k, 0.0)) for k in kinds])
+    if w.sum() <= 0:  # a scene whose kinds all weigh 0 (an empty canvas asked only counts / presence)
+        return kinds[int(rng.integers(len(kinds)))]
+    return kinds[int(rng.choice(len(kinds), p=w / w.sum()))]
+
+
+def sample_task(kind: str, rng: np.random.Generator, options: Optional[TaskOptions] = None) -> Task:
     """A random task of the given kind."""
+    options = options or TaskOptions()
     if kind not in TASKS:
         raise ValueError(f"unknown task kind {kind!r}; expected one of {', '.join(TASKS)}")
     scene = sample_scene(rng)
@@ -218,7 +261,7 @@ def sample_task(kind: str, rng: np.random.Generator) -> Task:
         # drawing among all questions would ask twice as often about counts and presence
         qs = questions(scene, rng)
         kinds = sorted({q.kind for q in qs})
-        k = kinds[int(rng.integers(len(kinds)))]
+        k = _pick_question_kind(kinds, options.qa_kinds, rng)
         qs = [q for q in qs if q.kind == k]
         qa = qs[int(rng.integers(len(qs)))]
         return Task(kind, qa.question, answer=qa.answer, source=scene)
@@ -242,6 +285,10 @@ def sample_task(kind: str, rng: np.random.Generator) -> Task:
         assert e is not None  # a scene always has a shape to recolour
         return Task(kind, e.instruction, source=e.source, target=e.target)
     # fix: a flawed drawing, the request, and the check's feedback (usually right, sometimes empty)
+    if options.fix_correct and rng.random() < options.fix_correct:
+        # the drawing is already right; the check wrongly complained (or said nothing): keep it as it is
+        feedback = verify_answer(scene, corrupt_scene(scene, rng)) if rng.random() < 0.85 else ""
+        return Task(kind, fix_instruction(cap, feedback).rstrip(), source=scene, target=scene)
     shown = corrupt_scene(scene, rng)
     feedback = verify_answer(scene, shown) if rng.random() < 0.85 else ""
     return Task(kind, fix_instruction(cap, feedback).rstrip(), source=shown, target=_keep_unchanged(shown, scene))
