@@ -571,11 +571,12 @@ def format_markdown(results: Mapping, *, model: str = "", machine: str = "") -> 
     return "\n".join(lines)
 
 
-def write_results(md: str, path: Path = RESULTS) -> None:
-    """Replace the ``## shapes_eval`` section of RESULTS.md (up to the next ``## `` heading), or append it."""
+def write_results(md: str, path: Path = RESULTS, section: str = SECTION) -> None:
+    """Replace the ``## <section>`` section of RESULTS.md (up to the next ``## `` heading), or append it."""
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
     lines = text.splitlines()
-    start = next((i for i, ln in enumerate(lines) if ln.startswith(f"## {SECTION}")), None)
+    head = f"## {section}"
+    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == head or ln.startswith((head + ":", head + " "))), None)
     section = md.strip("\n").splitlines()
     if start is None:
         while lines and not lines[-1].strip():

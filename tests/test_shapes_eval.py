@@ -130,3 +130,26 @@ def test_backend_errors_count_as_wrong():
 
     r = se.evaluate(Failing(_examples()), n=2, seed=SEED, metrics=["t2i"])
     assert r["t2i"]["overall"]["accuracy"] == 0.0 and r["t2i"]["overall"]["errors"] == 2
+
+
+def test_shapes_decoder_bench_on_the_default_model(tmp_path):
+    """bench.shapes_decoder: one row per (steps, guidance), exactly one marked as the checkpoint's own
+    (turbo 8 steps, CFG 0.5 from lladauni.json), counts within range; its section sits beside shapes_eval's."""
+    from bench import shapes_decoder as sd
+    from model_core import LLaDAUni
+
+    model = LLaDAUni.from_pretrained(components=("backbone", "image_tokenizer", "decoder"), device="cpu")
+    res = sd.run(model, 3, SEED)
+    assert len(res["rows"]) == len(sd.STEPS) * len(sd.SCALES)
+    assert [(r["steps"], r["cfg"]) for r in res["rows"] if r["own"]] == [(8, 0.5)]
+    assert all(0 <= r["correct"] <= 3 for r in res["rows"]) and 0 <= res["codes_ok"] <= 3
+    assert 0 <= res["own_failed_seen_by_reencoding"] <= res["own_failed"] <= 3
+    assert model.decoder.sampler.guidance.scale == 0.5  # the sweep leaves the model's sampler as it was
+    md = sd.format_markdown(res, model="Default", machine="a test machine")
+    assert md.startswith("## shapes_decoder") and "| 8 | 0.5 (checkpoint default) |" in md
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# Benchmark results\n\n## shapes_eval: quality\n\neval figures\n")
+    se.write_results(md, path, section="shapes_decoder")
+    se.write_results(md.replace("Default", "Again"), path, section="shapes_decoder")
+    text = path.read_text()
+    assert text.count("## shapes_decoder") == 1 and "Again" in text and "eval figures" in text
