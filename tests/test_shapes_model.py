@@ -4,9 +4,10 @@ answers. Each floor sits below what the shipped model scored on these same cases
 score, so a regression in the model, the loader, the sampler or the decoder shows up here.
 
 What the model does well (and is tested): tokenizing scenes into codes that name each cell's content,
-decoding codes back into scenes, drawing the requested scene, counting, captions, colour and position
-questions, edits. What it does not yet do well (presence questions, counting one kind, its own check of a
-drawing against a request; see bench/RESULTS.md, shapes_eval) is not asserted here.
+decoding codes back into scenes, drawing the requested scene, counting, captions, colour, position and
+presence questions, the workflow's check of a render against a request, edits. What it does not yet do
+well (counting one kind when there is none, thinking-mode plans of three shapes; see bench/RESULTS.md,
+shapes_eval) is not asserted here.
 """
 
 from __future__ import annotations
@@ -31,12 +32,15 @@ EDIT = SHAPES_OPTIONS["edit"]
 CODE_PURITY_MIN = 0.97  # [1.00] codes -> cell content
 REDRAW_MIN = 16  # [20/24] encode a rendered scene, decode its codes: the checker reads the scene back
 CELLS_MIN = 20  # [24/24] text to image: shapes exactly in the requested cells
-T2I_MIN = 15  # [20/24] text to image: the checker reads exactly the requested scene
+T2I_MIN = 16  # [20/24] text to image: the checker reads exactly the requested scene
 COUNT_MIN = 20  # [24/24] "How many shapes are there?"
-CAPTION_MIN = 18  # [23/24] "Describe the image." parses to exactly the scene
+CAPTION_MIN = 19  # [23/24] "Describe the image." parses to exactly the scene
 COLOR_MIN = 20  # [24/24] "What color is the shape <at a cell>?"
 POSITION_MIN = 19  # [23/24] "Where is the <colour> <kind>?"
-EDITS_MIN = 56  # [66/79] every edit of the 24 scenes: the checker reads exactly the target scene
+EDITS_MIN = 58  # [68/79] every edit of the 24 scenes: the checker reads exactly the target scene
+PRESENCE_MIN = 32  # [38/48] "Is there a <colour> <kind> (<at a cell>)?" yes or no
+CHECK_RIGHT_MIN = 20  # [24/24] the workflow's check question on a render of the requested scene: yes
+CHECK_FLAWED_MIN = 12  # [16/24] the same question on a flawed render (a shape recoloured, swapped, moved, added, dropped): no
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +126,33 @@ def test_colour_and_position_questions(model):
             if q.kind in right:
                 right[q.kind] += model.understand(image, q.question, **TEXT).text.strip().lower().strip(" .") == q.answer
     assert right["color"] >= COLOR_MIN and right["position"] >= POSITION_MIN, right
+
+
+def test_presence_questions(model):
+    right = total = 0
+    for i in range(N):
+        ex = WORLD[i]
+        image = render(ex.scene, 96)
+        for q in ex.questions:
+            if q.kind == "presence":
+                total += 1
+                right += model.understand(image, q.question, **TEXT).text.strip().lower().strip(" .") == q.answer
+    assert total == 2 * N and right >= PRESENCE_MIN, f"{right}/{total} presence answers right"
+
+
+def test_the_workflow_check_question(model):
+    """The check of workflows/draw-check-refine.yaml: yes for the requested scene, no for a flawed one."""
+    from lladauni_agent.prompts import parse_verdict
+    from model_core.training import tasks
+
+    yes = no = 0
+    for i in range(N):
+        ex = WORLD[i]
+        question = tasks.CHECK_QUESTION.format(prompt=ex.caption)
+        flawed = tasks.corrupt_scene(ex.scene, np.random.default_rng(i))
+        yes += parse_verdict(model.understand(render(ex.scene, 96), question, **TEXT).text) is True
+        no += parse_verdict(model.understand(render(flawed, 96), question, **TEXT).text) is False
+    assert yes >= CHECK_RIGHT_MIN and no >= CHECK_FLAWED_MIN, f"right scenes passed {yes}/{N}, flawed ones failed {no}/{N}"
 
 
 def test_edits(model):
