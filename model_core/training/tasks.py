@@ -17,7 +17,8 @@ Task kinds (``TASKS``):
 * ``claims``: the agent's claims prompt (text only) -> one shape per line.
 * ``edit``: image + recolour / move / add / remove instruction -> edited image.
 * ``fix``: image of a flawed scene + "Change the image so that it shows: <caption>. <feedback>" ->
-  the requested scene (the refine step of the demo workflow).
+  the requested scene (the refine step of the demo workflow). With ``TaskOptions.fix_correct`` some
+  items show an already-right image and a wrong complaint; the target is that image unchanged.
 
 Imports only numpy (through ``shapes``).
 """
