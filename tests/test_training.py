@@ -316,6 +316,8 @@ def test_task_options_weight_question_kinds_and_keep_right_drawings():
             tasks.TaskOptions.from_dict(bad)
     with pytest.raises(ValueError, match="task options"):
         build_shapes_model("/nonexistent/out", ShapesModelSpec(task_options={"fix_rate": 0.1}))
+    with pytest.raises(ValueError, match="decoder_cfg"):
+        ShapesModelSpec(decoder_cfg=-0.5)
 
 def test_backbone_init_scales_with_width():
     from model_core import LLaDA2Backbone

@@ -156,7 +156,6 @@ def build_shapes_model(
         raise ValueError(f"jobs must be 1 or 2, not {jobs}")
     t_start = time.perf_counter()
     spec = spec or ShapesModelSpec()
-    TaskOptions.from_dict(spec.task_options)  # a bad option fails here, not an hour in
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")

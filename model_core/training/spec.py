@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import BackboneConfig
 from ..decoder.config import DiTConfig
 from ..image_config import ImageTokenizerConfig, PreprocessorConfig, VisionConfig, VQConfig
+from .tasks import TaskOptions
 
 __all__ = ["ShapesModelSpec", "StageSteps"]
 
@@ -94,6 +96,13 @@ class ShapesModelSpec:
     # kinds toward count and presence, 1.4/1.4/0.6/0.6, did worse: 85% vs 88% of 1,800 questions.)
     task_options: dict = field(default_factory=lambda: {"fix_correct": 0.15})
     steps: StageSteps = field(default_factory=StageSteps)
+
+    def __post_init__(self) -> None:
+        # checked here, not when the stage that uses them starts (an hour into a build)
+        TaskOptions.from_dict(self.task_options)
+        if not (isinstance(self.decoder_cfg, (int, float)) and not isinstance(self.decoder_cfg, bool)
+                and math.isfinite(self.decoder_cfg) and self.decoder_cfg >= 0):
+            raise ValueError(f"decoder_cfg={self.decoder_cfg!r}: must be a finite number >= 0")
 
     @property
     def grid(self) -> int:
