@@ -24,13 +24,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from model_core.training import checker, shapes
-from model_core.training.stages import cell_labels
+from model_core.training.stages import cell_labels, code_contents
 
 from .shapes_eval import RESULTS, SIZE, _machine, gen_seed, write_results
 
@@ -39,48 +38,40 @@ STEPS = (4, 8)
 SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def code_names(model, seed: int = 77, n: int = 150) -> np.ndarray:
-    """code id -> the cell content (``cell_labels`` class) it stands for most often on rendered scenes."""
-    tok = model.image_tokenizer
-    scenes = [shapes.ShapesWorld(seed)[i].scene for i in range(n)]
-    codes = np.concatenate([np.asarray(tok.encode(shapes.render(s, SIZE)).codes).reshape(-1) for s in scenes])
-    table = np.zeros((tok.config.vq_config.num_embeddings, int(cell_labels(scenes).max()) + 2), dtype=np.int64)
-    np.add.at(table, (codes, cell_labels(scenes).numpy()), 1)
-    return table.argmax(1)
-
-
 def run(model, n: int, seed: int) -> dict:
     from model_core.decoder.samplers import FlowRenoiseSampler, NoGuidance, NormClampedCFG
 
-    names = code_names(model)
+    names = code_contents(model.image_tokenizer, [shapes.ShapesWorld(77)[i].scene for i in range(150)], SIZE)
+
+    def names_scene(codes, scene) -> bool:
+        return bool((names[np.asarray(codes).reshape(-1)] == cell_labels([scene]).numpy()).all())
+
     exs = shapes.ShapesWorld(seed).examples(n)
     t0 = time.perf_counter()
     drawn = [model.generate_image(ex.caption, image_h=SIZE, image_w=SIZE, steps=16, decode=False, seed=gen_seed(seed, ex.index))
              for ex in exs]
     draw_s = time.perf_counter() - t0
-    codes_ok = sum(bool((names[np.asarray(r.codes).reshape(-1)] == cell_labels([ex.scene]).numpy()).all())
-                   for ex, r in zip(exs, drawn))
+    codes_ok = sum(names_scene(r.codes, ex.scene) for ex, r in zip(exs, drawn))
     dec = model.decoder
     own = dec.sampler
     own_scale = own.guidance.scale if isinstance(own.guidance, NormClampedCFG) else 0.0
-    rows = []
-    for steps in STEPS:
-        for scale in SCALES:
-            dec.sampler = FlowRenoiseSampler(steps, guidance=NormClampedCFG(scale) if scale else NoGuidance())
-            t0 = time.perf_counter()
-            images = [dec.decode(r.codes.reshape(-1), r.h, r.w, seed=gen_seed(seed, ex.index)) for ex, r in zip(exs, drawn)]
-            ok = [checker.scene_matches(ex.scene, im) for ex, im in zip(exs, images)]
-            rows.append({"steps": steps, "cfg": scale, "correct": sum(ok), "seconds": time.perf_counter() - t0,
-                         "own": isinstance(own, FlowRenoiseSampler) and steps == own.num_steps and scale == own_scale})
-            if rows[-1]["own"]:
-                failed = [(ex, im) for ex, im, good in zip(exs, images, ok) if not good]
-    dec.sampler = own
-    seen = 0
-    for ex, im in failed if any(r["own"] for r in rows) else []:
-        again = np.asarray(model.image_tokenizer.encode(im).codes).reshape(-1)
-        seen += not bool((names[again] == cell_labels([ex.scene]).numpy()).all())
+    rows, failed = [], None
+    try:
+        for steps in STEPS:
+            for scale in SCALES:
+                dec.sampler = FlowRenoiseSampler(steps, guidance=NormClampedCFG(scale) if scale else NoGuidance())
+                t0 = time.perf_counter()
+                images = [dec.decode(r.codes.reshape(-1), r.h, r.w, seed=gen_seed(seed, ex.index)) for ex, r in zip(exs, drawn)]
+                ok = [checker.scene_matches(ex.scene, im) for ex, im in zip(exs, images)]
+                is_own = isinstance(own, FlowRenoiseSampler) and steps == own.num_steps and scale == own_scale
+                rows.append({"steps": steps, "cfg": scale, "correct": sum(ok), "seconds": time.perf_counter() - t0, "own": is_own})
+                if is_own:
+                    failed = [(ex, im) for ex, im, good in zip(exs, images, ok) if not good]
+    finally:
+        dec.sampler = own
+    seen = sum(not names_scene(model.image_tokenizer.encode(im).codes, ex.scene) for ex, im in failed or [])
     return {"n": n, "seed": seed, "codes_ok": codes_ok, "draw_seconds": draw_s, "rows": rows,
-            "own_failed": len(failed) if any(r["own"] for r in rows) else None, "own_failed_seen_by_reencoding": seen}
+            "own_failed": None if failed is None else len(failed), "own_failed_seen_by_reencoding": seen}
 
 
 def format_markdown(res: dict, *, model: str, machine: str) -> str:

@@ -20,7 +20,7 @@ from model_core import LLaDAUni
 from model_core.checkpoint import DEFAULT_CHECKPOINT_DIR
 from model_core.training import ShapesWorld, read_scene, render, scene_matches
 from model_core.training.shapes import parse_caption
-from model_core.training.stages import cell_labels
+from model_core.training.stages import cell_labels, code_contents
 
 N = 24
 WORLD = ShapesWorld(4242)  # held out: training draws its scenes from other generators
@@ -63,12 +63,7 @@ def test_codes_name_the_content_of_each_cell(model):
     """Every code stands for one cell content (empty, or one kind in one colour): map codes to contents
     on one set of scenes, then check the map on another."""
     tok = model.image_tokenizer
-    fit = [ShapesWorld(77)[i].scene for i in range(150)]
-    codes = [tok.encode(render(s, 96)).codes for s in fit]
-    table = np.zeros((tok.config.vq_config.num_embeddings, 25), dtype=int)
-    for c, lab in zip(np.concatenate(codes), cell_labels(fit).numpy()):
-        table[c, lab] += 1
-    names = table.argmax(1)
+    names = code_contents(tok, [ShapesWorld(77)[i].scene for i in range(150)], 96)
     test = [WORLD[i].scene for i in range(N)]
     got = names[np.concatenate([tok.encode(render(s, 96)).codes for s in test])]
     assert (got == cell_labels(test).numpy()).mean() >= CODE_PURITY_MIN
@@ -117,27 +112,27 @@ def test_captions(model):
     assert right >= CAPTION_MIN, f"{right}/{N} captions exactly right"
 
 
-def test_colour_and_position_questions(model):
-    right = {"color": 0, "position": 0}
+def _short_answers(model, kinds: tuple[str, ...]) -> tuple[dict, dict]:
+    """(right, asked) per question kind over the held-out scenes' questions of those kinds."""
+    right, asked = dict.fromkeys(kinds, 0), dict.fromkeys(kinds, 0)
     for i in range(N):
         ex = WORLD[i]
         image = render(ex.scene, 96)
         for q in ex.questions:
             if q.kind in right:
+                asked[q.kind] += 1
                 right[q.kind] += model.understand(image, q.question, **TEXT).text.strip().lower().strip(" .") == q.answer
+    return right, asked
+
+
+def test_colour_and_position_questions(model):
+    right, _ = _short_answers(model, ("color", "position"))
     assert right["color"] >= COLOR_MIN and right["position"] >= POSITION_MIN, right
 
 
 def test_presence_questions(model):
-    right = total = 0
-    for i in range(N):
-        ex = WORLD[i]
-        image = render(ex.scene, 96)
-        for q in ex.questions:
-            if q.kind == "presence":
-                total += 1
-                right += model.understand(image, q.question, **TEXT).text.strip().lower().strip(" .") == q.answer
-    assert total == 2 * N and right >= PRESENCE_MIN, f"{right}/{total} presence answers right"
+    right, asked = _short_answers(model, ("presence",))
+    assert asked["presence"] == 2 * N and right["presence"] >= PRESENCE_MIN, f"{right['presence']}/{asked['presence']} presence answers right"
 
 
 def test_the_workflow_check_question(model):

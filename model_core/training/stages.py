@@ -35,11 +35,13 @@ from ..decoder.dit import ZImageDiT
 from ..decoder.sigvq import SigVQ
 from ..image_tokenizer import SigLIPVQ
 from .common import StageLog, StageRunner, cosine_lr, scene_images, scene_pixels, step_rngs
-from .shapes import COLORS, POSITIONS, SHAPES, Scene, sample_scene
+from .shapes import COLORS, POSITIONS, SHAPES, Scene, render, sample_scene
 from .spec import ShapesModelSpec
 
 __all__ = [
+    "CELL_CONTENTS",
     "cell_labels",
+    "code_contents",
     "masked_loss",
     "row_lengths",
     "encode_scenes",
@@ -62,6 +64,19 @@ def cell_labels(scenes: list[Scene]) -> torch.Tensor:
             sh = s.at(pos)
             out.append(0 if sh is None else 1 + SHAPES.index(sh.kind) * len(colors) + colors.index(sh.color))
     return torch.tensor(out, dtype=torch.long)
+
+
+CELL_CONTENTS = 1 + len(SHAPES) * len(COLORS)
+"""How many values ``cell_labels`` takes (empty, or one kind in one colour)."""
+
+
+def code_contents(image_tokenizer, scenes: list[Scene], size: int) -> np.ndarray:
+    """(num_codes,) the cell content (a ``cell_labels`` value) each code stands for most often when
+    ``image_tokenizer`` (an ``ImageTokenizer``) encodes renders of ``scenes`` at ``size`` pixels."""
+    codes = np.concatenate([np.asarray(image_tokenizer.encode(render(s, size)).codes).reshape(-1) for s in scenes])
+    table = np.zeros((image_tokenizer.config.vq_config.num_embeddings, CELL_CONTENTS), dtype=np.int64)
+    np.add.at(table, (codes, cell_labels(scenes).numpy()), 1)
+    return table.argmax(1)
 
 
 def _scenes(rng: np.random.Generator, n: int) -> list[Scene]:
