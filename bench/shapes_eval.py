@@ -46,6 +46,9 @@ Definitions (each metric is an accuracy, correct / total):
   0 for backends that do not report them). The gain is (b) minus (a) in percentage points. Draws at
   the same prompt and seed are made once and reused by (a), (c) and (d) with their calls and
   forwards counted each time they are used.
+  **loop_thinking**: the same four with every draw in thinking mode (the workflow's ``draw`` node
+  with ``mode: thinking``), where single-shot failures are mostly wrong codes from the backbone
+  rather than decoder mistakes the image tokenizer cannot see.
 
 Progress goes to stderr, the markdown table to stdout; ``--json OUT`` writes every figure and the
 first wrong answers of each metric; ``--write-results`` writes ``bench/out/shapes_eval.{json,md}``
@@ -78,7 +81,7 @@ SECTION = "shapes_eval"
 SIZE = 96
 SEED_STRIDE = 64
 WORKFLOW = "draw-check-refine"
-METRICS = ("understanding", "t2i", "t2i_thinking", "edits", "loop")
+METRICS = ("understanding", "t2i", "t2i_thinking", "edits", "loop", "loop_thinking")
 QUESTION_KINDS = ("count", "color", "position", "presence")
 MODEL_CALLS = ("chat", "understand", "generate_image", "edit_image", "generate_interleaved")
 _KEEP_WRONG = 5  # wrong answers kept per metric in the JSON, for diagnosis
@@ -329,12 +332,32 @@ def _check_image(backend: Any, result: Any) -> Any:
     return result.image
 
 
+def loop_workflow(mode: str = "normal") -> Any:
+    """The bundled ``draw-check-refine`` workflow, its ``draw`` node in ``mode`` (normal | thinking)."""
+    import yaml
+
+    from lladauni_agent.workflows import load_workflow, loads_workflow
+    from lladauni_agent.workflows.loader import bundled_workflows
+
+    if mode == "normal":
+        return load_workflow(WORKFLOW)
+    if mode != "thinking":
+        raise ValueError(f"mode={mode!r}: 'normal' or 'thinking'")
+    path = bundled_workflows()[WORKFLOW]
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    spec["nodes"]["draw"]["mode"] = mode
+    return loads_workflow(yaml.safe_dump(spec, sort_keys=False), label=f"{path} (draw mode {mode})", base_dir=path.parent)
+
+
 def eval_loop(backend: Any, examples: Sequence[shapes.Example], options: Mapping, seed: int, max_rounds: int = 2,
-              runs_dir: Optional[Path] = None) -> dict:
-    """(a) single shot, (b) draw-check-refine, (c) k blind draws (last kept), (d) best of k/2 by self-check."""
+              runs_dir: Optional[Path] = None, mode: str = "normal") -> dict:
+    """(a) single shot, (b) draw-check-refine, (c) k blind draws (last kept), (d) best of k/2 by self-check;
+    every draw in ``mode`` (normal | thinking)."""
     from lladauni_agent.artifacts import ArtifactStore
     from lladauni_agent.prompts import parse_verdict
-    from lladauni_agent.workflows import load_workflow, run_workflow
+    from lladauni_agent.workflows import run_workflow
+
+    wf = loop_workflow(mode)
 
     counting = CountingBackend(backend)
     draws: dict[tuple[int, int], _Draw] = {}
@@ -342,7 +365,7 @@ def eval_loop(backend: Any, examples: Sequence[shapes.Example], options: Mapping
     def draw(ex: shapes.Example, j: int) -> _Draw:
         if (ex.index, j) not in draws:
             counting.take()
-            r, err = _draw(counting, ex.caption, gen_seed(seed, ex.index) + j, options)
+            r, err = _draw(counting, ex.caption, gen_seed(seed, ex.index) + j, options, mode)
             calls, fwd = counting.take()
             draws[ex.index, j] = _Draw(r, _matches(ex.scene, r), err, calls, fwd)
         return draws[ex.index, j]
@@ -358,7 +381,6 @@ def eval_loop(backend: Any, examples: Sequence[shapes.Example], options: Mapping
     single_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    wf = load_workflow(WORKFLOW)
     loop, agree = Tally(), Tally()
     loop_calls, loop_fwd, rounds = [], [], []
     prog = _Progress(f"loop: (b) {WORKFLOW}", n)
@@ -443,6 +465,7 @@ def eval_loop(backend: Any, examples: Sequence[shapes.Example], options: Mapping
                 "seconds": seconds, **extra}
 
     return {
+        "mode": mode,
         "max_rounds": max_rounds,
         "k": k,
         "m": m,
@@ -485,7 +508,9 @@ def evaluate(backend: Any, *, n: int = 100, seed: int = 1000, options: Optional[
         elif name == "edits":
             r = eval_edits(backend, examples, options, seed)
         else:
-            r = eval_loop(backend, examples, options, seed, max_rounds, runs_dir)
+            mode = "thinking" if name == "loop_thinking" else "normal"
+            sub = Path(runs_dir) / mode if runs_dir is not None and mode != "normal" else runs_dir
+            r = eval_loop(backend, examples, options, seed, max_rounds, sub, mode=mode)
         r["seconds"] = time.perf_counter() - t0
         out[name] = r
     return out
@@ -532,11 +557,14 @@ def format_markdown(results: Mapping, *, model: str = "", machine: str = "") -> 
         for k in shapes.EDIT_KINDS:
             lines.append(_row(f"edits: {k}", e["kinds"][k]))
         lines.append(_row("edits: all", e["overall"], f"{e['seconds']:.1f}"))
-    if "loop" in results:
-        lp = results["loop"]
+    for loop_key in ("loop", "loop_thinking"):
+        if loop_key not in results:
+            continue
+        lp = results[loop_key]
+        drawn = ", every draw in thinking mode" if lp.get("mode") == "thinking" else ""
         lines += [
             "",
-            f"### Loop vs single shot (same captions and seeds; loop = `workflows/{WORKFLOW}.yaml`, max_rounds "
+            f"### Loop vs single shot{drawn} (same captions and seeds; loop = `workflows/{WORKFLOW}.yaml`, max_rounds "
             f"{lp['max_rounds']})",
             "",
             "(a) one draw at the scene's seed S_i; (b) the workflow at seed S_i (its first draw is (a)'s image), its "
@@ -605,7 +633,8 @@ def main(argv: Optional[Sequence[str]] = None, backend: Any = None) -> int:
     ap.add_argument("--seed", type=int, default=1000, help="world seed of the held-out scenes (default: 1000)")
     ap.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS))
     ap.add_argument("--max-rounds", type=int, default=2, help="fix rounds of the loop (default: 2)")
-    ap.add_argument("--keep-runs", metavar="DIR", help="keep the loop's workflow runs (reports) here")
+    ap.add_argument("--keep-runs", metavar="DIR",
+                    help="keep the loop's workflow runs (reports) here (loop_thinking's under DIR/thinking)")
     ap.add_argument("--json", metavar="OUT", help="write every figure as JSON")
     ap.add_argument("--write-results", action="store_true",
                     help="write bench/out/shapes_eval.{json,md} and the '## shapes_eval' section of bench/RESULTS.md")

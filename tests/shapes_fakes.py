@@ -39,6 +39,7 @@ class ShapesOracle:
         self.answers = {(ex.scene.signature(), qa.question): qa.answer for ex in examples for qa in ex.questions}
         self.targets = {(e.source.signature(), e.instruction): e.target for ex in examples for e in ex.edits}
         self.calls: Counter[str] = Counter()
+        self.draw_modes: Counter[str] = Counter()
 
     # -- helpers
     @staticmethod
@@ -66,6 +67,7 @@ class ShapesOracle:
 
     def generate_image(self, prompt: str, *, image_h: int = 96, mode: str = "normal", **options: Any) -> ImageResult:
         self.calls["generate_image"] += 1
+        self.draw_modes[mode] += 1
         if self.mode != "perfect":
             return self._image(None, image_h)
         scene = shapes.parse_caption(prompt)

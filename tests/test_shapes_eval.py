@@ -87,6 +87,21 @@ def test_loop_repairs_a_bad_first_draw(tmp_path):
     assert "+100.0 points" in md and "(b) draw-check-refine" in md and "| 4/4 | 100.0% | 4.00 |" in md
 
 
+def test_loop_in_thinking_mode_draws_every_image_in_thinking_mode(tmp_path):
+    b = ShapesOracle(_examples(), "bad_first_draw")
+    r = se.evaluate(b, n=N, seed=SEED, metrics=["loop_thinking"], runs_dir=tmp_path)
+    lp = r["loop_thinking"]
+    assert lp["mode"] == "thinking" and "loop" not in r
+    assert lp["single"]["accuracy"] == 0.0 and lp["loop"]["accuracy"] == 1.0 and lp["loop"]["mean_calls"] == 4
+    # single shot, the workflow's first draw and the blind redraws: thinking mode only
+    assert set(b.draw_modes) == {"thinking"} and b.draw_modes["thinking"] >= 2 * N
+    assert (tmp_path / "thinking" / "scene-0000" / "report.html").is_file()
+    md = se.format_markdown(r)
+    assert "### Loop vs single shot, every draw in thinking mode" in md and "+100.0 points" in md
+    with pytest.raises(ValueError, match="mode"):
+        se.loop_workflow("sketch")
+
+
 def test_markdown_and_results_section(tmp_path):
     r = se.evaluate(ShapesOracle(_examples(), "perfect"), n=2, seed=SEED, metrics=["understanding", "t2i", "edits"])
     md = se.format_markdown(r, model="Fake", machine="a test machine")

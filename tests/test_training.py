@@ -11,7 +11,7 @@ import torch
 
 from model_core import LLaDAUni, TextTokenizer
 from model_core.generation.prompts import ImageCodes, PromptBuilder
-from model_core.training import tasks
+from model_core.training import shapes, tasks
 from model_core.training.build import STAGES, build_shapes_model
 from model_core.training.corpus import BatchBuilder, task_sequence
 from model_core.training.shapes import Scene, Shape, caption, render, sample_scene
@@ -311,13 +311,34 @@ def test_task_options_weight_question_kinds_and_keep_right_drawings():
     a, b = np.random.default_rng(9), np.random.default_rng(9)
     assert [tasks.sample_task(k, a) for k in tasks.TASKS] == [tasks.sample_task(k, b, tasks.TaskOptions()) for k in tasks.TASKS]
     for bad in ({"qa_kinds": {"size": 1}}, {"qa_kinds": {"count": -1}}, {"qa_kinds": {"count": 0}},
-                {"fix_correct": 2.0}, {"fix_rate": 0.1}):
+                {"fix_correct": 2.0}, {"fix_rate": 0.1}, {"count_present": -0.1}, {"count_present": "half"}):
         with pytest.raises(ValueError):
             tasks.TaskOptions.from_dict(bad)
     with pytest.raises(ValueError, match="task options"):
         build_shapes_model("/nonexistent/out", ShapesModelSpec(task_options={"fix_rate": 0.1}))
     with pytest.raises(ValueError, match="decoder_cfg"):
         ShapesModelSpec(decoder_cfg=-0.5)
+
+def test_count_present_asks_about_kinds_the_scene_holds():
+    """Drawn from all kinds, most "How many <kind>s" answers are 0; count_present shifts that share."""
+
+    def kind_counts(option: float) -> tuple[int, int]:
+        rng = np.random.default_rng(11)
+        opts = tasks.TaskOptions(qa_kinds={"count": 1}, count_present=option)
+        items = [tasks.sample_task("qa", rng, opts) for _ in range(1200)]
+        per_kind = [t for t in items if t.text != shapes.COUNT_ALL_QUESTION]
+        for t in per_kind:  # every answer is read off the scene shown
+            kind = t.text.split()[2][:-1]
+            assert t.answer == str(len(t.source.find(kind=kind))), t
+        return len(per_kind), sum(t.answer == "0" for t in per_kind)
+
+    n_plain, zero_plain = kind_counts(0.0)
+    n_present, zero_present = kind_counts(0.6)
+    assert 0.5 <= zero_plain / n_plain <= 0.66, (zero_plain, n_plain)  # (3/4)^n averaged over n = 1..3
+    # 40% of items still draw from all kinds: 0.4 * 0.58 = 23% zeros
+    assert 0.16 <= zero_present / n_present <= 0.30, (zero_present, n_present)
+    assert 0.4 <= n_present / 1200 <= 0.6  # the total-count question keeps its share
+
 
 def test_backbone_init_scales_with_width():
     from model_core import LLaDA2Backbone

@@ -304,6 +304,10 @@ class QA:
     answer: str
 
 
+COUNT_ALL_QUESTION = "How many shapes are there?"
+COUNT_KIND_QUESTION = "How many {kind}s are there?"
+
+
 def questions(scene: Scene, rng: np.random.Generator) -> list[QA]:
     """Questions of every kind with their answers, all read off the scene.
 
@@ -312,9 +316,9 @@ def questions(scene: Scene, rng: np.random.Generator) -> list[QA]:
     """
     out: list[QA] = []
     n = len(scene)
-    out.append(QA("count", "How many shapes are there?", str(n)))
+    out.append(QA("count", COUNT_ALL_QUESTION, str(n)))
     kind = SHAPES[int(rng.integers(len(SHAPES)))]
-    out.append(QA("count", f"How many {kind}s are there?", str(len(scene.find(kind=kind)))))
+    out.append(QA("count", COUNT_KIND_QUESTION.format(kind=kind), str(len(scene.find(kind=kind)))))
     if n:
         s = scene.shapes[int(rng.integers(n))]
         out.append(QA("color", f"What color is the shape {position_phrase(s.position)}?", s.color))
