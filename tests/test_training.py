@@ -52,6 +52,26 @@ def test_compact_tokenizer_is_deterministic(tmp_path):
     assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
 
 
+def test_compact_tokenizer_splits_the_plurals_it_is_told(tmp_path):
+    texts = ["How many circles are there?", "a red circle at the top left", "three shapes", "yes", "a shape"] * 30
+
+    def pieces(tok, text):
+        return [tok.decode([i]) for i in tok.encode(text)]
+
+    build_compact_tokenizer(texts, tmp_path / "plain", num_codes=4)
+    plain = TextTokenizer.from_pretrained(tmp_path / "plain")
+    assert " circles" in pieces(plain, "How many circles are there?")  # one token counting alone uses
+    build_compact_tokenizer(texts, tmp_path / "split", num_codes=4, plural_stems=("circle", "shape"))
+    split = TextTokenizer.from_pretrained(tmp_path / "split")
+    assert pieces(split, "How many circles are there?") == ["How", " many", " circle", "s", " are", " there", "?"]
+    assert pieces(split, "three shapes.")[-3:] == [" shape", "s", "."]
+    assert split.encode("a red circle") == [split.encode(w)[0] for w in ("a", " red", " circle")]
+    for text in ("circles circless yes", "Circles, shapes; shapes's", "a circle"):
+        assert split.decode(split.encode(text)) == text
+    with pytest.raises(ValueError, match="plural_stems"):
+        build_compact_tokenizer(texts, tmp_path / "bad", num_codes=4, plural_stems=("circle)|(",))
+
+
 # ------------------------------------------------------------------------------------------------ tasks
 def test_tasks_texts_match_the_workflow_and_agent_prompts():
     from lladauni_agent import prompts as agent_prompts

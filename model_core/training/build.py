@@ -37,6 +37,7 @@ from .corpus import BatchBuilder, texts_for_tokenizer
 from .tasks import TaskOptions
 from .spec import ShapesModelSpec
 from .stages import _init_backbone, encode_scenes, train_backbone, train_decoder, train_image_tokenizer, train_vae
+from .shapes import PLURAL_STEMS
 from .text_tokenizer import build_compact_tokenizer
 
 __all__ = ["STAGES", "build_shapes_model", "main"]
@@ -178,7 +179,8 @@ def build_shapes_model(
         t0 = time.perf_counter()
         texts = texts_for_tokenizer(np.random.default_rng([spec.seed, 1]), 6000)
         layout = build_compact_tokenizer(texts, partial, num_codes=spec.num_codes, grid_sides=(spec.grid,),
-                                         bpe_vocab_size=spec.bpe_vocab_size, model_max_length=spec.max_positions)
+                                         bpe_vocab_size=spec.bpe_vocab_size, model_max_length=spec.max_positions,
+                                         plural_stems=PLURAL_STEMS if spec.split_plurals else ())
         record["stages"]["tokenizer"] = {"seconds": round(time.perf_counter() - t0, 1), **layout}
     if "image_tokenizer" in stages:
         net, log = train_image_tokenizer(spec, work, progress=progress, resume=resume)

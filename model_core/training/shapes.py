@@ -26,6 +26,9 @@ from PIL import Image, ImageDraw
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
 """Shape kinds, in canonical order. Triangles point up; diamonds are squares standing on a corner."""
 
+PLURAL_STEMS: tuple[str, ...] = SHAPES + ("shape",)
+"""Nouns the texts use in the plural ("How many circles are there?", "three shapes")."""
+
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 20, 20),
     "orange": (255, 140, 0),

@@ -56,6 +56,9 @@ class ShapesModelSpec:
     patch_size: int = 32  # one image code per cell
     num_codes: int = 32
     bpe_vocab_size: int = 1024
+    # the shape names (and "shape") whose plurals the text tokenizer splits into stem + "s", so that
+    # "How many circles ...?" uses the " circle" token the captions ground (text_tokenizer module docstring)
+    split_plurals: bool = True
     block_length: int = 32
     # backbone
     hidden_size: int = 128

@@ -12,6 +12,10 @@ tokenizer's kind) on ``texts`` with the ``tokenizers`` library and writes ``toke
 so a 32-code model has a vocabulary of about a thousand ids instead of the published 173,568, and
 every id the library uses is read from these files (``TextTokenizer`` looks tokens up by text).
 The chat template is the published one. Training is deterministic for a given list of texts.
+
+``plural_stems`` splits the plural "s" off those words before the BPE sees them, so "circles" encodes
+as "circle" + "s": a BPE trained on a small world's texts otherwise learns " circles" as one token that
+only counting questions use, and a model never links it to the " circle" its captions ground.
 """
 
 from __future__ import annotations
@@ -61,17 +65,29 @@ def build_compact_tokenizer(
     grid_sides: Sequence[int] = (3,),
     bpe_vocab_size: int = 1024,
     model_max_length: int = 8192,
+    plural_stems: Sequence[str] = (),
 ) -> dict[str, int]:
     """Train the BPE on ``texts``, write the three tokenizer files into ``out_dir`` and return the
-    id layout (:func:`compact_vocab_layout`) with the actual BPE size."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    id layout (:func:`compact_vocab_layout`) with the actual BPE size. ``plural_stems``: words whose
+    plural (stem + "s") is pre-split into the stem and "s" (see the module docstring)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+    stems = [str(w) for w in plural_stems]
+    bad = [w for w in stems if not w.isalpha() or not w.isascii()]
+    if bad:
+        raise ValueError(f"plural_stems {bad}: each must be a word of ASCII letters")
     if num_codes <= 0:
         raise ValueError(f"num_codes={num_codes}: must be > 0")
     if not grid_sides or any(int(s) <= 0 for s in grid_sides):
         raise ValueError(f"grid_sides={list(grid_sides)}: need at least one positive side")
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if stems:
+        # a look-behind with top-level alternatives of different lengths (allowed by Oniguruma)
+        plural = Regex("(?<=" + "|".join(sorted(set(stems), key=lambda w: (-len(w), w))) + r")s\b")
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(plural, behavior="isolated"), byte_level])
+    else:
+        tok.pre_tokenizer = byte_level
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=bpe_vocab_size,
