@@ -331,7 +331,7 @@ def test_task_options_weight_question_kinds_and_keep_right_drawings():
     a, b = np.random.default_rng(9), np.random.default_rng(9)
     assert [tasks.sample_task(k, a) for k in tasks.TASKS] == [tasks.sample_task(k, b, tasks.TaskOptions()) for k in tasks.TASKS]
     for bad in ({"qa_kinds": {"size": 1}}, {"qa_kinds": {"count": -1}}, {"qa_kinds": {"count": 0}},
-                {"fix_correct": 2.0}, {"fix_rate": 0.1}, {"count_present": -0.1}, {"count_present": "half"}):
+                {"fix_correct": 2.0}, {"fix_rate": 0.1}, {"count_present": -0.1}, {"count_present": "half"}, {"count_list": 1.5}):
         with pytest.raises(ValueError):
             tasks.TaskOptions.from_dict(bad)
     with pytest.raises(ValueError, match="task options"):
@@ -358,6 +358,24 @@ def test_count_present_asks_about_kinds_the_scene_holds():
     # 40% of items still draw from all kinds: 0.4 * 0.58 = 23% zeros
     assert 0.16 <= zero_present / n_present <= 0.30, (zero_present, n_present)
     assert 0.4 <= n_present / 1200 <= 0.6  # the total-count question keeps its share
+
+
+def test_count_list_answers_name_the_shapes_counted():
+    from bench.shapes_eval import answer_correct
+
+    rng = np.random.default_rng(12)
+    opts = tasks.TaskOptions(qa_kinds={"count": 1}, count_present=1.0, count_list=1.0)
+    items = [t for t in (tasks.sample_task("qa", rng, opts) for _ in range(300)) if t.text != shapes.COUNT_ALL_QUESTION]
+    assert len(items) > 100
+    for t in items:
+        kind = t.text.split()[2][:-1]
+        found = t.source.find(kind=kind)
+        assert t.answer == f"{len(found)}: {shapes._join([s.describe() for s in found])}."
+        assert answer_correct(t.answer, str(len(found)))  # the benchmark reads the number
+    # the total count and every other kind of question keep their short answers
+    rng = np.random.default_rng(12)
+    others = [tasks.sample_task("qa", rng, tasks.TaskOptions(count_list=1.0)) for _ in range(200)]
+    assert all(":" not in t.answer for t in others if t.text == shapes.COUNT_ALL_QUESTION or not t.text.startswith("How many"))
 
 
 def test_backbone_init_scales_with_width():

@@ -40,6 +40,7 @@ from .shapes import (
     Scene,
     QA,
     Shape,
+    _join,
     _sample_shape,
     caption,
     make_edit,
@@ -217,11 +218,15 @@ class TaskOptions:
     ``count_present``: the share of "How many <kind>s" items asked about a kind the scene holds. Drawn
     from all kinds, about 58% of them are answered "0" (a kind is absent from a 1-3 shape scene more often
     than not), which teaches a prior towards "0" that outweighs a lone shape of that kind.
+    ``count_list``: the share of "How many <kind>s" answers that go on to list the shapes counted
+    ("2: a red circle at the top left and a blue circle in the center."), so the count is learned with
+    the shapes it counts in view; an answer's head (what the benchmark reads) is still the number.
     """
 
     qa_kinds: dict = field(default_factory=dict)
     fix_correct: float = 0.0
     count_present: float = 0.0
+    count_list: float = 0.0
 
     def __post_init__(self) -> None:
         kinds = ("count", "color", "position", "presence")
@@ -230,7 +235,7 @@ class TaskOptions:
             raise ValueError(f"qa_kinds={self.qa_kinds!r}: weights >= 0 for {', '.join(kinds)}")
         if self.qa_kinds and not any(self.qa_kinds.values()):
             raise ValueError("qa_kinds: at least one weight must be positive")
-        for name in ("fix_correct", "count_present"):
+        for name in ("fix_correct", "count_present", "count_list"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
                 raise ValueError(f"{name}={value!r}: must be a probability in [0, 1]")
@@ -280,6 +285,11 @@ def sample_task(kind: str, rng: np.random.Generator, options: Optional[TaskOptio
             present = sorted({s.kind for s in scene.shapes}, key=SHAPES.index)
             kind_asked = present[int(rng.integers(len(present)))]
             qa = QA("count", COUNT_KIND_QUESTION.format(kind=kind_asked), str(len(scene.find(kind=kind_asked))))
+        if options.count_list and k == "count" and qa.question != COUNT_ALL_QUESTION and rng.random() < options.count_list:
+            asked = qa.question.split()[2][: -len("s")]
+            found = scene.find(kind=asked)
+            if found:
+                qa = QA("count", qa.question, f"{len(found)}: {_join([s.describe() for s in found])}.")
         return Task(kind, qa.question, answer=qa.answer, source=scene)
     if kind == "verify":
         # half the images match the request, half are flawed drawings of it
