@@ -378,6 +378,19 @@ def test_count_list_answers_name_the_shapes_counted():
     assert all(":" not in t.answer for t in others if t.text == shapes.COUNT_ALL_QUESTION or not t.text.startswith("How many"))
 
 
+def test_shape_questions_ask_for_the_kind_in_a_cell():
+    rng = np.random.default_rng(13)
+    opts = tasks.TaskOptions(qa_kinds={"color": 1}, shape_questions=0.5)
+    items = [tasks.sample_task("qa", rng, opts) for _ in range(300)]
+    asked = [t for t in items if t.text.startswith("What shape is")]
+    assert 0.38 <= len(asked) / 300 <= 0.62
+    for t in asked:
+        phrase = t.text[len("What shape is "):-1]
+        cell = next(p for p in shapes.POSITIONS if shapes.position_phrase(p) == phrase)
+        assert t.answer == t.source.at(cell).kind
+    assert all(t.answer in shapes.COLORS for t in items if t not in asked)
+
+
 def test_backbone_init_scales_with_width():
     from model_core import LLaDA2Backbone
     from model_core.training.stages import _init_backbone

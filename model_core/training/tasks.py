@@ -197,6 +197,10 @@ DEFAULT_MIX: dict[str, float] = {
 }
 
 
+SHAPE_QUESTION = "What shape is {where}?"
+"""A training-only question (``TaskOptions.shape_questions``): the kind of the shape in a cell."""
+
+
 def _claim_answer(scene: Scene, claim: Shape) -> str:
     pos = claim.position
     there = scene.at(pos)
@@ -221,12 +225,16 @@ class TaskOptions:
     ``count_list``: the share of "How many <kind>s" answers that go on to list the shapes counted
     ("2: a red circle at the top left and a blue circle in the center."), so the count is learned with
     the shapes it counts in view; an answer's head (what the benchmark reads) is still the number.
+    ``shape_questions``: the share of colour questions replaced by "What shape is <at a cell>?" (answer:
+    the kind alone). Colour questions teach what colour a code is; nothing else asks for the kind alone,
+    which counting one kind needs.
     """
 
     qa_kinds: dict = field(default_factory=dict)
     fix_correct: float = 0.0
     count_present: float = 0.0
     count_list: float = 0.0
+    shape_questions: float = 0.0
 
     def __post_init__(self) -> None:
         kinds = ("count", "color", "position", "presence")
@@ -235,7 +243,7 @@ class TaskOptions:
             raise ValueError(f"qa_kinds={self.qa_kinds!r}: weights >= 0 for {', '.join(kinds)}")
         if self.qa_kinds and not any(self.qa_kinds.values()):
             raise ValueError("qa_kinds: at least one weight must be positive")
-        for name in ("fix_correct", "count_present", "count_list"):
+        for name in ("fix_correct", "count_present", "count_list", "shape_questions"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
                 raise ValueError(f"{name}={value!r}: must be a probability in [0, 1]")
@@ -285,6 +293,9 @@ def sample_task(kind: str, rng: np.random.Generator, options: Optional[TaskOptio
             present = sorted({s.kind for s in scene.shapes}, key=SHAPES.index)
             kind_asked = present[int(rng.integers(len(present)))]
             qa = QA("count", COUNT_KIND_QUESTION.format(kind=kind_asked), str(len(scene.find(kind=kind_asked))))
+        if options.shape_questions and k == "color" and rng.random() < options.shape_questions:
+            s = scene.shapes[int(rng.integers(len(scene)))]
+            qa = QA("color", SHAPE_QUESTION.format(where=position_phrase(s.position)), s.kind)
         if options.count_list and k == "count" and qa.question != COUNT_ALL_QUESTION and rng.random() < options.count_list:
             asked = qa.question.split()[2][: -len("s")]
             found = scene.find(kind=asked)
