@@ -228,6 +228,10 @@ class TaskOptions:
     ``shape_questions``: the share of colour questions replaced by "What shape is <at a cell>?" (answer:
     the kind alone). Colour questions teach what colour a code is; nothing else asks for the kind alone,
     which counting one kind needs.
+    Measured once each (10,000 backbone steps, 1,800 held-out questions; README, embedded default model):
+    count_present alone taught a prior from the number of shapes; with count_list 1.0 and
+    shape_questions 0.3 count questions rose from 84% to 94% but captions fell from 98% to 86%, and
+    shape_questions without count_list also cost captions (84%). None is in the shipped recipe.
     """
 
     qa_kinds: dict = field(default_factory=dict)
