@@ -334,19 +334,15 @@ def _check_image(backend: Any, result: Any) -> Any:
 
 def loop_workflow(mode: str = "normal") -> Any:
     """The bundled ``draw-check-refine`` workflow, its ``draw`` node in ``mode`` (normal | thinking)."""
-    import yaml
+    import dataclasses
 
-    from lladauni_agent.workflows import load_workflow, loads_workflow
-    from lladauni_agent.workflows.loader import bundled_workflows
+    from lladauni_agent.workflows import load_workflow
 
-    if mode == "normal":
-        return load_workflow(WORKFLOW)
-    if mode != "thinking":
+    if mode not in ("normal", "thinking"):
         raise ValueError(f"mode={mode!r}: 'normal' or 'thinking'")
-    path = bundled_workflows()[WORKFLOW]
-    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    spec["nodes"]["draw"]["mode"] = mode
-    return loads_workflow(yaml.safe_dump(spec, sort_keys=False), label=f"{path} (draw mode {mode})", base_dir=path.parent)
+    wf = load_workflow(WORKFLOW)
+    nodes = {**wf.spec.nodes, "draw": wf.spec.nodes["draw"].model_copy(update={"mode": mode})}
+    return dataclasses.replace(wf, spec=wf.spec.model_copy(update={"nodes": nodes}))
 
 
 def eval_loop(backend: Any, examples: Sequence[shapes.Example], options: Mapping, seed: int, max_rounds: int = 2,

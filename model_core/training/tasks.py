@@ -32,7 +32,6 @@ import numpy as np
 
 from .shapes import (
     COLORS,
-    COUNT_ALL_QUESTION,
     COUNT_KIND_QUESTION,
     MAX_SHAPES,
     POSITIONS,
@@ -197,6 +196,8 @@ DEFAULT_MIX: dict[str, float] = {
 }
 
 
+_COUNTED_KIND: dict[str, str] = {COUNT_KIND_QUESTION.format(kind=k): k for k in SHAPES}
+
 SHAPE_QUESTION = "What shape is {where}?"
 """A training-only question (``TaskOptions.shape_questions``): the kind of the shape in a cell."""
 
@@ -292,17 +293,16 @@ def sample_task(kind: str, rng: np.random.Generator, options: Optional[TaskOptio
         k = _pick_question_kind(kinds, options.qa_kinds, rng)
         qs = [q for q in qs if q.kind == k]
         qa = qs[int(rng.integers(len(qs)))]
-        if (options.count_present and k == "count" and qa.question != COUNT_ALL_QUESTION and len(scene)
-                and rng.random() < options.count_present):
+        counted = _COUNTED_KIND.get(qa.question)  # the kind a "How many <kind>s" question counts, else None
+        if counted and options.count_present and scene.shapes and rng.random() < options.count_present:
             present = sorted({s.kind for s in scene.shapes}, key=SHAPES.index)
-            kind_asked = present[int(rng.integers(len(present)))]
-            qa = QA("count", COUNT_KIND_QUESTION.format(kind=kind_asked), str(len(scene.find(kind=kind_asked))))
+            counted = present[int(rng.integers(len(present)))]
+            qa = QA("count", COUNT_KIND_QUESTION.format(kind=counted), str(len(scene.find(kind=counted))))
         if options.shape_questions and k == "color" and rng.random() < options.shape_questions:
             s = scene.shapes[int(rng.integers(len(scene)))]
             qa = QA("color", SHAPE_QUESTION.format(where=position_phrase(s.position)), s.kind)
-        if options.count_list and k == "count" and qa.question != COUNT_ALL_QUESTION and rng.random() < options.count_list:
-            asked = qa.question.split()[2][: -len("s")]
-            found = scene.find(kind=asked)
+        if counted and options.count_list and rng.random() < options.count_list:
+            found = scene.find(kind=counted)
             if found:
                 qa = QA("count", qa.question, f"{len(found)}: {_join([s.describe() for s in found])}.")
         return Task(kind, qa.question, answer=qa.answer, source=scene)
