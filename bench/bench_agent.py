@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lladauni_agent import Agent, ScriptedBackend
+from lladauni.agent import Agent, ScriptedBackend
 
 CASES = {
     "plan_then_draw": dict(graph="plan_then_draw"),

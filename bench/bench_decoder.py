@@ -20,8 +20,8 @@ import torch
 
 from bench.timing import median_ms
 
-from model_core.decoder import DiTConfig, FlowEulerSampler, FlowRenoiseSampler, ImageDecoder, ZImageDiT
-from model_core.decoder.testing import write_tiny_decoder
+from lladauni.model_core.decoder import DiTConfig, FlowEulerSampler, FlowRenoiseSampler, ImageDecoder, ZImageDiT
+from lladauni.model_core.decoder.testing import write_tiny_decoder
 
 
 def _resident_mib(dec: ImageDecoder) -> dict:

@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from model_core import BackboneConfig, LLaDA2Backbone
-from model_core.generation import BlockDiffusionSampler, CFGSpec, SamplerConfig, SprintConfig
+from lladauni.model_core import BackboneConfig, LLaDA2Backbone
+from lladauni.model_core.generation import BlockDiffusionSampler, CFGSpec, SamplerConfig, SprintConfig
 
 MASK, EOS = 156895, 156892
 NOTE = (

@@ -24,11 +24,11 @@ import torch
 from bench.timing import median_ms
 from PIL import Image
 
-from model_core import BackboneConfig
-from model_core.image_config import ImageTokenizerConfig, VisionConfig, VQConfig
-from model_core.image_tokenizer import ImageTokenizer
-from model_core.image_preprocess import prepare_image
-from model_core.testing_image import write_tiny_image_tokenizer
+from lladauni.model_core import BackboneConfig
+from lladauni.model_core.image_config import ImageTokenizerConfig, VisionConfig, VQConfig
+from lladauni.model_core.image_tokenizer import ImageTokenizer
+from lladauni.model_core.image_preprocess import prepare_image
+from lladauni.model_core.testing_image import write_tiny_image_tokenizer
 
 CONFIGS = {
     "tiny": ImageTokenizerConfig.tiny,

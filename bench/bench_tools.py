@@ -26,13 +26,13 @@ from pathlib import Path
 import httpx
 import psutil
 
-from lladauni_agent import LocalBackend
-from lladauni_agent.context import TINY_OPTIONS
-from tools.service import ToolService
+from lladauni.agent import LocalBackend
+from lladauni.agent.context import TINY_OPTIONS
+from lladauni.tools.service import ToolService
 
 
 def _running(svc):
-    from tools.server import serve_in_thread
+    from lladauni.tools.server import serve_in_thread
 
     return serve_in_thread(svc)
 
@@ -77,10 +77,10 @@ def _burst(url: str, clients: int, per_client: int, retry: bool) -> dict:
 _SERVER = """
 import sys, tempfile
 from pathlib import Path
-from lladauni_agent import ScriptedBackend
-from tools.runtime import Limits
-from tools.service import ToolService
-from tools.server import serve_in_thread
+from lladauni.agent import ScriptedBackend
+from lladauni.tools.runtime import Limits
+from lladauni.tools.service import ToolService
+from lladauni.tools.server import serve_in_thread
 svc = ToolService(ScriptedBackend(size=64, delay={"generate_image": %r}), limits=Limits(queue_size=%d, timeout_s=30),
                   out_dir=Path(tempfile.mkdtemp()))
 with serve_in_thread(svc) as url:
@@ -123,7 +123,7 @@ def bench_load(quick: bool, model_s: float = 0.05, queue: int = 4) -> dict:
 def bench_overhead(quick: bool) -> dict:
     import openai
 
-    from model_core.testing import make_tiny_checkpoint
+    from lladauni.model_core.testing import make_tiny_checkpoint
 
     repeats = 5 if quick else 20
     with tempfile.TemporaryDirectory() as d:

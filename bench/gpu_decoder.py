@@ -23,8 +23,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._checkout import use_checkout  # noqa: E402
 
-from model_core.decoder import DiTConfig, FlowRenoiseSampler, ImageDecoder, SigVQ, VAEDecoder, ZImageDiT  # noqa: E402
+use_checkout()  # the GPU machine runs this checkout uninstalled
+
+from lladauni.model_core.decoder import DiTConfig, FlowRenoiseSampler, ImageDecoder, SigVQ, VAEDecoder, ZImageDiT  # noqa: E402
 
 FLUX_VAE = {
     "act_fn": "silu",

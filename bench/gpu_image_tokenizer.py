@@ -23,6 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+from bench._checkout import use_checkout  # noqa: E402
+
+use_checkout()  # the GPU machine runs this checkout uninstalled
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,8 +54,8 @@ def main(argv=None) -> int:
     import torch
     from PIL import Image
 
-    from model_core.image_config import ImageTokenizerConfig, PreprocessorConfig
-    from model_core.image_tokenizer import ImageTokenizer, SigLIPVQ
+    from lladauni.model_core.image_config import ImageTokenizerConfig, PreprocessorConfig
+    from lladauni.model_core.image_tokenizer import ImageTokenizer, SigLIPVQ
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

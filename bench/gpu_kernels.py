@@ -28,6 +28,9 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+from bench._checkout import use_checkout  # noqa: E402
+
+use_checkout()  # the GPU machine runs this checkout uninstalled
 
 import torch  # noqa: E402
 
@@ -63,7 +66,7 @@ def env_info() -> dict[str, Any]:
 
 
 def measure_ceilings(device: torch.device, dry: bool) -> dict[str, float]:
-    from kernels._bench import time_ms
+    from lladauni.kernels._bench import time_ms
 
     n = (1 << 20) if dry else (1 << 30)  # bytes per buffer
     a = torch.empty(n // 2, dtype=torch.bfloat16, device=device).normal_()
@@ -88,8 +91,8 @@ def _ceilings() -> dict[str, float]:
 # ------------------------------------------------------------------------------ backbone
 def build_backbone(config, device: torch.device, dtype: torch.dtype):
     """Random weights made directly on the device (no fp32 host copy of 16B parameters)."""
-    from model_core.backbone import LLaDA2Backbone
-    from model_core.moe import Router
+    from lladauni.model_core.backbone import LLaDA2Backbone
+    from lladauni.model_core.moe import Router
 
     with torch.device("meta"):
         model = LLaDA2Backbone(config)
@@ -110,8 +113,8 @@ def build_backbone(config, device: torch.device, dtype: torch.dtype):
 def use_fp8_experts(model) -> None:
     """Swap every MoE layer's experts for FP8 (e4m3, 128x128 block scales) run by fused_moe.
     Bench-only wiring: model_core has no FP8 expert storage yet."""
-    from kernels.moe import fused_moe, quantize_experts
-    from model_core.moe import SparseMoeBlock
+    from lladauni.kernels.moe import fused_moe, quantize_experts
+    from lladauni.model_core.moe import SparseMoeBlock
 
     for layer in model.model.layers:
         mlp = layer.mlp
@@ -125,8 +128,8 @@ def use_fp8_experts(model) -> None:
 
 
 def step_inputs(config, B: int, prefix: int, block: int, device: torch.device, dtype: torch.dtype):
-    from model_core.backbone import KVCache
-    from model_core.layers.attention import AttentionMask
+    from lladauni.model_core.backbone import KVCache
+    from lladauni.model_core.layers.attention import AttentionMask
 
     L, Hkv, D = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
     g = torch.Generator(device=device).manual_seed(1)
@@ -143,11 +146,9 @@ def step_inputs(config, B: int, prefix: int, block: int, device: torch.device, d
 
 
 def bench_backbone(device: torch.device, dry: bool, compile_only: bool = False) -> None:
-    import kernels
-    from kernels._bench import time_ms
-    from model_core.config import BackboneConfig
+    from lladauni.kernels._bench import time_ms
+    from lladauni.model_core.config import BackboneConfig
 
-    kernels.register()
     config = BackboneConfig.tiny() if dry else BackboneConfig.full()
     prefix, block = (64, 32) if dry else (1024, 32)
     iters = 1 if dry else 10
@@ -231,9 +232,9 @@ def main() -> int:
     if "ceilings" in sections or args.section in ("kernels",):
         guarded("ceilings", lambda: measure_ceilings(device, dry))
     if "kernels" in sections:
-        from kernels.attention import bench as attn_bench
-        from kernels.moe import bench as moe_bench
-        from kernels.norm import bench as norm_bench
+        from lladauni.kernels.attention import bench as attn_bench
+        from lladauni.kernels.moe import bench as moe_bench
+        from lladauni.kernels.norm import bench as norm_bench
 
         c, it = _ceilings(), (1 if dry else 20)
         guarded("kernel_moe", lambda: moe_bench.run(device, (32,) if dry else (32, 64), tiny=dry, ceilings=c, iters=it))

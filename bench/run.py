@@ -37,7 +37,7 @@ OUT = ROOT / "out"
 
 @torch.no_grad()
 def bench_tiny_forward(repeats: int) -> dict:
-    from model_core import AttentionMask, BackboneConfig, LLaDA2Backbone
+    from lladauni.model_core import AttentionMask, BackboneConfig, LLaDA2Backbone
 
     cfg = BackboneConfig.tiny()
     model = LLaDA2Backbone(cfg).eval().requires_grad_(False)
@@ -69,8 +69,8 @@ def bench_full_moe_layer(repeats: int, dtype: torch.dtype) -> dict:
     from transformers import DeepseekV3Config
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
 
-    from model_core import BackboneConfig
-    from model_core.moe import SparseMoeBlock
+    from lladauni.model_core import BackboneConfig
+    from lladauni.model_core.moe import SparseMoeBlock
 
     cfg = BackboneConfig.full()
     g = torch.Generator().manual_seed(0)
@@ -110,7 +110,7 @@ def bench_full_moe_layer(repeats: int, dtype: torch.dtype) -> dict:
 _MEM_SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
-    from model_core import load_backbone
+    from lladauni.model_core import load_backbone
     def status_kb(key):
         with open('/proc/self/status') as fh:
             for line in fh:
@@ -130,8 +130,8 @@ _MEM_SCRIPT = textwrap.dedent(
 
 
 def bench_load_memory() -> dict:
-    from model_core import BackboneConfig
-    from model_core.testing import make_tiny_checkpoint
+    from lladauni.model_core import BackboneConfig
+    from lladauni.model_core.testing import make_tiny_checkpoint
 
     cfg = BackboneConfig.tiny().replace(hidden_size=512, intermediate_size=1024, num_hidden_layers=6, num_experts=64,
                                         n_group=8, topk_group=4, num_experts_per_tok=8, moe_intermediate_size=128,

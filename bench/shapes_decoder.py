@@ -28,8 +28,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from model_core.training import checker, shapes
-from model_core.training.stages import cell_labels, code_contents
+from lladauni.model_core.training import checker, shapes
+from lladauni.model_core.training.stages import cell_labels, code_contents
 
 from .shapes_eval import RESULTS, SIZE, _machine, gen_seed, write_results
 
@@ -39,7 +39,7 @@ SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def run(model, n: int, seed: int) -> dict:
-    from model_core.decoder.samplers import FlowRenoiseSampler, NoGuidance, NormClampedCFG
+    from lladauni.model_core.decoder.samplers import FlowRenoiseSampler, NoGuidance, NormClampedCFG
 
     names = code_contents(model.image_tokenizer, [shapes.ShapesWorld(77)[i].scene for i in range(150)], SIZE)
 
@@ -109,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
     if args.n < 1:
         ap.error("--n must be at least 1")
-    from model_core import LLaDAUni
+    from lladauni.model_core import LLaDAUni
 
     model = LLaDAUni.from_pretrained(args.checkpoint, components=("backbone", "image_tokenizer", "decoder"), device="cpu")
     res = run(model, args.n, args.seed)

@@ -72,7 +72,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from model_core.training import checker, shapes, tasks
+from lladauni.model_core.training import checker, shapes, tasks
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "RESULTS.md"
@@ -104,7 +104,7 @@ __all__ = [
 # ------------------------------------------------------------------------------------- scoring
 def normalize_answer(text: str) -> str:
     """Lower case, special tokens dropped, '-'/'_'/whitespace runs -> one space, outer punctuation stripped."""
-    from lladauni_agent.prompts import clean
+    from lladauni.agent.prompts import clean
 
     t = clean(str(text)).lower().replace("centre", "center")
     t = re.sub(r"[\s_\-]+", " ", t)
@@ -130,7 +130,7 @@ def answer_correct(answer: str, expected: str) -> bool:
 
 def caption_correct(answer: str, scene: shapes.Scene) -> bool:
     """Whether a caption names exactly the scene's shapes (kind, colour, cell)."""
-    from lladauni_agent.prompts import clean
+    from lladauni.agent.prompts import clean
 
     try:
         return shapes.parse_caption(clean(str(answer))).signature() == scene.signature()
@@ -336,7 +336,7 @@ def loop_workflow(mode: str = "normal") -> Any:
     """The bundled ``draw-check-refine`` workflow, its ``draw`` node in ``mode`` (normal | thinking)."""
     import dataclasses
 
-    from lladauni_agent.workflows import load_workflow
+    from lladauni.agent.workflows import load_workflow
 
     if mode not in ("normal", "thinking"):
         raise ValueError(f"mode={mode!r}: 'normal' or 'thinking'")
@@ -349,9 +349,9 @@ def eval_loop(backend: Any, examples: Sequence[shapes.Example], options: Mapping
               runs_dir: Optional[Path] = None, mode: str = "normal") -> dict:
     """(a) single shot, (b) draw-check-refine, (c) k blind draws (last kept), (d) best of k/2 by self-check;
     every draw in ``mode`` (normal | thinking)."""
-    from lladauni_agent.artifacts import ArtifactStore
-    from lladauni_agent.prompts import parse_verdict
-    from lladauni_agent.workflows import run_workflow
+    from lladauni.agent.artifacts import ArtifactStore
+    from lladauni.agent.prompts import parse_verdict
+    from lladauni.agent.workflows import run_workflow
 
     wf = loop_workflow(mode)
 
@@ -479,7 +479,7 @@ def eval_loop(backend: Any, examples: Sequence[shapes.Example], options: Mapping
 def evaluate(backend: Any, *, n: int = 100, seed: int = 1000, options: Optional[Mapping] = None,
              metrics: Sequence[str] = METRICS, max_rounds: int = 2, runs_dir: Optional[Path] = None) -> dict:
     """Every metric of ``metrics`` on scenes ``0 .. n-1`` of ``ShapesWorld(seed)``; JSON-able figures."""
-    from lladauni_agent.context import SHAPES_OPTIONS
+    from lladauni.agent.context import SHAPES_OPTIONS
 
     options = dict(SHAPES_OPTIONS if options is None else options)
     unknown = set(metrics) - set(METRICS)
@@ -642,8 +642,8 @@ def main(argv: Optional[Sequence[str]] = None, backend: Any = None) -> int:
     model = ""
     load_s = 0.0
     if backend is None:
-        from lladauni_agent.backend import LocalBackend
-        from model_core.checkpoint import CheckpointError, default_checkpoint
+        from lladauni.agent.backend import LocalBackend
+        from lladauni.model_core.checkpoint import CheckpointError, default_checkpoint
 
         if args.checkpoint is None:
             try:

@@ -108,7 +108,7 @@ class ArtifactStore:
         """-> model_core.ImageCodes for a reference that has codes."""
         from safetensors.torch import load as st_load
 
-        from model_core.generation.prompts import ImageCodes
+        from lladauni.model_core.generation.prompts import ImageCodes
 
         if not ref.get("codes"):
             raise ValueError(f"image {ref.get('sha256', '?')[:12]} has no codes stored")

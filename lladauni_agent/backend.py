@@ -44,7 +44,7 @@ class Backend(Protocol):
 
 
 def _text_result(text: str, seconds: float = 0.0):
-    from model_core.generation.results import GenerationStats, TextResult
+    from lladauni.model_core.generation.results import GenerationStats, TextResult
 
     return TextResult(text, [], [], GenerationStats(seconds=seconds))
 
@@ -52,7 +52,7 @@ def _text_result(text: str, seconds: float = 0.0):
 def _pixel_result(image: Any, thinking: Optional[str] = None, seconds: float = 0.0):
     import torch
 
-    from model_core.generation.results import GenerationStats, ImageResult
+    from lladauni.model_core.generation.results import GenerationStats, ImageResult
 
     return ImageResult(torch.zeros(0, dtype=torch.long), 0, 0, image=image, thinking=thinking,
                        stats=GenerationStats(seconds=seconds))
@@ -73,7 +73,7 @@ def _device_lock(device: str) -> threading.Lock:
 def _require_default_model(hint: str) -> Path:
     """The embedded default checkpoint, or ValueError saying it is missing and what to pass instead
     (for CLIs that fall back to it; checked before anything runs)."""
-    from model_core.checkpoint import CheckpointError, default_checkpoint
+    from lladauni.model_core.checkpoint import CheckpointError, default_checkpoint
 
     try:
         return default_checkpoint()
@@ -142,7 +142,7 @@ class LocalBackend:
         """Load the model (once) and return it."""
         with self._load_lock:
             if self._model is None:
-                from model_core.pipeline import LLaDAUni
+                from lladauni.model_core.pipeline import LLaDAUni
 
                 comps = ("backbone", "image_tokenizer") + (("decoder",) if self.decode else ())
                 self._model = LLaDAUni.from_pretrained(self.checkpoint, device=self.device, dtype=self.dtype,
@@ -197,7 +197,7 @@ class LocalBackend:
         return self._call("generate_interleaved", prompt, images=images, **options)
 
     def encode_image(self, image):
-        from model_core.generation.prompts import ImageCodes
+        from lladauni.model_core.generation.prompts import ImageCodes
 
         t = self._call("encode_image", image)
         return ImageCodes(t.codes, t.h, t.w)
@@ -411,7 +411,7 @@ class HTTPBackend:
         return self._one_image("edit_image", msg, s)
 
     def generate_interleaved(self, prompt, *, images=(), **options):
-        from model_core.generation.results import GenerationStats, InterleavedResult
+        from lladauni.model_core.generation.results import GenerationStats, InterleavedResult
 
         options = {"mode": "interleaved", **options}
         msg, s = self._post("generate_interleaved", self._messages(prompt, images, None), ["text", "image"], options)
@@ -506,7 +506,7 @@ class ScriptedBackend:
         import torch
         from PIL import Image
 
-        from model_core.generation.results import ImageResult
+        from lladauni.model_core.generation.results import ImageResult
 
         digest = hashlib.sha256(f"{key}|{seed}".encode()).digest()
         img = Image.new("RGB", (self.size, self.size), tuple(digest[:3]))
@@ -549,7 +549,7 @@ class ScriptedBackend:
         return out
 
     def generate_interleaved(self, prompt, *, images=(), progress=None, seed=None, max_frames=4, **options):
-        from model_core.generation.results import GenerationStats, InterleavedResult
+        from lladauni.model_core.generation.results import GenerationStats, InterleavedResult
 
         self._enter("generate_interleaved", prompt, progress)
         segs: list = []
@@ -566,7 +566,7 @@ class ScriptedBackend:
         return InterleavedResult(segs, GenerationStats())
 
     def encode_image(self, image):
-        from model_core.generation.prompts import ImageCodes
+        from lladauni.model_core.generation.prompts import ImageCodes
 
         self._enter("encode_image", "", None)
         r = self._image(repr(image.convert("RGB").resize((1, 1)).getpixel((0, 0))), None)

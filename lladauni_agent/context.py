@@ -69,7 +69,7 @@ class AgentContext:
         ckpt = self.checkpoint or os.environ.get("LLADAUNI_CHECKPOINT")
         key = ("http", server) if server else ("local", ckpt)
         if key[1] is None:  # neither given: the embedded default model, when this install has it
-            from model_core.checkpoint import CheckpointError, default_checkpoint
+            from lladauni.model_core.checkpoint import CheckpointError, default_checkpoint
 
             try:
                 default_checkpoint()

@@ -134,7 +134,7 @@ def default_checkpoint() -> Path:
     if not (DEFAULT_CHECKPOINT_DIR / "config.json").is_file():
         raise CheckpointError(
             f"the embedded default model is missing from {DEFAULT_CHECKPOINT_DIR}; rebuild it with "
-            f"`python -m model_core.training.build` or pass a checkpoint directory"
+            f"`python -m lladauni.model_core.training.build` or pass a checkpoint directory"
         )
     return DEFAULT_CHECKPOINT_DIR
 

@@ -6,21 +6,22 @@ fused kernel can take them as they are. The checkpoint stores them per expert
 (``experts.N.{gate,up,down}_proj.weight``); ``model_core.checkpoint`` converts at load and back
 at save.
 
-How the routed experts are run is a named backend (``loop`` here, plain PyTorch; the kernels
-package registers faster ones). Every backend gets the same routing and must return the same
+How the routed experts are run is a named backend (``loop``, plain PyTorch; ``triton``, the fused
+kernel of ``lladauni.kernels`` pulled by capability; ``auto`` chooses per call). Every backend gets the same routing and must return the same
 combination: expert outputs in the activation dtype, weighted and summed over the top-k in fp32
 in rank order, then cast back, as the official ``moe_infer`` does.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import BackboneConfig
+from .kernel_choice import kernel_module, triton_missing_on_cuda
 from .layers.mlp import SwiGLU
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "register_moe_backend",
     "get_moe_backend",
     "moe_backends",
+    "choose_moe",
+    "triton_moe",
 ]
 
 
@@ -123,32 +126,69 @@ def loop_moe(
     return y_TKH.sum(dim=1).to(x_TH.dtype)
 
 
+def triton_moe(x_TH, gate_up_EIH, down_EHI, topk_ids_TK, topk_weights_TK) -> torch.Tensor:
+    """The fused Triton MoE (``lladauni.kernels.moe``): no host sync, CUDA-graph safe. Raises
+    where the kernel does not serve the call; ``auto`` asks first and uses ``loop`` instead."""
+    op = kernel_module("moe")
+    if op is None:
+        raise RuntimeError("the MoE kernel failed to import (see the warning above); use moe='loop'")
+    return op.fused_moe(x_TH, gate_up_EIH, down_EHI, topk_ids_TK, topk_weights_TK)
+
+
 _MOE_BACKENDS: dict[str, MoeFn] = {"loop": loop_moe}
 
 
+def _add_kernel_backends() -> None:
+    op = kernel_module("moe")
+    if op is not None and op.HAS_TRITON:
+        _MOE_BACKENDS.setdefault("triton", triton_moe)
+
+
 def register_moe_backend(name: str, fn: MoeFn) -> None:
+    """Add (or replace) a MoE backend under ``name`` (any callable with ``loop_moe``'s signature)."""
     if name == "auto":
         raise ValueError("'auto' is reserved")
     _MOE_BACKENDS[name] = fn
 
 
 def moe_backends() -> list[str]:
+    _add_kernel_backends()
     return sorted(_MOE_BACKENDS)
 
 
+def choose_moe(
+    x_TH: torch.Tensor,
+    gate_up_EIH: torch.Tensor,
+    down_EHI: torch.Tensor,
+    topk_ids_TK: torch.Tensor,
+    topk_weights_TK: torch.Tensor,
+    *,
+    kernel_device: Optional[bool] = None,
+) -> tuple[str, MoeFn]:
+    """The backend ``auto`` runs for this call: the fused kernel when the tensors are on CUDA
+    (``kernel_device``, default ``x_TH.is_cuda``) and it serves them, ``loop`` otherwise."""
+    if kernel_device is None:
+        kernel_device = x_TH.is_cuda
+    if kernel_device:
+        op = kernel_module("moe")
+        if op is not None:
+            if op.unsupported(x_TH, gate_up_EIH, down_EHI, topk_ids_TK, topk_weights_TK) is None:
+                return "triton", triton_moe
+            triton_missing_on_cuda("moe", op)
+    return "loop", loop_moe
+
+
 def _auto_moe(x_TH, gate_up_EIH, down_EHI, topk_ids_TK, topk_weights_TK) -> torch.Tensor:
-    """Triton on CUDA when registered, the loop reference elsewhere; decided per call."""
-    fn = _MOE_BACKENDS.get("triton") if x_TH.is_cuda else None
-    return (fn or loop_moe)(x_TH, gate_up_EIH, down_EHI, topk_ids_TK, topk_weights_TK)
+    """Decided per call (``choose_moe``)."""
+    fn = choose_moe(x_TH, gate_up_EIH, down_EHI, topk_ids_TK, topk_weights_TK)[1]
+    return fn(x_TH, gate_up_EIH, down_EHI, topk_ids_TK, topk_weights_TK)
 
 
 def get_moe_backend(name: str) -> MoeFn:
-    """Resolve a backend name; ``auto`` picks Triton on CUDA when available, ``loop`` otherwise."""
+    """Resolve a backend name; ``auto`` chooses per call (``choose_moe``)."""
     if name == "auto":
-        from .layers.attention import _register_kernels
-
-        _register_kernels()
         return _auto_moe
+    _add_kernel_backends()
     try:
         return _MOE_BACKENDS[name]
     except KeyError:

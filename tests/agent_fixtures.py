@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from lladauni_agent import Agent, LocalBackend, ScriptedBackend
-from lladauni_agent.context import TINY_OPTIONS
+from lladauni.agent import Agent, LocalBackend, ScriptedBackend
+from lladauni.agent.context import TINY_OPTIONS
 
 
 @pytest.fixture(scope="session")

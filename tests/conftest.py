@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model_core.testing import make_tiny_checkpoint
+from lladauni.model_core.testing import make_tiny_checkpoint
 
 DATA = Path(__file__).parent / "data"
 

@@ -17,7 +17,7 @@ CUDA = torch.cuda.is_available()
 if not CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
 
-from kernels._triton import HAS_TRITON  # noqa: E402
+from lladauni.kernels._triton import HAS_TRITON  # noqa: E402
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 
@@ -81,11 +81,11 @@ class _NanTorch:
 @pytest.fixture
 def nan_buffers(monkeypatch):
     """Every output and intermediate buffer the kernel ops allocate is pre-filled with NaN."""
-    import kernels.attention.op
-    import kernels.moe.op
-    import kernels.norm.op
+    import lladauni.kernels.attention.op as attention_op
+    import lladauni.kernels.moe.op as moe_op
+    import lladauni.kernels.norm.op as norm_op
 
-    for mod in (kernels.moe.op, kernels.attention.op, kernels.norm.op):
+    for mod in (moe_op, attention_op, norm_op):
         monkeypatch.setattr(mod, "torch", _NanTorch())
     yield
 

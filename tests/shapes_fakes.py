@@ -19,8 +19,8 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from model_core.generation.results import GenerationStats, ImageResult, TextResult
-from model_core.training import checker, shapes, tasks
+from lladauni.model_core.generation.results import GenerationStats, ImageResult, TextResult
+from lladauni.model_core.training import checker, shapes, tasks
 
 IMAGE_FORWARDS = 10
 TEXT_FORWARDS = 3

@@ -11,9 +11,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from lladauni_agent import Agent, BackendError, HTTPBackend, ScriptedBackend
-from lladauni_agent.artifacts import ArtifactStore
-from lladauni_agent.prompts import parse_action, parse_claims, parse_verdict
+from lladauni.agent import Agent, BackendError, HTTPBackend, ScriptedBackend
+from lladauni.agent.artifacts import ArtifactStore
+from lladauni.agent.prompts import parse_action, parse_claims, parse_verdict
 
 
 def _png(color=(10, 200, 30), size=32) -> str:
@@ -76,7 +76,7 @@ def test_understand_and_edit_send_pixels_as_data_urls():
     assert server.bodies[0]["max_tokens"] == 64 and server.bodies[0]["modalities"] == ["text"]
     e = b.edit_image(img, "make it blue", cfg_text_scale=4.0)
     assert e.image is not None and server.bodies[1]["image_generation"]["cfg_text_scale"] == 4.0
-    from model_core import ImageCodes
+    from lladauni.model_core import ImageCodes
     import torch
 
     with pytest.raises(TypeError, match="sends pixels only"):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from lladauni_agent.cli import add_agent_command
+from lladauni.agent.cli import add_agent_command
 
 
 def _parse(argv):
@@ -29,8 +29,8 @@ def test_cli_runs_a_graph_on_the_tiny_checkpoint(tiny_ckpt, tmp_path, capsys):
 
 
 def test_cli_review_round_trip_with_a_state_db(tmp_path, capsys, monkeypatch):
-    import lladauni_agent.backend as backend_mod
-    from lladauni_agent import ScriptedBackend
+    import lladauni.agent.backend as backend_mod
+    from lladauni.agent import ScriptedBackend
 
     monkeypatch.setattr(backend_mod, "HTTPBackend", lambda url, api_key=None: ScriptedBackend())
     common = ["--server", "http://127.0.0.1:1", "--runs-dir", str(tmp_path), "--state-db", str(tmp_path / "s.sqlite")]
@@ -43,7 +43,7 @@ def test_cli_review_round_trip_with_a_state_db(tmp_path, capsys, monkeypatch):
     with pytest.raises(ValueError, match="--review 'perhaps'"):
         a = _parse(["agent", "--resume", "r1", "--review", "perhaps"] + common)
         a.func(a)
-    import model_core.checkpoint as ckpt_mod
+    import lladauni.model_core.checkpoint as ckpt_mod
 
     monkeypatch.setattr(ckpt_mod, "DEFAULT_CHECKPOINT_DIR", tmp_path / "no-default-model")
     with pytest.raises(ValueError, match="--checkpoint PATH"):

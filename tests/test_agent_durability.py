@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lladauni_agent import Agent, ScriptedBackend
+from lladauni.agent import Agent, ScriptedBackend
 from tests.agent_fixtures import comparable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ CHILD = textwrap.dedent(
     """
     import sys
     sys.path.insert(0, {root!r})
-    from lladauni_agent import Agent, ScriptedBackend
+    from lladauni.agent import Agent, ScriptedBackend
     from tests.test_agent_durability import REPLIES, RUN, _understand
     b = ScriptedBackend(replies={{**REPLIES, "understand": _understand}}, journal={journal!r}, delay={{"edit_image": 60}})
     Agent(b, runs_dir={runs!r}, checkpoint={db!r}).run("a red cat, blue sky, green hat", **RUN)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from lladauni_agent import GRAPHS, Agent, LocalBackend, build_graph
+from lladauni.agent import GRAPHS, Agent, LocalBackend, build_graph
 from tests.agent_fixtures import comparable, methods, scripted_agent, tiny_agent, tiny_backend  # noqa: F401
 
 
@@ -141,7 +141,7 @@ def test_local_backend_serialises_concurrent_calls(tmp_path):
             time.sleep(0.05)
             with guard:
                 active[0] -= 1
-            from model_core.generation.results import GenerationStats, TextResult
+            from lladauni.model_core.generation.results import GenerationStats, TextResult
 
             return TextResult("ANSWER: four", [], [], GenerationStats())
 
@@ -300,7 +300,7 @@ def test_stream_has_node_updates_and_custom_events(tmp_path):
 
 
 def test_every_graph_is_exported_and_compiles():
-    import lladauni_agent.server_graphs as sg
+    import lladauni.agent.server_graphs as sg
 
     cfg = json.loads((__import__("pathlib").Path(__file__).parents[1] / "langgraph.json").read_text())
     assert sorted(cfg["graphs"]) == sorted(GRAPHS)

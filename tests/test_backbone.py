@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model_core import AttentionMask, BackboneConfig, LLaDA2Backbone, load_backbone
+from lladauni.model_core import AttentionMask, BackboneConfig, LLaDA2Backbone, load_backbone
 
 from .reference_backbone import reference_logits
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from model_core import CheckpointError, load_backbone, resolve_checkpoint, save_backbone
-from model_core.checkpoint import INDEX_NAME, ExpertNameMap, inspect_checkpoint, published_shapes, to_published_state_dict
+from lladauni.model_core import CheckpointError, load_backbone, resolve_checkpoint, save_backbone
+from lladauni.model_core.checkpoint import INDEX_NAME, ExpertNameMap, inspect_checkpoint, published_shapes, to_published_state_dict
 
 
 def _index(ckpt):
@@ -37,7 +37,7 @@ def test_tiny_checkpoint_has_the_published_layout(tiny_ckpt):
 
 
 def test_tiny_checkpoint_is_deterministic(tmp_path):
-    from model_core.testing import make_tiny_checkpoint
+    from lladauni.model_core.testing import make_tiny_checkpoint
 
     a = make_tiny_checkpoint(tmp_path / "a", seed=5, with_image_tokenizer=False, with_decoder=False)
     b = make_tiny_checkpoint(tmp_path / "b", seed=5, with_image_tokenizer=False, with_decoder=False)
@@ -209,8 +209,8 @@ def test_resolve_local_and_repo_ids(tmp_path, tiny_ckpt):
 
 
 def test_published_shapes_on_meta(published_meta):
-    from model_core import BackboneConfig
-    from model_core.checkpoint import build_meta_backbone
+    from lladauni.model_core import BackboneConfig
+    from lladauni.model_core.checkpoint import build_meta_backbone
 
     shapes = published_shapes(build_meta_backbone(BackboneConfig.full()))
     assert shapes["model.layers.5.mlp.experts.255.gate_proj.weight"] == (512, 2048)
@@ -221,7 +221,7 @@ def test_published_shapes_on_meta(published_meta):
 
 def test_dtype_conversion_paths(tmp_path):
     """fp32 files into bf16 and fp32 models; bf16 files read straight into a bf16 model."""
-    from model_core.testing import make_tiny_checkpoint
+    from lladauni.model_core.testing import make_tiny_checkpoint
 
     ck32 = make_tiny_checkpoint(tmp_path / "f32", seed=2, dtype=torch.float32, with_image_tokenizer=False, with_decoder=False)
     m32 = load_backbone(ck32, dtype=torch.float32)
@@ -231,7 +231,7 @@ def test_dtype_conversion_paths(tmp_path):
 
 
 def test_chunked_read_matches(tiny_ckpt):
-    from model_core.checkpoint import _read_tensor_into, read_safetensors_header
+    from lladauni.model_core.checkpoint import _read_tensor_into, read_safetensors_header
 
     f = sorted(tiny_ckpt.glob("model-*.safetensors"))[0]
     header, start = read_safetensors_header(f)

@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from tools.cli import main
+from lladauni.tools.cli import main
 
 
 def test_inspect_published_index_on_meta(published_meta, capsys):
@@ -41,7 +41,7 @@ def test_inspect_errors_are_reported(tmp_path, capsys):
 
 
 def test_console_script_entry_point():
-    r = subprocess.run([sys.executable, "-m", "tools.cli", "--help"], capture_output=True, text=True, check=True)
+    r = subprocess.run([sys.executable, "-m", "lladauni.tools.cli", "--help"], capture_output=True, text=True, check=True)
     assert "inspect-checkpoint" in r.stdout
 
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from model_core import BackboneConfig, ConfigError
-from model_core.config import PRESETS
+from lladauni.model_core import BackboneConfig, ConfigError
+from lladauni.model_core.config import PRESETS
 
 from .conftest import DATA
 

@@ -15,14 +15,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-import model_core.decoder as dec_pkg
-from model_core.checkpoint import CheckpointError
-from model_core.config import ConfigError
-from model_core.decoder import DiTConfig, ImageDecoder, SigVQ, ZImageDiT, load_dit, load_sigvq
-from model_core.decoder.dit import rope_positions
-from model_core.decoder.sigvq import upsample_codes
-from model_core.decoder.testing import STALE_FILE_FIELDS, write_tiny_decoder
-from model_core.decoder.vae import VAEDecoder
+import lladauni.model_core.decoder as dec_pkg
+from lladauni.model_core.checkpoint import CheckpointError
+from lladauni.model_core.config import ConfigError
+from lladauni.model_core.decoder import DiTConfig, ImageDecoder, SigVQ, ZImageDiT, load_dit, load_sigvq
+from lladauni.model_core.decoder.dit import rope_positions
+from lladauni.model_core.decoder.sigvq import upsample_codes
+from lladauni.model_core.decoder.testing import STALE_FILE_FIELDS, write_tiny_decoder
+from lladauni.model_core.decoder.vae import VAEDecoder
 
 # max-abs-diff tolerances (fp32 on CPU), in one place
 TOL = {"dit": {torch.float32: 2e-5, torch.bfloat16: 2e-2}, "sigvq": 1e-5}
@@ -298,8 +298,8 @@ def test_decoder_surface_and_lazy_diffusers():
                 if name.split('.')[0] in {'diffusers', 'transformers', 'accelerate'}:
                     raise ImportError('blocked: ' + name)
         sys.meta_path.insert(0, Block())
-        import model_core.decoder, model_core.decoder.testing
-        from model_core.decoder import ImageDecoder, ZImageDiT, DiTConfig
+        import lladauni.model_core.decoder, lladauni.model_core.decoder.testing
+        from lladauni.model_core.decoder import ImageDecoder, ZImageDiT, DiTConfig
         print('ok')
         """
     )

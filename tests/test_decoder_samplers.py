@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_core.decoder import FlowEulerSampler, FlowRenoiseSampler, ImageDecoder, NoGuidance, NormClampedCFG
-from model_core.decoder.samplers import draw_noise
-from model_core.decoder.testing import write_tiny_decoder
+from lladauni.model_core.decoder import FlowEulerSampler, FlowRenoiseSampler, ImageDecoder, NoGuidance, NormClampedCFG
+from lladauni.model_core.decoder.samplers import draw_noise
+from lladauni.model_core.decoder.testing import write_tiny_decoder
 
 CODES = [5, 16383, 0, 77, 1024, 9000]
 

@@ -7,10 +7,10 @@ import argparse
 
 import pytest
 
-import model_core.checkpoint as mc
-from lladauni_agent import LocalBackend
-from lladauni_agent.context import SHAPES_OPTIONS, AgentContext
-from tools.cli import _model_defaults, build_parser, main
+import lladauni.model_core.checkpoint as mc
+from lladauni.agent import LocalBackend
+from lladauni.agent.context import SHAPES_OPTIONS, AgentContext
+from lladauni.tools.cli import _model_defaults, build_parser, main
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def test_cli_sizes_follow_the_model():
 
 
 def test_agent_cli_options_follow_the_model():
-    from lladauni_agent.cli import _options
+    from lladauni.agent.cli import _options
 
     a = _args(["agent", "x"])
     assert _options(a, default_model=True) == SHAPES_OPTIONS
@@ -95,7 +95,7 @@ def test_agent_cli_options_follow_the_model():
 
 
 def test_run_cli_overrides_start_from_shapes_options():
-    from lladauni_agent.workflows.cli import _overrides
+    from lladauni.agent.workflows.cli import _overrides
 
     a = argparse.Namespace(size=None, steps=None, decoder_steps=None, gen_length=None)
     assert _overrides(a, SHAPES_OPTIONS) == SHAPES_OPTIONS

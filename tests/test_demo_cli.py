@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-import model_core.checkpoint as mc
-import tools.cli as cli
-from tools.cli import main
+import lladauni.model_core.checkpoint as mc
+import lladauni.tools.cli as cli
+from lladauni.tools.cli import main
 
 from .shapes_fakes import ShapesOracle
 

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from model_core.image_config import PreprocessorConfig
-from model_core.image_preprocess import (
+from lladauni.model_core.image_config import PreprocessorConfig
+from lladauni.model_core.image_preprocess import (
     check_grid,
     edit_crop,
     edit_crop_sizes,

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from model_core import BackboneConfig, CheckpointError, ConfigError
-from model_core.image_config import ImageTokenizerConfig, PreprocessorConfig
-from model_core.image_preprocess import to_pixel_values
-from model_core.image_tokenizer import ImageTokenizer, ImageTokens, SigLIPVQ, load_image_tokenizer_network
-from model_core.testing_image import WEIGHTS_NAME, random_image_tokenizer, write_tiny_image_tokenizer
+from lladauni.model_core import BackboneConfig, CheckpointError, ConfigError
+from lladauni.model_core.image_config import ImageTokenizerConfig, PreprocessorConfig
+from lladauni.model_core.image_preprocess import to_pixel_values
+from lladauni.model_core.image_tokenizer import ImageTokenizer, ImageTokens, SigLIPVQ, load_image_tokenizer_network
+from lladauni.model_core.testing_image import WEIGHTS_NAME, random_image_tokenizer, write_tiny_image_tokenizer
 
 REF = Path("/work/shared/reference/llada2-uni/image_tokenizer")
 DATA = Path(__file__).parent / "data" / "llada2-uni" / "image_tokenizer"
@@ -405,8 +405,8 @@ def test_imports_need_only_torch_numpy_pillow_safetensors(tok_root):
                     raise ImportError('blocked: ' + name)
         sys.meta_path.insert(0, Block())
         import numpy as np
-        from model_core.image_tokenizer import ImageTokenizer
-        import model_core.image_preprocess, model_core.testing_image
+        from lladauni.model_core.image_tokenizer import ImageTokenizer
+        import lladauni.model_core.image_preprocess, lladauni.model_core.testing_image
         tok = ImageTokenizer.from_pretrained({str(tok_root)!r}, device='cpu')
         print(tok.encode(np.zeros((64, 64, 3), np.uint8)).codes.numel())
         """

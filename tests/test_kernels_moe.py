@@ -8,9 +8,9 @@ import torch
 from tests.kernel_fixtures import BF16, DEVICE, F16, F32, assert_close, needs_triton, randn, requires_cuda
 from tests.kernel_fixtures import nan_buffers  # noqa: F401  (fixture)
 
-from kernels.moe import fused_moe, moe_reference, quantize_experts
-from kernels.moe.op import sort_by_expert
-from model_core.moe import loop_moe
+from lladauni.kernels.moe import fused_moe, moe_reference, quantize_experts
+from lladauni.kernels.moe.op import sort_by_expert
+from lladauni.model_core.moe import loop_moe
 
 pytestmark = [needs_triton, pytest.mark.usefixtures("nan_buffers")]
 

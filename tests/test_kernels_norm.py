@@ -8,9 +8,9 @@ import torch
 from tests.kernel_fixtures import BF16, DEVICE, F16, F32, assert_close, needs_triton, randn
 from tests.kernel_fixtures import nan_buffers  # noqa: F401  (fixture)
 
-from kernels.norm import qk_norm_rope, qk_norm_rope_reference, rms_norm, rms_norm_reference
-from model_core.layers.norm import rms_norm as torch_rms_norm
-from model_core.layers.rope import PartialRotaryEmbedding, apply_partial_rope
+from lladauni.kernels.norm import qk_norm_rope, qk_norm_rope_reference, rms_norm, rms_norm_reference
+from lladauni.model_core.layers.norm import rms_norm as torch_rms_norm
+from lladauni.model_core.layers.rope import PartialRotaryEmbedding, apply_partial_rope
 
 pytestmark = [needs_triton, pytest.mark.usefixtures("nan_buffers")]
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from model_core.layers import PartialRotaryEmbedding, RMSNorm, apply_partial_rope
-from model_core.layers.attention import AttentionMask, eager_attention, get_attention_backend, sdpa_attention
+from lladauni.model_core.layers import PartialRotaryEmbedding, RMSNorm, apply_partial_rope
+from lladauni.model_core.layers.attention import AttentionMask, eager_attention, get_attention_backend, sdpa_attention
 
 
 # ---------------------------------------------------------------------------------- norms

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model_core import BackboneConfig
-from model_core.moe import Router, SparseMoeBlock, group_limited_topk, loop_moe
+from lladauni.model_core import BackboneConfig
+from lladauni.model_core.moe import Router, SparseMoeBlock, group_limited_topk, loop_moe
 
 
 def _cfg(**kw):

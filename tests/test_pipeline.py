@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from model_core.generation.prompts import ChatMessage, ImageCodes
-from model_core.generation.sampler import SamplerResult
-from model_core.pipeline import GenerationError, LLaDAUni
+from lladauni.model_core.generation.prompts import ChatMessage, ImageCodes
+from lladauni.model_core.generation.sampler import SamplerResult
+from lladauni.model_core.pipeline import GenerationError, LLaDAUni
 
 SOI, EOI, BOI, EOS, OFFSET = 156901, 156902, 156904, 156892, 157184
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model_core import ConfigError, TextTokenizer
-from model_core.image_config import PreprocessorConfig
-from model_core.image_preprocess import fixed_resize, prepare_image, to_pixel_values
+from lladauni.model_core import ConfigError, TextTokenizer
+from lladauni.model_core.image_config import PreprocessorConfig
+from lladauni.model_core.image_preprocess import fixed_resize, prepare_image, to_pixel_values
 
 REF = Path("/work/shared/reference/llada2-uni/image_tokenizer")
 DATA = Path(__file__).parent / "data" / "llada2-uni" / "image_tokenizer"

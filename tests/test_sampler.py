@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from model_core import load_backbone
-from model_core.generation import BlockDiffusionSampler, CFGSpec, SamplerConfig, SprintConfig
-from model_core.generation.sampler import _Branches
-from model_core.generation.sampling import adaptive_transfer, confidence_scores, quota_transfer, transfer_schedule
-from model_core.generation.sprint import prune_prefix
+from lladauni.model_core import load_backbone
+from lladauni.model_core.generation import BlockDiffusionSampler, CFGSpec, SamplerConfig, SprintConfig
+from lladauni.model_core.generation.sampler import _Branches
+from lladauni.model_core.generation.sampling import adaptive_transfer, confidence_scores, quota_transfer, transfer_schedule
+from lladauni.model_core.generation.sprint import prune_prefix
 
 MASK, EOS, OFFSET = 156895, 156892, 157184
 

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from model_core import AttentionMask, load_backbone
-from model_core.generation import BlockDiffusionSampler, SamplerConfig
+from lladauni.model_core import AttentionMask, load_backbone
+from lladauni.model_core.generation import BlockDiffusionSampler, SamplerConfig
 
 MASK, EOS = 156895, 156892
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from bench import shapes_eval as se
-from model_core.training import shapes
+from lladauni.model_core.training import shapes
 
 from .shapes_fakes import IMAGE_FORWARDS, TEXT_FORWARDS, ShapesOracle
 
@@ -131,7 +131,7 @@ def test_main_with_a_given_backend_writes_json(tmp_path, capsys):
 
 
 def test_main_without_the_default_model_exits_2(tmp_path, monkeypatch, capsys):
-    import model_core.checkpoint as mc
+    import lladauni.model_core.checkpoint as mc
 
     monkeypatch.setattr(mc, "DEFAULT_CHECKPOINT_DIR", tmp_path)
     assert se.main(["--n", "1"]) == 2
@@ -151,7 +151,7 @@ def test_shapes_decoder_bench_on_the_default_model(tmp_path):
     """bench.shapes_decoder: one row per (steps, guidance), exactly one marked as the checkpoint's own
     (turbo 8 steps, CFG 0.5 from lladauni.json), counts within range; its section sits beside shapes_eval's."""
     from bench import shapes_decoder as sd
-    from model_core import LLaDAUni
+    from lladauni.model_core import LLaDAUni
 
     model = LLaDAUni.from_pretrained(components=("backbone", "image_tokenizer", "decoder"), device="cpu")
     res = sd.run(model, 3, SEED)

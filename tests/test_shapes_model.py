@@ -15,12 +15,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lladauni_agent.context import SHAPES_OPTIONS
-from model_core import LLaDAUni
-from model_core.checkpoint import DEFAULT_CHECKPOINT_DIR
-from model_core.training import ShapesWorld, read_scene, render, scene_matches
-from model_core.training.shapes import SHAPES, parse_caption
-from model_core.training.stages import cell_labels, code_contents
+from lladauni.agent.context import SHAPES_OPTIONS
+from lladauni.model_core import LLaDAUni
+from lladauni.model_core.checkpoint import DEFAULT_CHECKPOINT_DIR
+from lladauni.model_core.training import ShapesWorld, read_scene, render, scene_matches
+from lladauni.model_core.training.shapes import SHAPES, parse_caption
+from lladauni.model_core.training.stages import cell_labels, code_contents
 
 N = 24
 WORLD = ShapesWorld(4242)  # held out: training draws its scenes from other generators
@@ -158,8 +158,8 @@ def test_presence_questions(model):
 
 def test_the_workflow_check_question(model):
     """The check of workflows/draw-check-refine.yaml: yes for the requested scene, no for a flawed one."""
-    from lladauni_agent.prompts import parse_verdict
-    from model_core.training import tasks
+    from lladauni.agent.prompts import parse_verdict
+    from lladauni.model_core.training import tasks
 
     yes = no = 0
     for i in range(N):
@@ -188,7 +188,7 @@ def test_checkpoint_decoder_guidance_default(model, tmp_path):
     import json
     import shutil
 
-    from model_core.decoder.samplers import NoGuidance, NormClampedCFG
+    from lladauni.model_core.decoder.samplers import NoGuidance, NormClampedCFG
 
     assert model.defaults["decoder_cfg"] == {"turbo": 0.5}
     assert model.decoder.sampler.guidance == NormClampedCFG(0.5)

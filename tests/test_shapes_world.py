@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from model_core.training import (
+from lladauni.model_core.training import (
     COLORS,
     EDIT_KINDS,
     POSITIONS,
@@ -444,7 +444,7 @@ def test_examples_render_and_check_end_to_end():
 
 def test_training_package_imports_only_allowed_libraries():
     code = (
-        "import sys, model_core.training as t; "
+        "import sys, lladauni.model_core.training as t; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'scipy', 'cv2', 'skimage', 'sklearn', 'transformers', 'tokenizers', 'matplotlib'}); "
         "print(bad); assert not bad, bad; assert set(t.__all__) <= set(dir(t))"

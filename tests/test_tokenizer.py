@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from model_core import TextTokenizer, TokenizerError
-from model_core.testing import published_tokenizer_config
+from lladauni.model_core import TextTokenizer, TokenizerError
+from lladauni.model_core.testing import published_tokenizer_config
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ from pathlib import Path
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import StructuredTool
 
-import tools
-from lladauni_agent import ScriptedBackend
-from lladauni_agent.context import TINY_OPTIONS
-from tools.runtime import Limits
-from tools.service import ToolService
+from lladauni.tools.langchain_tools import as_langchain_tools
+from lladauni.agent import ScriptedBackend
+from lladauni.agent.context import TINY_OPTIONS
+from lladauni.tools.runtime import Limits
+from lladauni.tools.service import ToolService
 
 from .agent_fixtures import tiny_backend  # noqa: F401 - fixture
 from .tools_fixtures import data_url
@@ -24,7 +24,7 @@ def _by_name(ts: list) -> dict[str, StructuredTool]:
 
 
 def test_every_tool_on_the_tiny_model(tiny_backend, tmp_path):  # noqa: F811
-    ts = _by_name(tools.as_langchain_tools(tiny_backend, defaults=TINY_OPTIONS, out_dir=tmp_path))
+    ts = _by_name(as_langchain_tools(tiny_backend, defaults=TINY_OPTIONS, out_dir=tmp_path))
     assert sorted(ts) == ["edit_image", "generate_image", "reason_visually", "run_workflow", "understand_image"]
     assert ts["generate_image"].args_schema.model_json_schema()["required"] == ["prompt"]
 
@@ -44,7 +44,7 @@ def test_every_tool_on_the_tiny_model(tiny_backend, tmp_path):  # noqa: F811
 
 def test_edit_async_and_errors_the_model_can_read(tmp_path):
     svc = ToolService(ScriptedBackend(size=64), out_dir=tmp_path, limits=Limits(allowed_roots=(tmp_path,)))
-    ts = _by_name(tools.as_langchain_tools(svc))
+    ts = _by_name(as_langchain_tools(svc))
     msg = asyncio.run(ts["edit_image"].ainvoke({"name": "edit_image", "args": {"image": data_url(), "instruction": "blue"},
                                                 "id": "e1", "type": "tool_call"}))
     assert msg.artifact["images"][0].size == (64, 64)

@@ -17,10 +17,10 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
-from lladauni_agent import ScriptedBackend
-from tools.mcp_server import TOOLS, build_mcp_server, mcp_http_app
-from tools.runtime import Limits
-from tools.service import ToolService
+from lladauni.agent import ScriptedBackend
+from lladauni.tools.mcp_server import TOOLS, build_mcp_server, mcp_http_app
+from lladauni.tools.runtime import Limits
+from lladauni.tools.service import ToolService
 
 from .tools_fixtures import data_url, running
 
@@ -39,7 +39,7 @@ def test_stdio_lists_and_calls_every_tool_on_the_tiny_model(tiny_ckpt, tmp_path)
     allowed.mkdir()
     Image.new("RGB", (64, 64), (200, 30, 30)).save(allowed / "red.png")
     params = StdioServerParameters(command=sys.executable, cwd=str(ROOT), args=[
-        "-m", "tools.cli", "mcp", "--checkpoint", str(tiny_ckpt), "--device", "cpu", "--preset", "tiny",
+        "-m", "lladauni.tools.cli", "mcp", "--checkpoint", str(tiny_ckpt), "--device", "cpu", "--preset", "tiny",
         "--allow-path", str(allowed), "--out-dir", str(tmp_path / "out")])
 
     async def main() -> None:

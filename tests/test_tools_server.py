@@ -7,10 +7,10 @@ import httpx
 import openai
 import pytest
 
-from lladauni_agent import Agent, HTTPBackend
-from lladauni_agent.context import TINY_OPTIONS
-from tools.runtime import Limits
-from tools.service import ToolService
+from lladauni.agent import Agent, HTTPBackend
+from lladauni.agent.context import TINY_OPTIONS
+from lladauni.tools.runtime import Limits
+from lladauni.tools.service import ToolService
 
 from .agent_fixtures import tiny_backend  # noqa: F401 - fixture
 from .tools_fixtures import b64_image, data_url, png_bytes, running
@@ -128,7 +128,7 @@ def test_lladauni_serve_subprocess(tiny_ckpt, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "tools.cli", "serve", "--checkpoint", str(tiny_ckpt), "--device", "cpu", "--preset", "tiny",
+    cmd = [sys.executable, "-m", "lladauni.tools.cli", "serve", "--checkpoint", str(tiny_ckpt), "--device", "cpu", "--preset", "tiny",
            "--port", str(port), "--out-dir", str(tmp_path), "--model-name", "t"]
     bad = subprocess.run(cmd[:-4] + ["--host", "0.0.0.0"], cwd=root, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--api-key" in bad.stderr

@@ -13,10 +13,10 @@ import httpx
 import openai
 import pytest
 
-from lladauni_agent import ScriptedBackend
-from tools.runtime import Limits
-from tools.server import make_server
-from tools.service import ToolService
+from lladauni.agent import ScriptedBackend
+from lladauni.tools.runtime import Limits
+from lladauni.tools.server import make_server
+from lladauni.tools.service import ToolService
 
 from .tools_fixtures import b64_image, data_url, png_bytes, running
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from model_core import LLaDAUni, TextTokenizer
-from model_core.generation.prompts import ImageCodes, PromptBuilder
-from model_core.training import shapes, tasks
-from model_core.training.build import STAGES, build_shapes_model
-from model_core.training.corpus import BatchBuilder, task_sequence
-from model_core.training.shapes import Scene, Shape, caption, render, sample_scene
-from model_core.training.spec import ShapesModelSpec, StageSteps
-from model_core.training.text_tokenizer import SPECIAL_TOKENS, build_compact_tokenizer
+from lladauni.model_core import LLaDAUni, TextTokenizer
+from lladauni.model_core.generation.prompts import ImageCodes, PromptBuilder
+from lladauni.model_core.training import shapes, tasks
+from lladauni.model_core.training.build import STAGES, build_shapes_model
+from lladauni.model_core.training.corpus import BatchBuilder, task_sequence
+from lladauni.model_core.training.shapes import Scene, Shape, caption, render, sample_scene
+from lladauni.model_core.training.spec import ShapesModelSpec, StageSteps
+from lladauni.model_core.training.text_tokenizer import SPECIAL_TOKENS, build_compact_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_compact_tokenizer_splits_the_plurals_it_is_told(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ tasks
 def test_tasks_texts_match_the_workflow_and_agent_prompts():
-    from lladauni_agent import prompts as agent_prompts
+    from lladauni.agent import prompts as agent_prompts
 
     assert tasks.INSPECT_PROMPT == agent_prompts.INSPECT
     assert tasks.CLAIMS_PROMPT == agent_prompts.CLAIMS
@@ -205,10 +205,10 @@ def test_smoke_checkpoint_runs_every_task(smoke_build):
 
 def test_backbone_stage_resumes_exactly(tmp_path, smoke_build, monkeypatch):
     """A run stopped after a save and resumed ends with the weights of an uninterrupted run."""
-    from model_core import LLaDA2Backbone
-    from model_core.training import common
-    from model_core.training.build import _load_image_tokenizer
-    from model_core.training.stages import _init_backbone, encode_scenes, train_backbone
+    from lladauni.model_core import LLaDA2Backbone
+    from lladauni.model_core.training import common
+    from lladauni.model_core.training.build import _load_image_tokenizer
+    from lladauni.model_core.training.stages import _init_backbone, encode_scenes, train_backbone
 
     out, spec, _ = smoke_build
     spec = ShapesModelSpec.smoke()
@@ -255,7 +255,7 @@ def test_unknown_stage_is_rejected(tmp_path):
 
 
 def test_masked_loss_weighs_tokens_or_sequences():
-    from model_core.training.stages import masked_loss
+    from lladauni.model_core.training.stages import masked_loss
 
     ce = torch.tensor([4.0, 1.0, 2.0, 3.0])
     rows = torch.tensor([0, 1, 1, 1])  # row 0: 4; row 1: 1, 2, 3; row 2: nothing masked
@@ -268,10 +268,10 @@ def test_masked_loss_weighs_tokens_or_sequences():
 def test_rows_cut_to_their_own_length_give_the_same_outputs(smoke_build):
     """The backbone stage runs rows of equal length together, cut to their own length; block-causal
     attention makes that exact: a row's padding lies in later blocks, which it cannot see."""
-    from model_core import LLaDA2Backbone
-    from model_core.layers.attention import AttentionMask
-    from model_core.training.build import _load_image_tokenizer
-    from model_core.training.stages import _init_backbone, encode_scenes, row_lengths
+    from lladauni.model_core import LLaDA2Backbone
+    from lladauni.model_core.layers.attention import AttentionMask
+    from lladauni.model_core.training.build import _load_image_tokenizer
+    from lladauni.model_core.training.stages import _init_backbone, encode_scenes, row_lengths
 
     out, spec, _ = smoke_build
     tok = TextTokenizer.from_pretrained(out)
@@ -296,7 +296,7 @@ def test_rows_cut_to_their_own_length_give_the_same_outputs(smoke_build):
 
 
 def test_question_kinds_are_drawn_evenly():
-    from model_core.training.shapes import COLORS, POSITIONS
+    from lladauni.model_core.training.shapes import COLORS, POSITIONS
 
     rng = np.random.default_rng(3)
     counts = {"count": 0, "presence": 0, "position": 0, "color": 0}
@@ -312,7 +312,7 @@ def test_question_kinds_are_drawn_evenly():
 
 
 def test_task_options_weight_question_kinds_and_keep_right_drawings():
-    from model_core.training.shapes import POSITIONS
+    from lladauni.model_core.training.shapes import POSITIONS
 
     opts = tasks.TaskOptions(qa_kinds={"presence": 3, "count": 1})
     rng = np.random.default_rng(5)
@@ -392,8 +392,8 @@ def test_shape_questions_ask_for_the_kind_in_a_cell():
 
 
 def test_backbone_init_scales_with_width():
-    from model_core import LLaDA2Backbone
-    from model_core.training.stages import _init_backbone
+    from lladauni.model_core import LLaDA2Backbone
+    from lladauni.model_core.training.stages import _init_backbone
 
     spec = ShapesModelSpec.smoke()
     m = LLaDA2Backbone(spec.backbone_config(vocab_size=300, image_token_offset=268, pad_token_id=0))

@@ -9,9 +9,9 @@ import json
 import pytest
 from PIL import Image
 
-from lladauni_agent import Agent, ScriptedBackend
-from lladauni_agent.context import TINY_OPTIONS
-from lladauni_agent.workflows import compile_workflow, load_workflow, loads_workflow, run_workflow
+from lladauni.agent import Agent, ScriptedBackend
+from lladauni.agent.context import TINY_OPTIONS
+from lladauni.agent.workflows import compile_workflow, load_workflow, loads_workflow, run_workflow
 
 from .agent_fixtures import tiny_backend  # noqa: F401 - fixture
 
@@ -109,7 +109,7 @@ outputs: {value: nodes.loud.value, reply: "{{ nodes.long.text if nodes.long is d
 
 
 def test_sqlite_checkpoint_resume_skips_finished_nodes(tmp_path):
-    from lladauni_agent.workflows import resume_workflow
+    from lladauni.agent.workflows import resume_workflow
 
     db = tmp_path / "state.sqlite"
     b = ScriptedBackend(fail_on={"edit_image": 1}, replies={"understand": "no"})

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from jinja2.exceptions import SecurityError
 
-from lladauni_agent.workflows import (WorkflowError, bundled_workflows, load_workflow, loads_workflow, register_function,
+from lladauni.agent.workflows import (WorkflowError, bundled_workflows, load_workflow, loads_workflow, register_function,
                                       unregister_function, workflow_json_schema)
-from lladauni_agent.workflows.cli import add_workflow_commands
-from lladauni_agent.workflows.templates import render
+from lladauni.agent.workflows.cli import add_workflow_commands
+from lladauni.agent.workflows.templates import render
 
 GOOD = """\
 version: 1

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from PIL import Image
 
-from tools.server import serve_in_thread
+from lladauni.tools.server import serve_in_thread
 
 
 def running(service: Any, api_key: Optional[str] = None, app: Any = None):

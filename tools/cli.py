@@ -13,8 +13,8 @@ import torch
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from model_core.checkpoint import CheckpointError, inspect_checkpoint
-    from model_core.config import ConfigError
+    from lladauni.model_core.checkpoint import CheckpointError, inspect_checkpoint
+    from lladauni.model_core.config import ConfigError
 
     try:
         report = inspect_checkpoint(args.path, meta=args.meta)
@@ -65,7 +65,7 @@ def _write_atomic(path: Path, write) -> None:
 
 
 def _load_pipe(args: argparse.Namespace, components=("backbone",)):
-    from model_core.pipeline import LLaDAUni
+    from lladauni.model_core.pipeline import LLaDAUni
 
     dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     return LLaDAUni.from_pretrained(
@@ -82,7 +82,7 @@ def _model_defaults(args: argparse.Namespace, kind: str) -> None:
     shapes: dict = {}
     if args.checkpoint is None:
         try:
-            from lladauni_agent.context import SHAPES_OPTIONS
+            from lladauni.agent.context import SHAPES_OPTIONS
         except ImportError as exc:
             raise ValueError(f"the embedded default model's sizes come with the agent extra "
                              f"(pip install 'lladauni-agent[agent]'): {exc}") from None
@@ -188,7 +188,7 @@ _DEMO_STEPS = ("draw", "check", "fix", "recheck")
 
 def _demo_backend(args: argparse.Namespace):
     """The backend the demo runs on: the embedded default model in this process."""
-    from lladauni_agent.backend import LocalBackend
+    from lladauni.agent.backend import LocalBackend
 
     return LocalBackend(None, device=args.device)
 
@@ -215,7 +215,7 @@ def _demo_dir(out: Path) -> Path:
 
 def _demo_summary(result, prompt: str, load_s: float, run_s: float) -> list[str]:
     """The lines ``lladauni demo`` prints: each step with its text and verdict, the outcome, the report, the time."""
-    from lladauni_agent.artifacts import ArtifactStore
+    from lladauni.agent.artifacts import ArtifactStore
 
     lines = [f"prompt   {prompt}"]
     steps = [ev for ev in result.state.get("timeline", []) if ev.get("node") in _DEMO_STEPS]
@@ -243,7 +243,7 @@ def _demo_summary(result, prompt: str, load_s: float, run_s: float) -> list[str]
     if isinstance(ref, dict) and ref.get("png"):
         store = ArtifactStore(result.run_dir)
         lines.append(f"image    {store.path(ref['png'])}")
-        from model_core.training import parse_caption, scene_matches
+        from lladauni.model_core.training import parse_caption, scene_matches
 
         try:
             scene = parse_caption(prompt)
@@ -261,18 +261,18 @@ def _demo_summary(result, prompt: str, load_s: float, run_s: float) -> list[str]
 def _demo(args: argparse.Namespace) -> int:
     import time
 
-    import model_core.checkpoint as mc
+    import lladauni.model_core.checkpoint as mc
 
     try:
         mc.default_checkpoint()
     except mc.CheckpointError:
         print(f"error: lladauni demo needs the embedded default model, which is not installed here "
-              f"({mc.DEFAULT_CHECKPOINT_DIR} has no config.json); build it with `python -m model_core.training.build`",
+              f"({mc.DEFAULT_CHECKPOINT_DIR} has no config.json); build it with `python -m lladauni.model_core.training.build`",
               file=sys.stderr)
         return 2
-    from lladauni_agent.context import SHAPES_OPTIONS
-    from lladauni_agent.workflows import run_workflow
-    from lladauni_agent.workflows.cli import event_printer
+    from lladauni.agent.context import SHAPES_OPTIONS
+    from lladauni.agent.workflows import run_workflow
+    from lladauni.agent.workflows.cli import event_printer
 
     out = _demo_dir(Path(args.out))
     backend = _demo_backend(args)
@@ -293,11 +293,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _tool_service(args: argparse.Namespace):
     """The ``ToolService`` that ``serve`` and ``mcp`` share: one model, limits, defaults."""
-    from lladauni_agent import LocalBackend
-    from lladauni_agent.backend import _require_default_model
-    from lladauni_agent.context import SHAPES_OPTIONS, TINY_OPTIONS
-    from tools.runtime import Limits
-    from tools.service import ToolService
+    from lladauni.agent import LocalBackend
+    from lladauni.agent.backend import _require_default_model
+    from lladauni.agent.context import SHAPES_OPTIONS, TINY_OPTIONS
+    from lladauni.tools.runtime import Limits
+    from lladauni.tools.service import ToolService
 
     dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     if args.checkpoint is None:
@@ -323,7 +323,7 @@ def _api_key(args: argparse.Namespace) -> Optional[str]:
 
 def _serve(args: argparse.Namespace) -> int:
     try:
-        from tools.server import is_loopback, serve
+        from lladauni.tools.server import is_loopback, serve
     except ImportError as exc:
         print(f"error: `lladauni serve` needs the server extra (pip install 'lladauni[server]'): {exc}", file=sys.stderr)
         return 2
@@ -335,8 +335,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _mcp(args: argparse.Namespace) -> int:
     try:
-        from tools.mcp_server import run_mcp
-        from tools.server import is_loopback
+        from lladauni.tools.mcp_server import run_mcp
+        from lladauni.tools.server import is_loopback
     except ImportError as exc:
         print(f"error: `lladauni mcp` needs the server extra (pip install 'lladauni[server]'): {exc}", file=sys.stderr)
         return 2
@@ -451,12 +451,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_mcp)
 
     try:  # the agent command needs the `agent` extra (langgraph); the rest works without it
-        from lladauni_agent.cli import add_agent_command
+        from lladauni.agent.cli import add_agent_command
     except ImportError:
         pass
     else:
         add_agent_command(sub)
-        from lladauni_agent.workflows.cli import add_workflow_commands
+        from lladauni.agent.workflows.cli import add_workflow_commands
 
         add_workflow_commands(sub)
     return parser

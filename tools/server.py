@@ -25,8 +25,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
-from lladauni_agent.backend import BackendError
-from model_core.generation.results import GenerationError
+from lladauni.agent.backend import BackendError
+from lladauni.model_core.generation.results import GenerationError
 
 from .runtime import Busy, Cancelled, InputError, decode_image_bytes, load_image_ref, png_b64
 from .schemas import ChatRequest, ImageGenerationOptions, ImagesRequest, ReasonArgs, WorkflowArgs, WorkflowRunRequest

@@ -96,12 +96,12 @@ class ToolService:
         return path
 
     def workflows(self) -> dict[str, Path]:
-        from lladauni_agent.workflows import bundled_workflows
+        from lladauni.agent.workflows import bundled_workflows
 
         return {**bundled_workflows(), **self._workflows}
 
     def register_workflow(self, name: str, path: Union[str, os.PathLike]) -> None:
-        from lladauni_agent.workflows import load_workflow
+        from lladauni.agent.workflows import load_workflow
 
         load_workflow(path)  # refuse an invalid file now, not at the first run
         self._workflows[name] = Path(path)
@@ -142,7 +142,7 @@ class ToolService:
         return job
 
     def _agent(self, backend: Any, seed: Optional[int]):
-        from lladauni_agent import Agent
+        from lladauni.agent import Agent
 
         return Agent(backend, runs_dir=self.runs_dir, text_options=self.defaults["text"],
                      image_options=self.defaults["image"], edit_options=self.defaults["edit"],
@@ -160,7 +160,7 @@ class ToolService:
         return job
 
     def workflow_job(self, a: WorkflowArgs) -> Callable[[Any], ToolResult]:
-        from lladauni_agent.workflows import load_workflow, run_workflow
+        from lladauni.agent.workflows import load_workflow, run_workflow
 
         known = self.workflows()
         if a.name not in known:

@@ -2,7 +2,7 @@
 16 query / 4 KV heads of 128, batch 1 and batch 2 with CFG padding) and block-causal prefill,
 Triton kernel vs torch SDPA.
 
-    python -m kernels.attention.bench [--tiny]
+    python -m lladauni.kernels.attention.bench [--tiny]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ TINY = dict(Hq=4, Hkv=2, D=32, prefix=64, block=32, prefill=96)
 
 
 def run(device: torch.device, *, tiny: bool = False, ceilings: Optional[dict] = None, iters: int = 20) -> list[dict[str, Any]]:
-    from model_core.layers.attention import AttentionMask, sdpa_attention
+    from lladauni.model_core.layers.attention import AttentionMask, sdpa_attention
 
     s = TINY if tiny else FULL
     Hq, Hkv, D = s["Hq"], s["Hkv"], s["D"]

@@ -1,9 +1,10 @@
-"""Host wrapper of the block-masked attention kernel, and the backend adapter.
+"""Host wrapper of the block-masked attention kernel.
 
-``block_attention`` takes plain tensors; ``attention`` has the signature of a
-``model_core`` attention backend (q, k, v, mask, scale), reading the mask's block vectors
-without building a dense mask and without host syncs (CUDA-graph safe). ``flash_attention``
-uses flash-attn for masks that hide nothing and this kernel otherwise.
+Everything here takes plain tensors. ``block_attention`` reads the mask as two block-id vectors
+and an optional key-validity matrix, without building a dense mask and without host syncs
+(CUDA-graph safe). ``unsupported`` says, without launching anything or syncing, why a call
+would be refused (None when the kernel serves it), so a caller can choose another path per
+call. ``flash_attention`` runs flash-attn (when installed) for calls with no mask at all.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Any, Optional
 
 import torch
 
-from .._triton import has_module, load_config, require_triton
+from .._triton import HAS_TRITON, can_launch, has_module, load_config, require_triton
 
-__all__ = ["block_attention", "attention", "flash_attention", "HAS_FLASH_ATTN", "ACT_DTYPES"]
+__all__ = ["block_attention", "unsupported", "flash_attention", "flash_unsupported", "HAS_FLASH_ATTN", "ACT_DTYPES"]
 
 ACT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 HAS_FLASH_ATTN: bool = has_module("flash_attn")
@@ -23,34 +24,60 @@ _HERE = Path(__file__).parent
 _INT_DTYPES = (torch.int32, torch.int64)
 
 
-def _check(q, k, v, query_block, key_block, key_valid) -> None:
+def _problem(q, k, v, query_block, key_block, key_valid) -> Optional[str]:
+    """Why these tensors are not a valid call, or None (shapes, dtypes and strides only)."""
     if q.dim() != 4 or k.dim() != 4 or k.shape != v.shape:
-        raise ValueError(f"expected q (B,Hq,Q,D), k and v (B,Hkv,S,D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        return f"expected q (B,Hq,Q,D), k and v (B,Hkv,S,D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
     B, Hq, Q, D = q.shape
     if k.shape[0] != B or k.shape[3] != D:
-        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on batch or head_dim")
+        return f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on batch or head_dim"
     if Hq % k.shape[1]:
-        raise ValueError(f"query heads {Hq} not a multiple of key/value heads {k.shape[1]}")
+        return f"query heads {Hq} not a multiple of key/value heads {k.shape[1]}"
     if q.dtype not in ACT_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"q/k/v dtypes {q.dtype}/{k.dtype}/{v.dtype}: one of {ACT_DTYPES}, all equal")
+        return f"q/k/v dtypes {q.dtype}/{k.dtype}/{v.dtype}: one of {ACT_DTYPES}, all equal"
     if D < 16 or D > 256 or D & (D - 1):
-        raise ValueError(f"head_dim={D}: must be a power of two in [16, 256]")
+        return f"head_dim={D}: must be a power of two in [16, 256]"
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.stride(3) != 1:
-            raise ValueError(f"{name} must be contiguous in head_dim (strides {t.stride()})")
+            return f"{name} must be contiguous in head_dim (strides {t.stride()})"
     S = k.shape[2]
     if query_block.shape != (Q,) or key_block.shape != (S,):
-        raise ValueError(f"query_block {tuple(query_block.shape)} / key_block {tuple(key_block.shape)}: expected ({Q},) / ({S},)")
+        return f"query_block {tuple(query_block.shape)} / key_block {tuple(key_block.shape)}: expected ({Q},) / ({S},)"
     if query_block.dtype not in _INT_DTYPES or key_block.dtype not in _INT_DTYPES:
-        raise ValueError(f"block ids must be int32/int64, got {query_block.dtype}/{key_block.dtype}")
+        return f"block ids must be int32/int64, got {query_block.dtype}/{key_block.dtype}"
     if key_valid is not None:
         if key_valid.dim() != 2 or key_valid.shape[1] != S or key_valid.shape[0] not in (1, B):
-            raise ValueError(f"key_valid has shape {tuple(key_valid.shape)}; expected (1 or {B}, {S})")
+            return f"key_valid has shape {tuple(key_valid.shape)}; expected (1 or {B}, {S})"
         if key_valid.dtype != torch.bool:
-            raise ValueError(f"key_valid dtype {key_valid.dtype}: expected bool")
+            return f"key_valid dtype {key_valid.dtype}: expected bool"
     devs = {t.device for t in (q, k, v, query_block, key_block) + (() if key_valid is None else (key_valid,))}
     if len(devs) != 1:
-        raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devs))}")
+        return f"all tensors must be on one device, got {sorted(map(str, devs))}"
+    return None
+
+
+def _check(q, k, v, query_block, key_block, key_valid) -> None:
+    problem = _problem(q, k, v, query_block, key_block, key_valid)
+    if problem:
+        raise ValueError(problem)
+
+
+def unsupported(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    query_block: torch.Tensor,
+    key_block: torch.Tensor,
+    key_valid: Optional[torch.Tensor] = None,
+) -> Optional[str]:
+    """Why ``block_attention`` would refuse this call (Triton missing, tensors where no kernel
+    runs, or a shape, dtype or stride it does not serve); None when it serves it. Reads only
+    metadata: no launch, no host sync."""
+    if not HAS_TRITON:
+        return "Triton is not installed"
+    if not can_launch(q, k, v, query_block, key_block):
+        return f"tensors on {q.device}: Triton kernels run on CUDA (or on CPU with TRITON_INTERPRET=1)"
+    return _problem(q, k, v, query_block, key_block, key_valid)
 
 
 def block_attention(
@@ -98,23 +125,26 @@ def block_attention(
     return o
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, scale: float) -> torch.Tensor:
-    """``model_core`` attention backend: ``mask`` is an ``AttentionMask`` (read by attribute)."""
-    kv = mask.key_valid
-    if kv is not None and not kv.is_contiguous():
-        kv = kv.contiguous()
-    return block_attention(q, k, v, mask.query_block, mask.key_block, kv, scale)
+def flash_unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Optional[str]:
+    """Why ``flash_attention`` would refuse this unmasked call; None when it serves it."""
+    if not HAS_FLASH_ATTN:
+        return "flash-attn is not installed"
+    if not (q.is_cuda and k.is_cuda and v.is_cuda):
+        return "flash-attn runs on CUDA only"
+    if q.dtype not in (torch.bfloat16, torch.float16) or k.dtype != q.dtype or v.dtype != q.dtype:
+        return f"flash-attn takes bf16/fp16, got {q.dtype}/{k.dtype}/{v.dtype}"
+    if q.dim() != 4 or k.dim() != 4 or k.shape != v.shape or q.shape[1] % k.shape[1] or q.shape[-1] > 256:
+        return f"shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} are not a flash-attn GQA call"
+    return None
 
 
-def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, scale: float) -> torch.Tensor:
-    """flash-attn (non-causal, GQA) when the mask hides nothing, the Triton kernel otherwise.
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Unmasked GQA attention through flash-attn: q (B,Hq,Q,D), k/v (B,Hkv,S,D) -> (B,Hq,Q,D)
+    (a view of (B,Q,Hq,D) storage). Raises ValueError where ``flash_unsupported`` names a reason."""
+    problem = flash_unsupported(q, k, v)
+    if problem:
+        raise ValueError(problem)
+    from flash_attn import flash_attn_func
 
-    ``mask.sees_everything()`` costs one host sync per mask (cached on it, so once per forward),
-    which rules this backend out of CUDA-graph capture; ``attention`` has no such sync.
-    """
-    if HAS_FLASH_ATTN and q.is_cuda and q.dtype != torch.float32 and mask.sees_everything():
-        from flash_attn import flash_attn_func
-
-        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=scale, causal=False)
-        return out.transpose(1, 2)  # (B, Q, Hq, D) -> (B, Hq, Q, D) view
-    return attention(q, k, v, mask, scale)
+    out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=scale, causal=False)
+    return out.transpose(1, 2)

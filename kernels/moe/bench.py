@@ -1,7 +1,7 @@
 """Fused MoE benchmark at the block-step shapes (E=256, H=2048, I=512, top-8), and a small
 launch-config sweep that writes ``configs/<device>.json``.
 
-    python -m kernels.moe.bench [--tokens 32 64] [--tune] [--tiny]    # --tiny: CPU-sized smoke run
+    python -m lladauni.kernels.moe.bench [--tokens 32 64] [--tune] [--tiny]    # --tiny: CPU-sized smoke run
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _traffic(ids: torch.Tensor, T: int, E: int, H: int, I: int, K: int, wbytes: 
 
 def run(device: torch.device, tokens=(32, 64), *, tiny: bool = False, ceilings: Optional[dict] = None,
         iters: int = 20, with_loop: bool = True, config: Optional[dict] = None) -> list[dict[str, Any]]:
-    from model_core.moe import loop_moe
+    from lladauni.model_core.moe import loop_moe
 
     shape = TINY if tiny else FULL
     E, H, I, K = shape["E"], shape["H"], shape["I"], shape["K"]

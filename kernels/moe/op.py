@@ -1,7 +1,8 @@
 """Host wrapper of the fused MoE: checks, sort-by-expert on the device, three launches.
 
-``fused_moe`` has the signature of ``model_core.moe.loop_moe`` (plus optional FP8 scales), so it
-registers as a MoE backend as it is. It never synchronises with the host: the per-expert
+``fused_moe`` takes plain tensors in the layout of a routed-expert call (the signature of
+``lladauni.model_core.moe.loop_moe``, plus optional FP8 scales); ``unsupported`` says, from
+metadata alone, why a call would be refused. It never synchronises with the host: the per-expert
 offsets stay on the device and the grids depend only on shapes, which makes a backbone step
 that uses it capturable in a CUDA graph.
 """
@@ -13,10 +14,10 @@ from typing import Any, Optional
 
 import torch
 
-from .._triton import load_config, require_triton
+from .._triton import HAS_TRITON, can_launch, load_config, require_triton
 from .reference import FP8_BLOCK
 
-__all__ = ["fused_moe", "sort_by_expert", "ACT_DTYPES"]
+__all__ = ["fused_moe", "unsupported", "sort_by_expert", "ACT_DTYPES"]
 
 ACT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _HERE = Path(__file__).parent
@@ -39,7 +40,7 @@ def sort_by_expert(topk_ids_TK: torch.Tensor, num_experts: int) -> tuple[torch.T
     return order_A, sorted_tok_A, offsets_E1
 
 
-def _check(
+def _problem(
     x_TH: torch.Tensor,
     gate_up_EIH: torch.Tensor,
     down_EHI: torch.Tensor,
@@ -47,52 +48,79 @@ def _check(
     topk_weights_TK: torch.Tensor,
     gate_up_scale: Optional[torch.Tensor],
     down_scale: Optional[torch.Tensor],
-) -> bool:
+) -> Optional[str]:
+    """Why these tensors are not a valid call, or None (metadata only)."""
     if x_TH.dim() != 2:
-        raise ValueError(f"x must be (T, H), got shape {tuple(x_TH.shape)}")
+        return f"x must be (T, H), got shape {tuple(x_TH.shape)}"
     if x_TH.dtype not in ACT_DTYPES:
-        raise ValueError(f"x dtype {x_TH.dtype}: expected one of {ACT_DTYPES}")
+        return f"x dtype {x_TH.dtype}: expected one of {ACT_DTYPES}"
     if gate_up_EIH.dim() != 3 or down_EHI.dim() != 3:
-        raise ValueError(f"gate_up must be (E, 2I, H) and down (E, H, I); got {tuple(gate_up_EIH.shape)}, {tuple(down_EHI.shape)}")
+        return f"gate_up must be (E, 2I, H) and down (E, H, I); got {tuple(gate_up_EIH.shape)}, {tuple(down_EHI.shape)}"
     E, two_i, H = gate_up_EIH.shape
     I = two_i // 2
     if two_i % 2 or H != x_TH.shape[1] or tuple(down_EHI.shape) != (E, H, I):
-        raise ValueError(
+        return (
             f"shapes disagree: x {tuple(x_TH.shape)}, gate_up {tuple(gate_up_EIH.shape)}, down {tuple(down_EHI.shape)}; "
             "expected x (T, H), gate_up (E, 2I, H), down (E, H, I)"
         )
     fp8 = gate_up_EIH.dtype == torch.float8_e4m3fn
     if fp8 != (down_EHI.dtype == torch.float8_e4m3fn):
-        raise ValueError(f"gate_up is {gate_up_EIH.dtype} but down is {down_EHI.dtype}: both FP8 or neither")
+        return f"gate_up is {gate_up_EIH.dtype} but down is {down_EHI.dtype}: both FP8 or neither"
     if fp8:
         if x_TH.dtype == torch.float32:
-            raise ValueError("FP8 experts take bfloat16 or float16 activations, got float32")
+            return "FP8 experts take bfloat16 or float16 activations, got float32"
         nb_i, nb_h = -(-I // FP8_BLOCK), -(-H // FP8_BLOCK)
         for name, s, want in (("gate_up_scale", gate_up_scale, (E, 2 * nb_i, nb_h)), ("down_scale", down_scale, (E, nb_h, nb_i))):
             if s is None:
-                raise ValueError(f"FP8 experts need {name} (fp32 weight_scale_inv of shape {want})")
+                return f"FP8 experts need {name} (fp32 weight_scale_inv of shape {want})"
             if tuple(s.shape) != want or s.dtype != torch.float32 or not s.is_contiguous():
-                raise ValueError(f"{name}: expected contiguous float32 {want}, got {s.dtype} {tuple(s.shape)}")
+                return f"{name}: expected contiguous float32 {want}, got {s.dtype} {tuple(s.shape)}"
     else:
         if gate_up_EIH.dtype != x_TH.dtype or down_EHI.dtype != x_TH.dtype:
-            raise ValueError(f"expert weights are {gate_up_EIH.dtype}/{down_EHI.dtype}, activations {x_TH.dtype}: must match")
+            return f"expert weights are {gate_up_EIH.dtype}/{down_EHI.dtype}, activations {x_TH.dtype}: must match"
         if gate_up_scale is not None or down_scale is not None:
-            raise ValueError("scales were given for non-FP8 expert weights")
+            return "scales were given for non-FP8 expert weights"
     for name, t in (("x", x_TH), ("gate_up", gate_up_EIH), ("down", down_EHI)):
         if not t.is_contiguous():
-            raise ValueError(f"{name} must be contiguous (strides {t.stride()})")
+            return f"{name} must be contiguous (strides {t.stride()})"
     if topk_ids_TK.dim() != 2 or topk_ids_TK.shape[0] != x_TH.shape[0]:
-        raise ValueError(f"topk_ids must be (T={x_TH.shape[0]}, K), got {tuple(topk_ids_TK.shape)}")
+        return f"topk_ids must be (T={x_TH.shape[0]}, K), got {tuple(topk_ids_TK.shape)}"
     if topk_ids_TK.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"topk_ids dtype {topk_ids_TK.dtype}: expected int32 or int64")
+        return f"topk_ids dtype {topk_ids_TK.dtype}: expected int32 or int64"
     if topk_weights_TK.shape != topk_ids_TK.shape or topk_weights_TK.dtype != torch.float32:
-        raise ValueError(
+        return (
             f"topk_weights must be float32 {tuple(topk_ids_TK.shape)}, got {topk_weights_TK.dtype} {tuple(topk_weights_TK.shape)}"
         )
     devs = {t.device for t in (x_TH, gate_up_EIH, down_EHI, topk_ids_TK, topk_weights_TK)}
     if len(devs) != 1:
-        raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devs))}")
-    return fp8
+        return f"all tensors must be on one device, got {sorted(map(str, devs))}"
+    return None
+
+
+def _check(x_TH, gate_up_EIH, down_EHI, topk_ids_TK, topk_weights_TK, gate_up_scale, down_scale) -> bool:
+    """Raise ValueError naming the problem; returns whether the experts are FP8."""
+    problem = _problem(x_TH, gate_up_EIH, down_EHI, topk_ids_TK, topk_weights_TK, gate_up_scale, down_scale)
+    if problem:
+        raise ValueError(problem)
+    return gate_up_EIH.dtype == torch.float8_e4m3fn
+
+
+def unsupported(
+    x_TH: torch.Tensor,
+    gate_up_EIH: torch.Tensor,
+    down_EHI: torch.Tensor,
+    topk_ids_TK: torch.Tensor,
+    topk_weights_TK: torch.Tensor,
+    gate_up_scale: Optional[torch.Tensor] = None,
+    down_scale: Optional[torch.Tensor] = None,
+) -> Optional[str]:
+    """Why ``fused_moe`` would refuse this call (Triton missing, tensors where no kernel runs,
+    or a shape, dtype or layout it does not serve); None when it serves it. No launch, no sync."""
+    if not HAS_TRITON:
+        return "Triton is not installed"
+    if not can_launch(x_TH, gate_up_EIH, down_EHI, topk_ids_TK):
+        return f"tensors on {x_TH.device}: Triton kernels run on CUDA (or on CPU with TRITON_INTERPRET=1)"
+    return _problem(x_TH, gate_up_EIH, down_EHI, topk_ids_TK, topk_weights_TK, gate_up_scale, down_scale)
 
 
 def _launch_cfg(kind: str, device: torch.device, m: int, fp8: bool, config: Optional[dict[str, Any]]) -> dict[str, Any]:

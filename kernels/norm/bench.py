@@ -1,7 +1,7 @@
 """Fused norm benchmark at the block-step shapes: residual-add + RMSNorm over hidden 2048 and
 QK-norm + partial RoPE over 16 + 4 heads of 128, for 32 and 64 tokens; vs model_core's PyTorch.
 
-    python -m kernels.norm.bench [--tiny]
+    python -m lladauni.kernels.norm.bench [--tiny]
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ TINY = dict(H=64, Hq=4, Hkv=2, D=32, R=16)
 
 
 def run(device: torch.device, tokens=(32, 64), *, tiny: bool = False, ceilings: Optional[dict] = None, iters: int = 50) -> list[dict[str, Any]]:
-    from model_core.layers.norm import rms_norm as torch_rms_norm
-    from model_core.layers.rope import PartialRotaryEmbedding, apply_partial_rope
+    from lladauni.model_core.layers.norm import rms_norm as torch_rms_norm
+    from lladauni.model_core.layers.rope import PartialRotaryEmbedding, apply_partial_rope
 
     s = TINY if tiny else FULL
     dt = torch.bfloat16

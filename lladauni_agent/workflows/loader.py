@@ -6,6 +6,8 @@ and every template. Problems come back together as ``WorkflowError`` whose lines
 from __future__ import annotations
 
 import difflib
+import functools
+import importlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,9 +21,21 @@ from . import schema as S
 from .functions import registered_functions
 from .templates import check as check_template, is_template
 
-__all__ = ["Issue", "WorkflowError", "Workflow", "load_workflow", "loads_workflow", "BUNDLED_DIR", "bundled_workflows"]
+__all__ = ["Issue", "WorkflowError", "Workflow", "load_workflow", "loads_workflow", "bundled_dir", "bundled_workflows"]
 
-BUNDLED_DIR = Path(__file__).resolve().parents[2] / "workflows"
+
+@functools.lru_cache(maxsize=None)
+def bundled_dir() -> Path:
+    """The folder of the bundled workflows: the ``lladauni.workflows`` data package (the
+    repository's ``workflows/``), found through the import system so that an editable install,
+    a wheel and a plain checkout all answer the same."""
+    pkg = importlib.import_module("lladauni.workflows")
+    for entry in pkg.__path__:
+        if Path(entry).is_dir() and any(Path(entry).glob("*.yaml")):
+            return Path(entry)
+    raise FileNotFoundError(f"the bundled workflows are missing from this install (lladauni.workflows: {list(pkg.__path__)})")
+
+
 _NODE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 Pos = tuple[int, int]
 Path_ = tuple[Union[str, int], ...]
@@ -66,7 +80,7 @@ class Workflow:
 
 def bundled_workflows() -> dict[str, Path]:
     """Name -> path of the workflows shipped in the repository's ``workflows/`` directory."""
-    return {p.stem: p for p in sorted(BUNDLED_DIR.glob("*.yaml"))}
+    return {p.stem: p for p in sorted(bundled_dir().glob("*.yaml"))}
 
 
 # ---------------------------------------------------------------------------------- positions

@@ -20,6 +20,8 @@ from typing import Callable, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
+from ..kernel_choice import kernel_module, triton_missing_on_cuda
+
 __all__ = [
     "AttentionMask",
     "DenseMask",
@@ -28,6 +30,9 @@ __all__ = [
     "register_attention_backend",
     "get_attention_backend",
     "attention_backends",
+    "choose_attention",
+    "triton_attention",
+    "flash_attention",
 ]
 
 
@@ -203,49 +208,82 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Atte
     return out
 
 
+def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask, scale: float) -> torch.Tensor:
+    """The Triton block-masked kernel (``lladauni.kernels.attention``): reads the mask's block
+    vectors, no dense mask, no host sync (CUDA-graph safe). Raises where the kernel does not
+    serve the call; ``auto`` asks first and uses SDPA instead."""
+    op = kernel_module("attention")
+    if op is None:
+        raise RuntimeError("the attention kernel failed to import (see the warning above); use attn='sdpa'")
+    kv = mask.key_valid
+    if kv is not None and not kv.is_contiguous():
+        kv = kv.contiguous()
+    return op.block_attention(q, k, v, mask.query_block, mask.key_block, kv, scale)
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask, scale: float) -> torch.Tensor:
+    """flash-attn when the mask hides nothing and flash-attn serves the call, the Triton kernel
+    otherwise. ``mask.sees_everything()`` costs one host sync per mask (cached on it, so once per
+    forward), which rules this backend out of CUDA-graph capture; ``triton`` has no such sync."""
+    op = kernel_module("attention")
+    if op is not None and op.flash_unsupported(q, k, v) is None and mask.sees_everything():
+        return op.flash_attention(q, k, v, scale)
+    return triton_attention(q, k, v, mask, scale)
+
+
 _BACKENDS: dict[str, AttentionFn] = {"eager": eager_attention, "sdpa": sdpa_attention}
 
 
+def _add_kernel_backends() -> None:
+    """List ``triton`` (and ``flash`` with flash-attn) once the kernels import and Triton is here."""
+    op = kernel_module("attention")
+    if op is None or not op.HAS_TRITON:
+        return
+    _BACKENDS.setdefault("triton", triton_attention)
+    if op.HAS_FLASH_ATTN:
+        _BACKENDS.setdefault("flash", flash_attention)
+
+
 def register_attention_backend(name: str, fn: AttentionFn) -> None:
-    """Add (or replace) an attention backend; the kernels package registers its own here."""
+    """Add (or replace) an attention backend under ``name`` (any callable with the backend signature)."""
     if name == "auto":
         raise ValueError("'auto' is reserved")
     _BACKENDS[name] = fn
 
 
 def attention_backends() -> list[str]:
+    _add_kernel_backends()
     return sorted(_BACKENDS)
 
 
-def _register_kernels() -> None:
-    """Let the kernels package add its backends (needs Triton; a no-op without it)."""
-    global _KERNELS_TRIED
-    if _KERNELS_TRIED:
-        return
-    _KERNELS_TRIED = True
-    try:
-        import kernels
-
-        kernels.register()
-    except ImportError:
-        pass
-
-
-_KERNELS_TRIED = False
+def choose_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask, *, kernel_device: Optional[bool] = None
+) -> tuple[str, AttentionFn]:
+    """The backend ``auto`` runs for this call, by capability: the Triton kernel when the
+    tensors are on CUDA (``kernel_device``, default ``q.is_cuda``) and the kernel serves their
+    shape, dtype and strides; SDPA otherwise. Metadata only: no host sync."""
+    if kernel_device is None:
+        kernel_device = q.is_cuda
+    if kernel_device:
+        op = kernel_module("attention")
+        if op is not None:
+            if op.unsupported(q, k, v, mask.query_block, mask.key_block, mask.key_valid) is None:
+                return "triton", triton_attention
+            triton_missing_on_cuda("attention", op)
+    return "sdpa", sdpa_attention
 
 
 def _auto_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask, scale: float) -> torch.Tensor:
-    """Triton on CUDA when registered, SDPA elsewhere; decided per call, so a model moved to the
-    GPU after it was built still gets the kernel."""
-    fn = _BACKENDS.get("triton") if q.is_cuda else None
-    return (fn or sdpa_attention)(q, k, v, mask, scale)
+    """Decided per call, so a model moved to the GPU after it was built still gets the kernel,
+    and a shape the kernel does not serve still runs."""
+    return choose_attention(q, k, v, mask)[1](q, k, v, mask, scale)
 
 
 def get_attention_backend(name: str) -> AttentionFn:
-    """Resolve a backend name; ``auto`` picks Triton on CUDA when available, SDPA otherwise."""
+    """Resolve a backend name; ``auto`` chooses per call (``choose_attention``)."""
     if name == "auto":
-        _register_kernels()
         return _auto_attention
+    _add_kernel_backends()
     try:
         return _BACKENDS[name]
     except KeyError:

@@ -1,8 +1,8 @@
 """Train a small shapes model end to end and write it as a checkpoint in the published layout.
 
-    python -m model_core.training.build --out model_core/data/shapes-tiny --jobs 2 # the embedded default
-    python -m model_core.training.build --out /tmp/smoke --smoke                    # CI-sized
-    python -m model_core.training.build --out DIR --stages backbone                 # redo one stage
+    python -m lladauni.model_core.training.build --out model_core/data/shapes-tiny --jobs 2 # the embedded default
+    python -m lladauni.model_core.training.build --out /tmp/smoke --smoke                    # CI-sized
+    python -m lladauni.model_core.training.build --out DIR --stages backbone                 # redo one stage
 
 Stages (tokenizer, image_tokenizer, vae, decoder, backbone) write their parts into ``OUT.partial/``;
 the finished checkpoint replaces ``OUT`` only at the end, so an interrupted build never leaves a
@@ -233,7 +233,7 @@ def build_shapes_model(
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m model_core.training.build", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m lladauni.model_core.training.build", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="checkpoint directory to write")
     p.add_argument("--work", default=None, help="resumable training state (default OUT.work)")
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
