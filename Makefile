@@ -1,21 +1,25 @@
-# Both targets create .venv when missing and install what they need.
-# torch 2.13.0 is installed first (a CPU build from local disk on our machines) so the
-# project's own `torch>=2.4` never makes the resolver fetch a CUDA build.
+# Both main targets create .venv when missing and install what they need from the committed lock
+# (requirements.lock, pip constraints), so an upstream release cannot break a fresh clone.
+# torch 2.13.0 is installed first (a CPU build from local disk on our machines) so the project's
+# own `torch>=2.4` never makes the resolver fetch a CUDA build.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lladauni-installed
+LOCK := requirements.lock
+SMOKE := tests/test_api.py tests/test_packaging.py tests/test_kernel_choice.py tests/test_demo_cli.py \
+         tests/test_tokenizer.py tests/test_decoder.py tests/test_workflows_validation.py tests/test_tools_mcp.py
 
-.PHONY: test demo bench clean
+.PHONY: test demo bench clean lock check-latest check-wheel
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml $(LOCK) | $(PY)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[dev,agent,server]"
+	$(PY) -m pip install --quiet -c $(LOCK) -e ".[dev,agent,server]"
 	# Triton for the kernel tests (run in its CPU interpreter); --no-deps keeps the torch above
-	$(PY) -m pip install --quiet --no-deps "triton>=3.0"
+	$(PY) -m pip install --quiet --no-deps -c $(LOCK) triton
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -27,5 +31,30 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.run
 
+# The wheel as a user gets it: built, installed (not editable) with the lock into a fresh venv,
+# used from a directory outside the checkout (CI runs this before the tests).
+check-wheel:
+	bash .ci/wheel_check
+
+# The newest versions pyproject allows, in a throwaway venv, on a smoke subset: finds the next
+# upstream break before users do. Does not touch .venv or the lock.
+check-latest:
+	rm -rf /tmp/lladauni-latest && $(PYTHON) -m venv /tmp/lladauni-latest
+	/tmp/lladauni-latest/bin/python -m pip install --quiet "torch==2.13.0"
+	/tmp/lladauni-latest/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager ".[dev,agent,server]"
+	/tmp/lladauni-latest/bin/python -m pip install --quiet --no-deps --upgrade triton
+	/tmp/lladauni-latest/bin/python -m pip freeze | grep -iE "^(transformers|diffusers|kernels|tokenizers|langgraph|mcp|fastapi|pydantic|triton)=="
+	/tmp/lladauni-latest/bin/python -m pytest -q -p no:cacheprovider $(SMOKE)
+
+# Re-resolve the lock from the newest allowed versions (then run `make test` before committing it).
+lock:
+	rm -rf /tmp/lladauni-lock && $(PYTHON) -m venv /tmp/lladauni-lock
+	/tmp/lladauni-lock/bin/python -m pip install --quiet "torch==2.13.0"
+	/tmp/lladauni-lock/bin/python -m pip install --quiet ".[dev,agent,server]"
+	/tmp/lladauni-lock/bin/python -m pip install --quiet --no-deps triton
+	{ echo "# Resolved versions for 'make test' / 'make demo' (pip constraints; Python 3.11, CPU torch from local disk)."; \
+	  echo "# Regenerate with 'make lock' (newest versions pyproject allows, resolved in a throwaway venv), then run 'make test'."; \
+	  /tmp/lladauni-lock/bin/python -m pip freeze --exclude lladauni-agent | sed -e 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/'; } > $(LOCK)
+
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build dist *.egg-info

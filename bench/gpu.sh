@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One prepared GPU benchmark run (issue 6): kernels vs ceilings, the full-size block step
+# One prepared GPU benchmark run (issue 6; issue 17 added install_checks: what the kernel chooser
+# picks for each published call shape, and its error vs the fp32 reference): kernels vs ceilings, the full-size block step
 # (eager torch, torch.compile, our kernels, CUDA graph, FP8 experts), then the image-tokenizer
 # and decoder benchmarks. Uses the image's own torch and triton (no installs). Finishes within
 # BUDGET_S seconds (default 480): each section runs in its own process under `timeout`, capped
@@ -40,12 +41,14 @@ run_section() {  # name, max seconds, command...
 
 if [ "$DRY" = 1 ]; then
   export TRITON_INTERPRET=1
+  run_section install_checks 60 $PY bench/gpu_checks.py --dry-run
   run_section kernels 200 $PY bench/gpu_kernels.py --section all --dry-run --out "$OUT_DIR"
   run_section image_tokenizer 30 $PY bench/gpu_image_tokenizer.py --dry-run
   run_section decoder 60 $PY bench/gpu_decoder.py --config tiny --device cpu --dtype float32 --grid 4 --steps 1 --repeats 1 --no-vae
 else
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$OUT_DIR/nvidia_smi.log"
   $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)" 2>&1
+  run_section install_checks 60 $PY bench/gpu_checks.py
   run_section kernels 90 $PY bench/gpu_kernels.py --section kernels --out "$OUT_DIR"
   run_section backbone 150 $PY bench/gpu_kernels.py --section backbone --out "$OUT_DIR"
   run_section compile 110 $PY bench/gpu_kernels.py --section compile --out "$OUT_DIR"
@@ -66,7 +69,7 @@ for f in sorted(out.glob("kernels_*.json")):
         summary[f.stem] = json.loads(f.read_text())
     except Exception as exc:
         summary[f.stem] = {"error": str(exc)}
-for name in ("image_tokenizer", "decoder"):
+for name in ("install_checks", "image_tokenizer", "decoder"):
     log = out / f"{name}.log"
     if not log.exists():
         continue

@@ -237,7 +237,9 @@ def main() -> int:
         from lladauni.kernels.norm import bench as norm_bench
 
         c, it = _ceilings(), (1 if dry else 20)
-        guarded("kernel_moe", lambda: moe_bench.run(device, (32,) if dry else (32, 64), tiny=dry, ceilings=c, iters=it))
+        from lladauni.model_core.moe import loop_moe
+
+        guarded("kernel_moe", lambda: moe_bench.run(device, (32,) if dry else (32, 64), tiny=dry, ceilings=c, iters=it, loop=loop_moe))
         guarded("kernel_attention", lambda: attn_bench.run(device, tiny=dry, ceilings=c, iters=it))
         guarded("kernel_norm", lambda: norm_bench.run(device, (32,) if dry else (32, 64), tiny=dry, ceilings=c, iters=it))
     if "backbone" in sections:

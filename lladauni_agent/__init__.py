@@ -6,10 +6,18 @@ for other hosts such as ``langgraph dev``). Backends: ``LocalBackend`` (in-proce
 (answers you choose).
 """
 
-from .agent import Agent, RunResult
-from .backend import Backend, BackendError, HTTPBackend, LocalBackend, ScriptedBackend
-from .context import AgentContext
-from .graph import GRAPHS, build_graph
+from lladauni.model_core.extras import missing_extra_message
+
+try:
+    from .agent import Agent, RunResult
+    from .backend import Backend, BackendError, HTTPBackend, LocalBackend, ScriptedBackend
+    from .context import AgentContext
+    from .graph import GRAPHS, build_graph
+except ModuleNotFoundError as exc:  # say which extra, in one line, instead of a bare module name
+    hint = missing_extra_message(exc, "lladauni.agent")
+    if hint is None:
+        raise
+    raise ModuleNotFoundError(hint, name=exc.name) from None
 
 __all__ = [
     "Agent",

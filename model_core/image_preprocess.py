@@ -14,11 +14,15 @@ Three steps, each a plain function so callers and tests can use them alone:
      several images: 128²..448² each), bicubic, then a centred 32-aligned crop.
    - ``edit``: the closest-aspect candidate of the ~512² crop list (aspect <= 4). By default the
      image is resized to cover the candidate (bicubic) and centre-cropped. ``legacy_crop=True``
-     reproduces the official code, which cuts the candidate box out of the unscaled image (a
-     1024² source becomes its central 512² crop; a smaller source is padded with black).
+     reproduces the official ``var_center_crop`` pixel for pixel: it cuts the candidate box out of
+     the unscaled image at offsets ``max(0, (W - cw) // 2)``, ``max(0, (H - ch) // 2)`` (a 1024²
+     source becomes its central 512² crop; a side shorter than the box stays at the top / left and
+     is padded with black on the right / bottom).
    - ``none``: no resizing; both sides must already be multiples of the patch size.
-   Every grid side produced must be one the size tokens ``<|reserved_token_N|>`` can express:
-   even and in 8..34, or any side in 36..255 (``check_grid``).
+   For ``understand`` and ``edit``, whose output goes into prompts, every grid side produced must
+   be one the size tokens ``<|reserved_token_N|>`` can express: even and in 8..34, or any side in
+   36..255 (``check_grid``). ``none`` accepts any grid, as the official encoder does; the size-token
+   rule is then enforced where a prompt is built (``PromptBuilder.header``).
    These are the published model's policies and the default. A preprocessor config with
    ``fixed_size = [height, width]`` replaces them: ``understand`` and ``edit`` (one image or
    several; ``legacy_crop`` is ignored) scale the image bicubically, aspect kept, to cover that
@@ -291,9 +295,11 @@ def edit_crop(img: Image.Image, *, legacy_crop: bool = False) -> Image.Image:
     """The editing crop (see the module docstring for ``legacy_crop``)."""
     cw, ch = pick_edit_size(img.width, img.height)
     if legacy_crop:
-        # Official behaviour: a box of the candidate size around the centre of the unscaled image;
-        # PIL fills any part outside the image with black.
-        left, top = (img.width - cw) // 2, (img.height - ch) // 2
+        # The official center_crop: offsets floor((W - cw) / 2) clamped at 0, on the unscaled image.
+        # A side shorter than the box keeps the image at the top / left, and PIL fills the rest of
+        # the box (right / bottom) with zeros, i.e. black. The official LANCZOS resize to (cw, ch)
+        # that follows is a no-op: the crop already has that size.
+        left, top = max(0, (img.width - cw) // 2), max(0, (img.height - ch) // 2)
         return img.crop((left, top, left + cw, top + ch))
     scale = max(cw / img.width, ch / img.height)
     new_w, new_h = max(cw, int(round(img.width * scale))), max(ch, int(round(img.height * scale)))
@@ -352,7 +358,8 @@ def prepare_image(
 
     With ``config.fixed_size`` set, ``understand`` and ``edit`` resize to exactly that size
     (``multi_image`` and ``legacy_crop`` then change nothing) and the published grid-side rule is
-    not checked (see the module docstring).
+    not checked (see the module docstring). ``none`` never checks it: any grid of whole patches
+    can be encoded; prompt building refuses a grid without size tokens.
 
     Returns (the resized RGB image, pixel values (gh*gw, 3*p*p) float32, (gh, gw)).
     """
@@ -373,6 +380,6 @@ def prepare_image(
             f"purpose='none' does not resize (use 'understand' or 'edit')"
         )
     gh, gw = img.height // p, img.width // p
-    if fixed is None:
+    if fixed is None and purpose != "none":
         check_grid(gh, gw, img.size)
     return img, to_pixel_values(img, config), (gh, gw)

@@ -483,7 +483,9 @@ class ImageTokenizer:
 
         purpose: ``understand`` (smart resize; the several-image budget of 448² applies when a
         list of more than one image is given, or when ``multi_image=True``), ``edit`` (the ~512²
-        crop) or ``none`` (no resizing). Every image is checked before any is encoded.
+        crop) or ``none`` (no resizing; any grid of whole patches is encoded, as by the official
+        encoder, even one the size tokens cannot express: building a prompt for it fails then,
+        see ``PromptBuilder.header``). Every image is checked before any is encoded.
         """
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)

@@ -159,7 +159,8 @@ def test_edit_crop_resizes_first_and_legacy_reproduces_the_official_crop():
     assert fixed.size == (512, 512)
     assert np.array_equal(np.asarray(fixed), np.asarray(src.resize((512, 512), Image.BICUBIC)))  # whole image, scaled
     small = Image.new("RGB", (300, 300), (200, 100, 50))
-    assert np.asarray(edit_crop(small, legacy_crop=True))[0, 0].tolist() == [0, 0, 0]  # PIL pads with black
+    padded = np.asarray(edit_crop(small, legacy_crop=True))  # offsets clamped at 0: top-left, black beyond
+    assert padded[0, 0].tolist() == [200, 100, 50] and padded[511, 511].tolist() == [0, 0, 0]
     up = np.asarray(edit_crop(small))
     assert up.shape == (512, 512, 3) and (up == [200, 100, 50]).all()  # enlarged, no black padding
     wide = edit_crop(_img(1000, 300))
@@ -188,8 +189,9 @@ def test_purpose_none_keeps_the_image():
     assert grid == (8, 12) and np.array_equal(np.asarray(img), np.asarray(src))
     with pytest.raises(ValueError, match=r"200x128 is not a multiple of the 16-pixel patch"):
         prepare_image(_img(200, 128), "none", PRE)
-    with pytest.raises(ValueError, match=r"grid 3x3 .*height 3 cannot be written"):
-        prepare_image(_img(48, 48), "none", PRE)
+    # no size-token check for 'none' (the official encoder has none; prompt building checks)
+    assert prepare_image(_img(48, 48), "none", PRE)[2] == (3, 3)
+    assert prepare_image(_img(128, 96), "none", PRE)[2] == (6, 8)
     with pytest.raises(ValueError, match=r"purpose='generate'"):
         prepare_image(src, "generate", PRE)
 

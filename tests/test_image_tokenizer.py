@@ -20,8 +20,10 @@ from safetensors.torch import load_file, save_file
 from lladauni.model_core import BackboneConfig, CheckpointError, ConfigError
 from lladauni.model_core.image_config import ImageTokenizerConfig, PreprocessorConfig
 from lladauni.model_core.image_preprocess import to_pixel_values
+from lladauni.model_core.generation.prompts import ChatMessage, ImageCodes, PromptBuilder
 from lladauni.model_core.image_tokenizer import ImageTokenizer, ImageTokens, SigLIPVQ, load_image_tokenizer_network
 from lladauni.model_core.testing_image import WEIGHTS_NAME, random_image_tokenizer, write_tiny_image_tokenizer
+from lladauni.model_core.tokenizer import TextTokenizer
 
 REF = Path("/work/shared/reference/llada2-uni/image_tokenizer")
 DATA = Path(__file__).parent / "data" / "llada2-uni" / "image_tokenizer"
@@ -301,6 +303,34 @@ def test_from_pretrained_encode_and_backbone_ids(tokenizer, tok_root):
     for t, src in zip(many, [img, _rand_image(200, 900, 2)]):
         assert torch.equal(t.codes, tokenizer.encode(src, purpose="edit").codes)
     assert tokenizer.encode([]) == []
+
+
+def test_purpose_none_encodes_a_grid_without_size_tokens(tokenizer):
+    # 128x96 pixels = a 6x8 grid: <|reserved_token_6|> is not a size token, but the official
+    # encoder encodes it all the same; the size-token rule is the prompt builder's (next test).
+    img = _rand_image(96, 128, seed=7)
+    tok = tokenizer.encode(img, purpose="none")
+    assert (tok.h, tok.w) == (6, 8) and tok.codes.shape == (48,) and tok.image.size == (128, 96)
+    want = tokenizer.network(to_pixel_values(img, tokenizer.preprocessor), [(6, 8)])
+    assert torch.equal(tok.codes, want)
+    odd = tokenizer.encode(_rand_image(48, 80, seed=8), purpose="none")  # 3x5: odd sides too
+    assert (odd.h, odd.w) == (3, 5) and odd.codes.numel() == 15
+
+
+def test_prompt_building_refuses_a_grid_without_size_tokens(tiny_ckpt):
+    pb = PromptBuilder(TextTokenizer.from_pretrained(tiny_ckpt), image_token_offset=157184)
+    bad = ImageCodes(torch.arange(48), 6, 8)
+    msg = r"image grid of 6x8 codes cannot be written in a prompt: grid side 6 has no size token <\|reserved_token_6\|>"
+    with pytest.raises(ValueError, match=msg):
+        pb.understanding(bad, "what is this?")
+    with pytest.raises(ValueError, match=msg):
+        pb.chat([ChatMessage("user", "what is this?", [bad])])
+    with pytest.raises(ValueError, match=msg):
+        pb.editing([bad], "make it red", 16, 16)
+    with pytest.raises(ValueError, match=msg):
+        pb.text_to_image("a cat", 6, 8)
+    ok = ImageCodes(torch.arange(64), 8, 8)
+    assert pb.understanding(ok, "")[:4] == pb.header(8, 8)
 
 
 def test_weights_stay_resident(tok_copy):

@@ -8,8 +8,9 @@ import torch
 from tests.kernel_fixtures import BF16, DEVICE, F16, F32, assert_close, needs_triton, randn, requires_cuda
 from tests.kernel_fixtures import nan_buffers  # noqa: F401  (fixture)
 
-from lladauni.kernels.attention import attention, attention_reference, block_attention
+from lladauni.kernels.attention import attention_reference, block_attention
 from lladauni.model_core.layers.attention import AttentionMask, eager_attention
+from lladauni.model_core.layers.attention import triton_attention as attention
 
 pytestmark = [needs_triton, pytest.mark.usefixtures("nan_buffers")]
 

@@ -127,11 +127,11 @@ def test_published_default_is_unchanged():
     # the ~512² edit crop list
     img, _, grid = prepare_image(_img(200, 150), "edit", pre)
     assert img.size == (576, 448) and grid == (28, 36)
-    # the published grid rule still applies: a 3x3 grid of 16-pixel patches is rejected
+    # the published grid rule still applies to the prompt resizes (a 4000x100 source gives 6x250) ...
     with pytest.raises(ValueError, match="cannot be written as a size token"):
-        prepare_image(_img(48, 48), "none", pre)
-    with pytest.raises(ValueError, match="cannot be written as a size token"):
-        prepare_image(_img(96, 96), "none", pre)
+        prepare_image(_img(4000, 100), "understand", pre)
+    # ... while 'none' encodes any grid, as the official encoder does (prompt building checks it)
+    assert prepare_image(_img(48, 48), "none", pre)[2] == (3, 3)
 
 
 # ----------------------------------------------------------------------------- size tokens

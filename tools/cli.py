@@ -11,6 +11,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from lladauni.model_core.extras import missing_extra_message
+
 
 def _inspect(args: argparse.Namespace) -> int:
     from lladauni.model_core.checkpoint import CheckpointError, inspect_checkpoint
@@ -450,16 +452,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transport", choices=["stdio", "http"], default="stdio")
     p.set_defaults(func=_mcp)
 
-    try:  # the agent command needs the `agent` extra (langgraph); the rest works without it
+    try:  # the agent and workflow commands need the `agent` extra (langgraph); the rest works without it
         from lladauni.agent.cli import add_agent_command
-    except ImportError:
-        pass
+        from lladauni.agent.workflows.cli import add_workflow_commands
+    except ModuleNotFoundError as exc:
+        hint = missing_extra_message(exc)
+        if hint is None:
+            raise
+        missing = exc
+        for name in ("agent", "validate", "run", "schema"):  # still listed, and each says what to install
+            p = sub.add_parser(name, help=f"(needs the agent extra) {name}", add_help=False)
+            p.add_argument("rest", nargs=argparse.REMAINDER)
+            p.set_defaults(func=lambda args: _fail(missing_extra_message(missing, f"lladauni {args.command}")))
     else:
         add_agent_command(sub)
-        from lladauni.agent.workflows.cli import add_workflow_commands
-
         add_workflow_commands(sub)
     return parser
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -467,8 +480,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args))
     except (ValueError, FileNotFoundError) as exc:  # bad input: say what, no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
+    except ModuleNotFoundError as exc:  # a missing extra: one line naming it
+        hint = missing_extra_message(exc, f"lladauni {args.command}" if getattr(args, "command", None) else "this")
+        if hint is None:
+            raise
+        return _fail(hint)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import argparse
 import itertools
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -41,9 +41,9 @@ def _traffic(ids: torch.Tensor, T: int, E: int, H: int, I: int, K: int, wbytes: 
 
 
 def run(device: torch.device, tokens=(32, 64), *, tiny: bool = False, ceilings: Optional[dict] = None,
-        iters: int = 20, with_loop: bool = True, config: Optional[dict] = None) -> list[dict[str, Any]]:
-    from lladauni.model_core.moe import loop_moe
-
+        iters: int = 20, loop: Optional[Callable] = None, config: Optional[dict] = None) -> list[dict[str, Any]]:
+    """``loop``: a torch per-expert path to time beside the kernel (the caller passes the model's,
+    ``lladauni.model_core.moe.loop_moe``; this package imports nothing of lladauni's)."""
     shape = TINY if tiny else FULL
     E, H, I, K = shape["E"], shape["H"], shape["I"], shape["K"]
     rows = []
@@ -55,8 +55,8 @@ def run(device: torch.device, tokens=(32, 64), *, tiny: bool = False, ceilings: 
         if device.type == "cuda":
             ms = time_ms(lambda: fused_moe(x, gu, dn, ids, w, config=config), device, iters=iters, graph=True)
             rows.append(roofline(f"moe_triton_bf16_T{T}_graph", ms, nbytes, flops, ceilings))
-        if with_loop:
-            ms = time_ms(lambda: loop_moe(x, gu, dn, ids, w), device, iters=max(3, iters // 4))
+        if loop is not None:
+            ms = time_ms(lambda: loop(x, gu, dn, ids, w), device, iters=max(3, iters // 4))
             rows.append(roofline(f"moe_loop_bf16_T{T}", ms, nbytes, flops, ceilings))
         if H % 128 == 0 and I % 128 == 0:
             gq, gs, dq, ds = quantize_experts(gu, dn)

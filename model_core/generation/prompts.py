@@ -65,7 +65,13 @@ class PromptBuilder:
 
     # ------------------------------------------------------------------ pieces
     def header(self, h: int, w: int) -> list[int]:
-        return self.tok.image_header(h, w)
+        """``<|image|> <|reserved_token_h|> <|reserved_token_w|> <boi>``. This is where the size-token
+        rule lives: an h x w grid whose side has no size token in this tokenizer (with the published
+        one: odd sides below 36, sides below 8 or above 255) raises ValueError naming the grid."""
+        try:
+            return self.tok.image_header(h, w)
+        except ValueError as exc:
+            raise ValueError(f"an image grid of {h}x{w} codes cannot be written in a prompt: {exc}") from None
 
     def image_block(self, image: ImageCodes) -> list[int]:
         return self.header(image.h, image.w) + (image.codes + self.offset).tolist() + [self.eoi]
