@@ -8,7 +8,9 @@ last-writer-wins. Every loop counts ``iteration`` against ``max_iterations``.
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, Literal, Optional, TypedDict
+from typing import Annotated, Any, Literal, Optional
+
+from typing_extensions import TypedDict  # langgraph-api reads input/output schemas only from this one on Python < 3.12
 
 __all__ = ["ImageRef", "Verdict", "TimelineEvent", "AgentState", "InspectTask", "Status"]
 

@@ -18,7 +18,9 @@ import operator
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable, Optional, TypedDict
+from typing import Annotated, Any, Callable, Optional
+
+from typing_extensions import TypedDict  # langgraph-api reads schemas only from this one on Python < 3.12
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
