@@ -12,6 +12,15 @@ SMOKE := tests/test_api.py tests/test_packaging.py tests/test_kernel_choice.py t
 
 .PHONY: test demo bench clean lock check-latest check-wheel
 
+# $(call fresh_venv,DIR,PIP_FLAGS): a throwaway venv at DIR with torch 2.13.0 first, then the
+# project with every extra and Triton (no deps), resolved without the lock.
+define fresh_venv
+	rm -rf $(1) && $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet "torch==2.13.0"
+	$(1)/bin/python -m pip install --quiet $(2) ".[dev,agent,server]"
+	$(1)/bin/python -m pip install --quiet --no-deps $(2) triton
+endef
+
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
@@ -39,19 +48,13 @@ check-wheel:
 # The newest versions pyproject allows, in a throwaway venv, on a smoke subset: finds the next
 # upstream break before users do. Does not touch .venv or the lock.
 check-latest:
-	rm -rf /tmp/lladauni-latest && $(PYTHON) -m venv /tmp/lladauni-latest
-	/tmp/lladauni-latest/bin/python -m pip install --quiet "torch==2.13.0"
-	/tmp/lladauni-latest/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager ".[dev,agent,server]"
-	/tmp/lladauni-latest/bin/python -m pip install --quiet --no-deps --upgrade triton
+	$(call fresh_venv,/tmp/lladauni-latest,--upgrade --upgrade-strategy eager)
 	/tmp/lladauni-latest/bin/python -m pip freeze | grep -iE "^(transformers|diffusers|kernels|tokenizers|langgraph|mcp|fastapi|pydantic|triton)=="
 	/tmp/lladauni-latest/bin/python -m pytest -q -p no:cacheprovider $(SMOKE)
 
 # Re-resolve the lock from the newest allowed versions (then run `make test` before committing it).
 lock:
-	rm -rf /tmp/lladauni-lock && $(PYTHON) -m venv /tmp/lladauni-lock
-	/tmp/lladauni-lock/bin/python -m pip install --quiet "torch==2.13.0"
-	/tmp/lladauni-lock/bin/python -m pip install --quiet ".[dev,agent,server]"
-	/tmp/lladauni-lock/bin/python -m pip install --quiet --no-deps triton
+	$(call fresh_venv,/tmp/lladauni-lock,)
 	{ echo "# Resolved versions for 'make test' / 'make demo' (pip constraints; Python 3.11, CPU torch from local disk)."; \
 	  echo "# Regenerate with 'make lock' (newest versions pyproject allows, resolved in a throwaway venv), then run 'make test'."; \
 	  /tmp/lladauni-lock/bin/python -m pip freeze --exclude lladauni-agent | sed -e 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/'; } > $(LOCK)

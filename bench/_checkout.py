@@ -1,9 +1,9 @@
 """Import ``lladauni.*`` straight from this checkout, without installing it.
 
 The GPU machine runs the benchmarks on its own torch and triton with no install step, so the
-bench scripts map the repository folders under the ``lladauni`` name the way pyproject's
-``package-dir`` does (a test keeps the two tables equal). Where lladauni is installed already
-(an editable install or the wheel), this does nothing.
+bench scripts map the repository folders under the ``lladauni`` name as pyproject's
+``[tool.setuptools.package-dir]`` does (read from pyproject.toml, Python >= 3.11). Where
+lladauni is installed already (an editable install or the wheel), this does nothing.
 """
 
 from __future__ import annotations
@@ -12,18 +12,13 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: import name -> repository folder, as [tool.setuptools.package-dir] in pyproject.toml
-PACKAGE_DIRS = {
-    "lladauni.model_core": "model_core",
-    "lladauni.kernels": "kernels",
-    "lladauni.agent": "lladauni_agent",
-    "lladauni.tools": "tools",
-    "lladauni.workflows": "workflows",
-}
+#: import name -> repository folder
+PACKAGE_DIRS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
 
 
 class _CheckoutFinder(importlib.abc.MetaPathFinder):

@@ -11,11 +11,11 @@ import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
-__all__ = ["HAS_TRITON", "has_module", "require_triton", "interpreting", "can_launch", "load_config", "device_key", "patch_interpreter"]
+__all__ = ["HAS_TRITON", "has_module", "launch_problem", "require_triton", "interpreting", "can_launch", "load_config", "device_key", "patch_interpreter"]
 
 def has_module(name: str) -> bool:
     try:
@@ -27,15 +27,29 @@ def has_module(name: str) -> bool:
 HAS_TRITON: bool = has_module("triton")
 
 
-def require_triton(*tensors: torch.Tensor) -> None:
-    """RuntimeError naming the missing extra when Triton is not installed; ValueError when the
-    tensors are where no Triton kernel runs (CPU without TRITON_INTERPRET=1)."""
+NO_TRITON = "these kernels need Triton: pip install 'lladauni-agent[gpu]' (or triton)"
+
+
+def launch_problem(*tensors: torch.Tensor) -> Optional[str]:
+    """Why no Triton kernel can run on these tensors (Triton missing, or tensors where no kernel
+    runs: CPU without TRITON_INTERPRET=1); None when one can. Metadata only."""
     if not HAS_TRITON:
-        raise RuntimeError("these kernels need Triton: pip install 'lladauni-agent[gpu]' (or triton)")
-    patch_interpreter()
+        return NO_TRITON
     if tensors and not can_launch(*tensors):
         where = sorted({str(t.device) for t in tensors})
-        raise ValueError(f"tensors on {where}: Triton kernels run on CUDA, or on CPU with TRITON_INTERPRET=1")
+        return f"tensors on {where}: Triton kernels run on CUDA, or on CPU with TRITON_INTERPRET=1"
+    return None
+
+
+def require_triton(*tensors: torch.Tensor) -> None:
+    """RuntimeError naming the missing extra when Triton is not installed; ValueError when the
+    tensors are where no Triton kernel runs (``launch_problem``)."""
+    problem = launch_problem(*tensors)
+    if problem == NO_TRITON:
+        raise RuntimeError(problem)
+    patch_interpreter()
+    if problem:
+        raise ValueError(problem)
 
 
 def interpreting() -> bool:

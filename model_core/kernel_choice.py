@@ -22,6 +22,8 @@ from typing import Optional
 
 import torch
 
+from .extras import DISTRIBUTION
+
 __all__ = ["kernel_module", "kernel_status", "report_once"]
 
 log = logging.getLogger("lladauni.kernels")
@@ -55,27 +57,30 @@ def kernel_module(op: str) -> Optional[ModuleType]:
             report_once(
                 f"import:{op}",
                 f"lladauni.kernels.{op} failed to import ({_ERRORS[op]}); {op} runs its PyTorch path. "
-                "Reinstall lladauni-agent (and the 'gpu' extra for Triton) to get the kernels back.",
+                f"Reinstall {DISTRIBUTION} (and the 'gpu' extra for Triton) to get the kernels back.",
             )
     return _MODULES[op]
 
 
-def triton_missing_on_cuda(op: str, module: ModuleType) -> None:
-    """Report once that a CUDA call runs the torch path because Triton is not installed."""
-    if not module.HAS_TRITON:
+def report_fallback(op: str, module: ModuleType, reason: str) -> None:
+    """A kernel refused a call on a kernel device for ``reason``. A shape it does not serve is the
+    designed fallback and stays quiet; a refusal because Triton is missing is reported once."""
+    if reason == module.NO_TRITON:
         report_once(
             f"triton:{op}",
             f"Triton is not installed: {op} on CUDA runs the PyTorch path. "
-            "pip install \"lladauni-agent[gpu]\" for the fused kernels.",
+            f"pip install \"{DISTRIBUTION}[gpu]\" for the fused kernels.",
         )
 
 
 def kernel_status() -> dict[str, object]:
-    """What the kernels offer here: per op 'ok' or the import error, plus Triton / CUDA /
-    flash-attn availability."""
+    """What the kernels offer here: per op 'ok' or the import error, plus the kernels' own
+    ``available()`` (Triton, CUDA, flash-attn)."""
     status: dict[str, object] = {op: ("ok" if kernel_module(op) is not None else _ERRORS[op]) for op in _OPS}
-    attn = _MODULES.get("attention")
-    status["triton"] = bool(attn is not None and attn.HAS_TRITON)
-    status["flash_attn"] = bool(attn is not None and attn.HAS_FLASH_ATTN)
-    status["cuda"] = torch.cuda.is_available()
+    if _MODULES["attention"] is not None:
+        from lladauni.kernels.capability import available
+
+        status.update(available())
+    else:
+        status.update(triton=False, flash_attn=False, cuda=torch.cuda.is_available())
     return status

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import BackboneConfig
-from .kernel_choice import kernel_module, triton_missing_on_cuda
+from .kernel_choice import kernel_module, report_fallback
 from .layers.mlp import SwiGLU
 
 __all__ = [
@@ -172,9 +172,10 @@ def choose_moe(
     if kernel_device:
         op = kernel_module("moe")
         if op is not None:
-            if op.unsupported(x_TH, gate_up_EIH, down_EHI, topk_ids_TK, topk_weights_TK) is None:
+            reason = op.unsupported(x_TH, gate_up_EIH, down_EHI, topk_ids_TK, topk_weights_TK)
+            if reason is None:
                 return "triton", triton_moe
-            triton_missing_on_cuda("moe", op)
+            report_fallback("moe", op, reason)
     return "loop", loop_moe
 
 

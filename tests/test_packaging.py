@@ -55,13 +55,10 @@ def _imports(path: Path) -> list[tuple[str, int]]:
     return out
 
 
-def test_one_root_name_and_the_bench_table_agrees():
+def test_one_root_name():
     assert all(name.startswith("lladauni.") for name in PACKAGE_DIRS)
     assert all(p.startswith("lladauni.") for p in SETUPTOOLS["packages"])
     assert PYPROJECT["project"]["scripts"] == {"lladauni": "lladauni.tools.cli:main"}
-    from bench._checkout import PACKAGE_DIRS as bench_dirs
-
-    assert bench_dirs == PACKAGE_DIRS
 
 
 def test_every_code_folder_is_a_listed_package():
@@ -152,22 +149,38 @@ def test_a_missing_extra_names_it():
     assert missing_extra_message(ValueError("langgraph")) is None
 
 
-def test_the_cli_names_the_extra_when_the_agent_layer_cannot_import():
-    """Without langgraph, `lladauni demo` and `lladauni run` print one line naming the extra."""
+def _cli_without(blocked: tuple[str, ...], args: list[str]) -> subprocess.CompletedProcess:
+    """``lladauni ARGS`` in a child where the top-level modules ``blocked`` cannot be imported."""
     code = (
         "import sys\n"
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'langgraph':\n"
+        f"        if name.split('.')[0] in {blocked!r}:\n"
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "from lladauni.tools.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_the_cli_names_the_extra_when_the_agent_layer_cannot_import():
+    """Without langgraph, `lladauni demo` and `lladauni run` print one line naming the extra."""
     for args in (["demo", "--out", "x"], ["run", "draw-check-refine"], ["validate", "a.yaml"]):
-        r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
+        r = _cli_without(("langgraph",), args)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert r.stderr.strip().splitlines() == [
             f"error: lladauni {args[0]} needs the 'agent' extra (module 'langgraph' is not installed): "
             'pip install "lladauni-agent[agent]"'
+        ], r.stderr
+
+
+def test_the_cli_names_the_server_extra_for_serve_and_mcp():
+    """`lladauni serve` / `mcp` without fastapi or mcp: the same one line, naming the server extra."""
+    for command, module in (("serve", "fastapi"), ("mcp", "mcp")):
+        r = _cli_without(("fastapi", "mcp"), [command])
+        assert r.returncode == 2, (command, r.stdout, r.stderr)
+        assert r.stderr.strip().splitlines() == [
+            f"error: lladauni {command} needs the 'server' extra (module {module!r} is not installed): "
+            'pip install "lladauni-agent[server]"'
         ], r.stderr

@@ -83,11 +83,8 @@ def _model_defaults(args: argparse.Namespace, kind: str) -> None:
     when no --checkpoint is given, the full-size defaults otherwise."""
     shapes: dict = {}
     if args.checkpoint is None:
-        try:
-            from lladauni.agent.context import SHAPES_OPTIONS
-        except ImportError as exc:
-            raise ValueError(f"the embedded default model's sizes come with the agent extra "
-                             f"(pip install 'lladauni-agent[agent]'): {exc}") from None
+        from lladauni.agent.context import SHAPES_OPTIONS  # without the agent extra, main() names it
+
         o = SHAPES_OPTIONS[kind]
         shapes = {"gen_length": o.get("gen_length"), "height": o.get("image_h"), "width": o.get("image_w"),
                   "steps": o.get("steps"), "decoder_steps": o.get("decoder_steps")}
@@ -324,11 +321,8 @@ def _api_key(args: argparse.Namespace) -> Optional[str]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    try:
-        from lladauni.tools.server import is_loopback, serve
-    except ImportError as exc:
-        print(f"error: `lladauni serve` needs the server extra (pip install 'lladauni[server]'): {exc}", file=sys.stderr)
-        return 2
+    from lladauni.tools.server import is_loopback, serve  # without the server extra, main() names it
+
     if not is_loopback(args.host) and not _api_key(args):  # refuse before loading the model
         raise ValueError(f"--host {args.host} is reachable from other machines: set --api-key or LLADAUNI_API_KEY")
     serve(_tool_service(args), host=args.host, port=args.port, api_key=_api_key(args))
@@ -336,12 +330,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _mcp(args: argparse.Namespace) -> int:
-    try:
-        from lladauni.tools.mcp_server import run_mcp
-        from lladauni.tools.server import is_loopback
-    except ImportError as exc:
-        print(f"error: `lladauni mcp` needs the server extra (pip install 'lladauni[server]'): {exc}", file=sys.stderr)
-        return 2
+    from lladauni.tools.mcp_server import run_mcp  # without the server extra, main() names it
+    from lladauni.tools.server import is_loopback
+
     if args.transport == "http" and not is_loopback(args.host) and not _api_key(args):
         raise ValueError(f"--host {args.host} is reachable from other machines: set --api-key or LLADAUNI_API_KEY")
     run_mcp(_tool_service(args), transport="stdio" if args.transport == "stdio" else "streamable-http",
@@ -482,7 +473,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, FileNotFoundError) as exc:  # bad input: say what, no traceback
         return _fail(str(exc))
     except ModuleNotFoundError as exc:  # a missing extra: one line naming it
-        hint = missing_extra_message(exc, f"lladauni {args.command}" if getattr(args, "command", None) else "this")
+        hint = missing_extra_message(exc, f"lladauni {args.command}")
         if hint is None:
             raise
         return _fail(hint)

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import torch
 
-from .._triton import HAS_TRITON, can_launch, has_module, load_config, require_triton
+from .._triton import HAS_TRITON, NO_TRITON, has_module, launch_problem, load_config, require_triton
 
 __all__ = ["block_attention", "unsupported", "flash_attention", "flash_unsupported", "HAS_FLASH_ATTN", "ACT_DTYPES"]
 
@@ -73,11 +73,7 @@ def unsupported(
     """Why ``block_attention`` would refuse this call (Triton missing, tensors where no kernel
     runs, or a shape, dtype or stride it does not serve); None when it serves it. Reads only
     metadata: no launch, no host sync."""
-    if not HAS_TRITON:
-        return "Triton is not installed"
-    if not can_launch(q, k, v, query_block, key_block):
-        return f"tensors on {q.device}: Triton kernels run on CUDA (or on CPU with TRITON_INTERPRET=1)"
-    return _problem(q, k, v, query_block, key_block, key_valid)
+    return launch_problem(q, k, v, query_block, key_block) or _problem(q, k, v, query_block, key_block, key_valid)
 
 
 def block_attention(

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import torch
 
-from .._triton import HAS_TRITON, can_launch, load_config, require_triton
+from .._triton import HAS_TRITON, NO_TRITON, launch_problem, load_config, require_triton
 from .reference import FP8_BLOCK
 
 __all__ = ["fused_moe", "unsupported", "sort_by_expert", "ACT_DTYPES"]
@@ -116,11 +116,9 @@ def unsupported(
 ) -> Optional[str]:
     """Why ``fused_moe`` would refuse this call (Triton missing, tensors where no kernel runs,
     or a shape, dtype or layout it does not serve); None when it serves it. No launch, no sync."""
-    if not HAS_TRITON:
-        return "Triton is not installed"
-    if not can_launch(x_TH, gate_up_EIH, down_EHI, topk_ids_TK):
-        return f"tensors on {x_TH.device}: Triton kernels run on CUDA (or on CPU with TRITON_INTERPRET=1)"
-    return _problem(x_TH, gate_up_EIH, down_EHI, topk_ids_TK, topk_weights_TK, gate_up_scale, down_scale)
+    return launch_problem(x_TH, gate_up_EIH, down_EHI, topk_ids_TK) or _problem(
+        x_TH, gate_up_EIH, down_EHI, topk_ids_TK, topk_weights_TK, gate_up_scale, down_scale
+    )
 
 
 def _launch_cfg(kind: str, device: torch.device, m: int, fp8: bool, config: Optional[dict[str, Any]]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-from ..kernel_choice import kernel_module, triton_missing_on_cuda
+from ..kernel_choice import kernel_module, report_fallback
 
 __all__ = [
     "AttentionMask",
@@ -267,9 +267,10 @@ def choose_attention(
     if kernel_device:
         op = kernel_module("attention")
         if op is not None:
-            if op.unsupported(q, k, v, mask.query_block, mask.key_block, mask.key_valid) is None:
+            reason = op.unsupported(q, k, v, mask.query_block, mask.key_block, mask.key_valid)
+            if reason is None:
                 return "triton", triton_attention
-            triton_missing_on_cuda("attention", op)
+            report_fallback("attention", op, reason)
     return "sdpa", sdpa_attention
 
 
