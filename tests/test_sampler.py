@@ -179,13 +179,47 @@ def test_sprint_official_padding_defect_is_reproducible(sampler):
     assert not torch.equal(base.tokens, legacy.tokens)
 
 
-def test_sprint_pruning_runs_and_saves_work(sampler):
-    prompt = _prompt(200, seed=10)
-    kw = dict(gen_length=64, steps=8, eos_early_stop=False)
-    full = _run(sampler, prompt, cache="sprint", sprint=SprintConfig(keep_ratio=1.0), **kw)
-    half = _run(sampler, prompt, cache="sprint", sprint=SprintConfig(keep_ratio=0.5, text_keep_ratio=0.5), **kw)
+def test_sprint_pruning_runs_and_saves_work(tiny_ckpt, monkeypatch):
+    """The pruned path really runs: from step cache_warmup_steps on, each block's forwards see a
+    prefix cache cut to max(int(prefix x keep_ratio), 1) positions (nothing pinned: text_keep_ratio
+    0.5), and keep_ratio 1 cuts nothing."""
+    import lladauni.model_core.generation.sampler as sampler_mod
+
+    m = load_backbone(tiny_ckpt)  # private: its forward is wrapped below
+    s = BlockDiffusionSampler(m, mask_id=MASK, eos_id=EOS)
+    pruned, pasts = [], []
+    real_prune, real_forward = sampler_mod.prune_prefix, m.forward
+
+    def spy_prune(keys, values, prefix_ids, *args):
+        out = real_prune(keys, values, prefix_ids, *args)
+        pruned.append((prefix_ids.shape[0], [k.shape[2] for k in out[0]]))
+        return out
+
+    def spy_forward(ids, positions, mask, past=None, **kw):
+        if past is not None and kw.get("logits_for") != 0:  # denoising steps, not cache extensions
+            pasts.append((ids.shape[1], past.keys[0].shape[2]))
+        return real_forward(ids, positions, mask, past=past, **kw)
+
+    monkeypatch.setattr(sampler_mod, "prune_prefix", spy_prune)
+    monkeypatch.setattr(m, "forward", spy_forward)
+    prompt = _prompt(70, seed=10)  # blocks 2 (prefix 64, holds the prompt tail) and 3 (prefix 96)
+    kw = dict(gen_length=58, steps=4, eos_early_stop=False)
+    layers = m.config.num_hidden_layers
+
+    half = _run(s, prompt, cache="sprint", sprint=SprintConfig(keep_ratio=0.3, text_keep_ratio=0.5), **kw)
+    assert (half.generated != MASK).all()
+    # int(64 x 0.3) = 19, int(96 x 0.3) = 28: one pruning per block
+    assert pruned == [(64, [19] * layers), (96, [28] * layers)]
+    # steps 2 and 3 of each block run the 32 active tokens over the pruned prefix
+    assert pasts.count((32, 19)) == 2 and pasts.count((32, 28)) == 2
+    assert pasts.count((32, 64)) == 2 and pasts.count((32, 96)) == 2  # warm-up steps: full prefix
+
+    pruned.clear()
+    pasts.clear()
+    full = _run(s, prompt, cache="sprint", sprint=SprintConfig(keep_ratio=1.0), **kw)
     assert half.generated.shape == full.generated.shape
-    assert ((half.generated != MASK).all())
+    assert pruned == [(64, [64] * layers), (96, [96] * layers)]
+    assert {p for q, p in pasts if q == 32} == {64, 96}
 
 
 def _kv(P, norms):
