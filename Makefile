@@ -10,7 +10,7 @@ LOCK := requirements.lock
 SMOKE := tests/test_api.py tests/test_packaging.py tests/test_kernel_choice.py tests/test_demo_cli.py \
          tests/test_tokenizer.py tests/test_decoder.py tests/test_workflows_validation.py tests/test_tools_mcp.py
 
-.PHONY: test demo bench clean lock check-latest check-wheel
+.PHONY: test demo bench clean lock check-latest check-wheel mutation
 
 # $(call fresh_venv,DIR,PIP_FLAGS): a throwaway venv at DIR with torch 2.13.0 first, then the
 # project with every extra and Triton (no deps), resolved without the lock.
@@ -42,6 +42,12 @@ bench: $(STAMP)
 
 # The wheel as a user gets it: built, installed (not editable) with the lock into a fresh venv,
 # used from a directory outside the checkout (CI runs this before the tests).
+# Mutation testing (bench/mutation.py): generated one-line bugs in generation, layers, MoE, image
+# preprocessing, decoder samplers, the server's auth/path checks and the workflow limits; the score
+# per module goes to bench/RESULTS.md. About 40 minutes on 2 cores; not part of `make test`.
+mutation: $(STAMP)
+	$(PY) -m bench.mutation
+
 check-wheel:
 	bash .ci/wheel_check
 

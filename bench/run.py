@@ -251,14 +251,12 @@ def main(argv=None) -> int:
         (OUT / f"{name}.json").write_text(json.dumps(data, indent=2, default=str))
         (OUT / f"{name}.md").write_text(md.rstrip() + "\n\n" + stamp)
         print(md)
-    parts = ["# Benchmark results", "",
-             "CPU figures from `make bench` (bench/run.py); each section's ratios compare numbers from one run of that section.", ""]
-    # shapes_eval (bench/shapes_eval.py) writes its own section file; keep it in the rebuilt page
-    for name in (*SECTIONS, "shapes_eval"):
-        f = OUT / f"{name}.md"
-        if f.exists():
-            parts.append(f.read_text().rstrip() + "\n")
-    (ROOT / "RESULTS.md").write_text("\n".join(parts))
+    from bench._results import TITLE, update_sections
+
+    # replace this run's sections in place; every other section (GPU, mutation, shapes) is kept
+    fresh = [(OUT / f"{name}.md").read_text() for name in (args.only or SECTIONS) if (OUT / f"{name}.md").exists()]
+    update_sections(fresh, preamble=TITLE + "\n\nCPU figures from `make bench` (bench/run.py); each section's ratios "
+                    "compare numbers from one run of that section.\n")
     return 0
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,13 @@ DATA = Path(__file__).parent / "data"
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
-    """One tiny random checkpoint in the published layout, shared read-only by the session."""
+    """One tiny random checkpoint in the published layout, shared read-only by the session.
+
+    ``LLADAUNI_TEST_TINY_CKPT`` names one already built (bench/mutation.py builds it once for
+    hundreds of runs)."""
+    prebuilt = os.environ.get("LLADAUNI_TEST_TINY_CKPT")
+    if prebuilt:
+        return Path(prebuilt)
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", seed=0)
 
 
