@@ -75,9 +75,10 @@ TARGETS: tuple[Target, ...] = (
            ("tests/test_generation_oracles.py", "tests/test_generation_edges.py", "tests/test_sampler.py")),
     Target("sampler", "model_core/generation/sampler.py", "lladauni.model_core.generation.sampler",
            ("tests/test_generation_oracles.py", "tests/test_generation_edges.py", "tests/test_sampler.py",
-            "tests/test_sampler_oracle.py")),
+            "tests/test_sampler_naive.py", "tests/test_sampler_oracle.py")),
     Target("attention", "model_core/layers/attention.py", "lladauni.model_core.layers.attention",
-           ("tests/test_layers.py", "tests/test_backbone.py")),
+           ("tests/test_layers.py", "tests/test_layers_edges.py", "tests/test_backbone.py",
+            "tests/test_kernel_choice.py")),
     Target("rope", "model_core/layers/rope.py", "lladauni.model_core.layers.rope",
            ("tests/test_layers.py", "tests/test_backbone.py")),
     Target("norm", "model_core/layers/norm.py", "lladauni.model_core.layers.norm",
@@ -85,16 +86,17 @@ TARGETS: tuple[Target, ...] = (
     Target("mlp", "model_core/layers/mlp.py", "lladauni.model_core.layers.mlp",
            ("tests/test_layers.py", "tests/test_backbone.py")),
     Target("moe", "model_core/moe.py", "lladauni.model_core.moe",
-           ("tests/test_moe.py", "tests/test_backbone.py")),
+           ("tests/test_moe.py", "tests/test_layers_edges.py", "tests/test_backbone.py",
+            "tests/test_kernel_choice.py")),
     Target("image_preprocess", "model_core/image_preprocess.py", "lladauni.model_core.image_preprocess",
-           ("tests/test_image_resize_oracles.py", "tests/test_image_preprocess.py", "tests/test_parity_crop.py",
-            "tests/test_preprocess_fixed_size.py")),
+           ("tests/test_image_resize_oracles.py", "tests/test_image_preprocess_edges.py", "tests/test_image_preprocess.py",
+            "tests/test_parity_crop.py", "tests/test_preprocess_fixed_size.py")),
     Target("decoder_samplers", "model_core/decoder/samplers.py", "lladauni.model_core.decoder.samplers",
-           ("tests/test_decoder_samplers.py",)),
+           ("tests/test_decoder_samplers.py", "tests/test_decoder_samplers_edges.py", "tests/test_decoder.py")),
     Target("server_guard", "tools/server.py", "lladauni.tools.server",
-           ("tests/test_tools_server_safety.py",), ("is_loopback", "_Guard")),
+           ("tests/test_tools_server_safety.py", "tests/test_server_guard_edges.py"), ("is_loopback", "_Guard")),
     Target("image_refs", "tools/runtime.py", "lladauni.tools.runtime",
-           ("tests/test_tools_server_safety.py", "tests/test_tools_server.py"),
+           ("tests/test_tools_server_safety.py", "tests/test_server_guard_edges.py", "tests/test_tools_server.py"),
            ("decode_image_bytes", "_under", "load_image_ref", "Limits")),
     Target("workflow_limits", "lladauni_agent/workflows/compiler.py", "lladauni.agent.workflows.compiler",
            ("tests/test_workflows_run.py", "tests/test_workflows_validation.py"),
@@ -488,9 +490,11 @@ def _select(mutant: Mutant, linemap: dict) -> Optional[list[str]]:
     return [t for t in linemap["order"] if t in hit]
 
 
-def run(targets: list[Target], mutants: list[Mutant], jobs: int, logdir: Path, progress=print) -> dict[str, Outcome]:
+def run(targets: list[Target], mutants: list[Mutant], jobs: int, logdir: Path, progress=print,
+        journal: Optional[Path] = None) -> dict[str, Outcome]:
     """Baseline each target (it must pass unmutated; it also maps lines to tests), then every
-    mutant on the tests that reach it; returns id -> Outcome."""
+    mutant on the tests that reach it; returns id -> Outcome. Every outcome is also appended to
+    ``journal`` (one JSON line), so an interrupted run can be resumed with ``--reuse``."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     by_name = {t.name: t for t in targets}
     results: dict[str, Outcome] = {}
@@ -506,6 +510,9 @@ def run(targets: list[Target], mutants: list[Mutant], jobs: int, logdir: Path, p
         nonlocal done
         results[m.id] = out
         done += 1
+        if journal is not None:
+            with journal.open("a") as fh:
+                fh.write(json.dumps({"id": m.id, "target": m.target, "status": out.status}) + "\n")
         if out.status in ("survived", "uncovered"):
             progress(f"[{done}/{total}] {out.status.upper()} {m.id}  L{m.line}: {m.before}  ->  {m.after}")
         elif done % 25 == 0:
@@ -558,9 +565,9 @@ def load_equivalent(path: Path = EQUIVALENT_FILE) -> dict[str, str]:
 def summarise(targets: list[Target], mutants: list[Mutant], results: dict[str, Outcome], equivalent: dict[str, str]) -> dict:
     rows = {}
     for t in targets:
-        ms = [m for m in mutants if m.target == t.name and m.id in results]
+        ms = [m for m in mutants if m.target == t.name]
         eq = [m for m in ms if m.id in equivalent]
-        live = [m for m in ms if m.id not in equivalent]
+        live = [m for m in ms if m.id not in equivalent and m.id in results]
         killed = [m for m in live if results[m.id].status in ("killed", "timeout")]
         survived = [m for m in live if results[m.id].status in ("survived", "uncovered")]
         broken = [m for m in live if results[m.id].status == "baseline_failed"]
@@ -570,9 +577,20 @@ def summarise(targets: list[Target], mutants: list[Mutant], results: dict[str, O
             "uncovered": sum(results[m.id].status == "uncovered" for m in live),
             "baseline_failed": len(broken),
             "score": (len(killed) / len(live)) if live else None,
-            "seconds": round(sum(results[m.id].seconds for m in ms), 1),
+            "seconds": round(sum(results[m.id].seconds for m in live), 1),
         }
     return rows
+
+
+def _load_previous(path: Path) -> dict:
+    """A results JSON, or the journal of an interrupted run (its sources are the current ones:
+    resume only without editing the targets in between)."""
+    if path.suffix != ".jsonl":
+        return json.loads(path.read_text())
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {"date": dt.date.fromtimestamp(path.stat().st_mtime).isoformat(),
+            "sources": {t.name: source_hash(t) for t in TARGETS},
+            "mutants": {r["id"]: {"status": r["status"]} for r in rows}}
 
 
 def source_hash(target: Target) -> str:
@@ -620,6 +638,12 @@ def markdown(rows: dict, mutants: list[Mutant], equivalent: dict[str, str], seco
 
 
 def _preload() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        # the kernel tests run Triton in its CPU interpreter; the switch must be set before anything
+        # (diffusers, below) imports triton, or every interpreted launch fails in the children
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     for name in PRELOAD:
         try:
             importlib.import_module(name)
@@ -634,8 +658,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--target", action="append", choices=[t.name for t in TARGETS], help="run only these targets")
     ap.add_argument("--id", action="append", help="run only these mutant ids")
-    ap.add_argument("--reuse", type=Path, help="keep the killed outcomes of this earlier results JSON (only for "
-                    "targets whose source is unchanged; adding tests cannot revive a killed mutant) and run the rest")
+    ap.add_argument("--reuse", type=Path, action="append", help="keep the killed outcomes of this earlier results "
+                    "JSON or journal (only for targets whose source is unchanged; adding tests cannot revive a killed "
+                    "mutant) and run the rest; may be given several times")
     ap.add_argument("--list", action="store_true", help="print the mutants and exit")
     ap.add_argument("--show", action="store_true", help="print each run's test output")
     ap.add_argument("--jobs", type=int, default=max(1, os.cpu_count() or 1))
@@ -649,14 +674,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         targets = [t for t in targets if any(m.target == t.name for m in mutants)]
     reused: dict[str, Outcome] = {}
     reused_from = ""
-    if args.reuse:
-        prev = json.loads(args.reuse.read_text())
+    dates: set[str] = set()
+    for path in args.reuse or []:
+        prev = _load_previous(path)
         same = {t.name for t in targets if prev.get("sources", {}).get(t.name) == source_hash(t)}
-        reused = {m.id: Outcome(prev["mutants"][m.id]["status"], 0.0, 1) for m in mutants
-                  if m.target in same and prev["mutants"].get(m.id, {}).get("status") in ("killed", "timeout")}
-        reused_from = prev.get("date", "?")
-        print(f"reusing {len(reused)} killed outcomes from {args.reuse} ({reused_from}); targets with a changed "
-              f"source are run again: {sorted({t.name for t in targets} - same)}")
+        got = {m.id: Outcome(prev["mutants"][m.id]["status"], 0.0, 1) for m in mutants
+               if m.target in same and prev["mutants"].get(m.id, {}).get("status") in ("killed", "timeout")}
+        reused.update(got)
+        dates.add(prev.get("date", "?"))
+        print(f"reusing {len(got)} killed outcomes from {path} ({prev.get('date', '?')}); targets with a changed "
+              f"source there: {sorted({t.name for t in targets} - same)}")
+    reused_from = ", ".join(sorted(dates))
     equivalent = load_equivalent()
     unknown = sorted(set(equivalent) - {m.id for t in TARGETS for m in generate(t)})
     if unknown:
@@ -668,7 +696,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"{len(mutants)} mutants over {len(targets)} targets")
         return 0
     to_run = [m for m in mutants if m.id not in equivalent and m.id not in reused]
-    print(f"{len(to_run)} mutants to run ({len(mutants) - len(to_run)} marked equivalent) over {len(targets)} targets, "
+    print(f"{len(to_run)} mutants to run ({sum(m.id in equivalent for m in mutants)} marked equivalent, "
+          f"{len(reused)} kept) over {len(targets)} targets, "
           f"{args.jobs} workers", flush=True)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
     # one tiny checkpoint for every child (tests/conftest.py reuses it when this is set)
@@ -683,7 +712,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     logdir.mkdir()
     t0 = time.monotonic()
     run_targets = [t for t in targets if any(m.target == t.name for m in to_run)]
-    results = run(run_targets, to_run, args.jobs, logdir, progress=lambda s: print(s, flush=True))
+    OUT.mkdir(exist_ok=True)
+    # the journal of a whole run lives in bench/out (resumable); partial runs keep theirs private
+    journal = OUT / "mutation-journal.jsonl" if not (args.id or args.target) else logdir / "journal.jsonl"
+    journal.write_text("")
+    results = run(run_targets, to_run, args.jobs, logdir, progress=lambda s: print(s, flush=True), journal=journal)
     results.update(reused)
     seconds = time.monotonic() - t0
     if args.show:
@@ -702,7 +735,7 @@ def main(argv: Optional[list[str]] = None) -> int:
               "sources": {t.name: source_hash(t) for t in targets}, "reused": len(reused), "reused_from": reused_from,
               "mutants": {m.id: {"line": m.line, "before": m.before, "after": m.after,
                                  "status": results[m.id].status if m.id in results else "equivalent"} for m in mutants}}
-    name = "mutation.json" if full else "mutation-partial.json"
+    name = "mutation.json" if full else f"mutation-partial-{os.getpid()}.json"
     (OUT / name).write_text(json.dumps(report, indent=2))
     print(f"wrote {OUT / name}")
     if full and not args.no_write:

@@ -186,3 +186,165 @@ def test_prefix_confidences_are_computed_only_when_pruning_blends_them(model, mo
         assert seen == [], (cache, sp)
     s.generate(_prompt(40, seed=2), SamplerConfig(cache="sprint", sprint=SprintConfig(keep_ratio=0.5), **kw))
     assert seen == [32, 32]  # the prompt's whole block, then block 1
+
+
+def test_confidence_of_one_masked_row_over_a_one_token_vocabulary():
+    logits = torch.tensor([[0.7], [1.5]])
+    masked = torch.tensor([True, False])
+    lc = confidence_scores(logits, torch.zeros(2, dtype=torch.long), masked, "low_confidence", None)
+    assert lc.tolist() == [1.0, -math.inf]
+
+
+def test_steps_are_capped_by_gen_length_over_minimal_topk(model):
+    """steps = min(steps, gen_length // minimal_topk) (§5.1 setup 1): gen 10 with minimal_topk 3
+    gives 3 steps per block, an integer; threshold > 1 so every step runs."""
+    s = BlockDiffusionSampler(model, mask_id=MASK, eos_id=EOS)
+    r = s.generate(_prompt(32, seed=3), SamplerConfig(gen_length=10, steps=32, minimal_topk=3, threshold=2.0,
+                                                      eos_early_stop=False, cache="none"))
+    assert r.forwards == 3 and (r.generated != MASK).all()
+
+
+def test_token_ids_zero_and_last_are_valid_prompt_ids(model):
+    s = BlockDiffusionSampler(model, mask_id=MASK, eos_id=EOS)
+    vocab = model.config.vocab_size
+    r = s.generate([0, 5, vocab - 1], SamplerConfig(gen_length=8, steps=2, eos_early_stop=False))
+    assert r.tokens[:3].tolist() == [0, 5, vocab - 1]
+    with pytest.raises(ValueError, match="out of range"):
+        s.generate([-1, 5], SamplerConfig(gen_length=8, steps=2))
+
+
+def test_sprint_blends_the_prefix_max_probabilities(model, monkeypatch):
+    """The confidences SPRINT blends into the prefix ranking are each prefix position's max softmax
+    probability, here recomputed from one full block-causal forward of the finished window."""
+    import lladauni.model_core.generation.sampler as sampler_mod
+    from lladauni.model_core import AttentionMask
+
+    s = BlockDiffusionSampler(model, mask_id=MASK, eos_id=EOS)
+    seen = []
+    real = sampler_mod.prune_prefix
+
+    def spy(keys, values, prefix_ids, confidence, *a):
+        seen.append((prefix_ids.clone(), None if confidence is None else confidence.clone()))
+        return real(keys, values, prefix_ids, confidence, *a)
+
+    monkeypatch.setattr(sampler_mod, "prune_prefix", spy)
+    r = s.generate(_prompt(64, seed=4), SamplerConfig(gen_length=64, steps=4, eos_early_stop=False, cache="sprint",
+                                                      sprint=SprintConfig(keep_ratio=0.5, cache_warmup_steps=1)))
+    assert len(seen) == 2  # blocks 2 and 3 (prefix 64, then 96)
+    ids, conf = seen[1]
+    window = r.tokens[:96]
+    assert torch.equal(ids, window)
+    mask = AttentionMask.block_causal(96, 32)
+    with torch.no_grad():
+        logits = model(window[None], torch.arange(96)[None], mask).logits[0].double()
+    want = torch.softmax(logits, -1).max(-1).values
+    torch.testing.assert_close(conf.double(), want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("field", ["gen_length", "block_length", "steps", "minimal_topk"])
+def test_sampler_config_counts_are_positive_ints(field):
+    SamplerConfig(**{field: 1})
+    for bad in (0, -1, True, 2.0):
+        with pytest.raises(ValueError, match=field):
+            SamplerConfig(**{field: bad})
+
+
+def test_sampler_config_ranges_at_their_edges():
+    SamplerConfig(temperature=0.0)
+    SamplerConfig(top_p=1.0)
+    SamplerConfig(top_p=1e-6)
+    for kw, name in ((dict(temperature=-1e-9), "temperature"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.0 + 1e-9), "top_p"),
+                     (dict(cache="fast"), "cache"), (dict(sprint=SprintConfig(remasking="nope")), "remasking")):
+        with pytest.raises(ValueError, match=name):
+            SamplerConfig(**kw)
+    for cache in ("none", "exact", "sprint"):
+        SamplerConfig(cache=cache)
+
+
+def test_sprint_trace_records_the_committed_tokens_probabilities(model):
+    """record_trace on the adaptive path: the first step of the first generated block sees the
+    prompt and masks only, so its committed positions' probabilities can be recomputed from one
+    full-window forward."""
+    from lladauni.model_core import AttentionMask
+
+    s = BlockDiffusionSampler(model, mask_id=MASK, eos_id=EOS)
+    prompt = _prompt(32, seed=6)
+    r = s.generate(prompt, SamplerConfig(gen_length=32, steps=4, eos_early_stop=False, cache="sprint", record_trace=True,
+                                         sprint=SprintConfig(keep_ratio=1.0)))
+    first = r.trace[0]
+    assert first.block == 1 and first.step == 0 and len(first.committed) >= 8
+    ids = torch.tensor(prompt + [MASK] * 32)
+    with torch.no_grad():
+        logits = model(ids[None], torch.arange(64)[None], AttentionMask.block_causal(64, 32)).logits[0, 32:].double()
+    probs = torch.softmax(logits, -1)
+    want = [float(probs[p - 32, r.tokens[p]]) for p in first.committed]
+    assert first.confidences == pytest.approx(want, rel=1e-4, abs=1e-6)
+
+
+def test_sprint_with_a_prompt_shorter_than_a_block(model):
+    """The first generated block has no prefix to prune (prefix_len 0), so it never takes the pruned
+    path; with keep_ratio 1 the whole run equals the baseline."""
+    s = BlockDiffusionSampler(model, mask_id=MASK, eos_id=EOS)
+    kw = dict(gen_length=59, steps=32, eos_early_stop=False)  # steps = block: the adaptive count equals the quota
+    base = s.generate(_prompt(5, seed=7), SamplerConfig(cache="none", **kw))
+    sp = s.generate(_prompt(5, seed=7), SamplerConfig(cache="sprint", sprint=SprintConfig(keep_ratio=1.0,
+                                                                                        cache_warmup_steps=0), **kw))
+    assert torch.equal(base.tokens, sp.tokens)
+
+
+def test_prompt_must_be_one_dimensional(model):
+    s = BlockDiffusionSampler(model, mask_id=MASK, eos_id=EOS)
+    with pytest.raises(ValueError, match="1-D"):
+        s.generate(torch.tensor([[1, 2], [3, 4]]), SamplerConfig(gen_length=8, steps=2))
+    r = s.generate(torch.tensor([1, 2, 3]), SamplerConfig(gen_length=8, steps=2, eos_early_stop=False))
+    assert r.tokens[:3].tolist() == [1, 2, 3]
+
+
+def test_seconds_is_the_call_s_own_wall_time(model):
+    import time
+
+    s = BlockDiffusionSampler(model, mask_id=MASK, eos_id=EOS)
+    t0 = time.perf_counter()
+    r = s.generate(_prompt(8), SamplerConfig(gen_length=8, steps=2, eos_early_stop=False))
+    assert 0 < r.seconds <= time.perf_counter() - t0
+
+
+def test_rescale_of_nearly_constant_logits():
+    """Rows with a spread near the 1e-6 guard: rescale factor std(c) / (std(out) + 1e-6), written
+    out in float64."""
+    from lladauni.model_core.generation import CFGSpec
+
+    g = torch.Generator().manual_seed(0)
+    c = 5.0 + 2e-6 * torch.randn(3, 40, generator=g, dtype=torch.float64)
+    u = 5.0 + 1e-6 * torch.randn(3, 40, generator=g, dtype=torch.float64)
+    spec = CFGSpec("simple", null_ids=[1], scale=2.0, rescale=0.7)
+    got = BlockDiffusionSampler._guide(None, torch.stack([c, u]), SamplerConfig(cfg=spec))
+    out = u + 2.0 * (c - u)
+    factor = c.std(-1, keepdim=True) / (out.std(-1, keepdim=True) + 1e-6)
+    want = 0.7 * out * factor + 0.3 * out
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_prefix_max_probabilities_of_a_prompt_longer_than_one_lm_head_chunk(model, monkeypatch):
+    """A 300-token prompt prefills 288 positions at once, more than one 256-position lm_head
+    chunk: every prefix position still gets its max probability."""
+    import lladauni.model_core.generation.sampler as sampler_mod
+    from lladauni.model_core import AttentionMask
+
+    s = BlockDiffusionSampler(model, mask_id=MASK, eos_id=EOS)
+    seen = []
+    real = sampler_mod.prune_prefix
+
+    def spy(keys, values, prefix_ids, confidence, *a):
+        seen.append(confidence.clone())
+        return real(keys, values, prefix_ids, confidence, *a)
+
+    monkeypatch.setattr(sampler_mod, "prune_prefix", spy)
+    prompt = _prompt(300, seed=8)
+    s.generate(prompt, SamplerConfig(gen_length=20, steps=2, eos_early_stop=False, cache="sprint",
+                                     sprint=SprintConfig(keep_ratio=0.5, cache_warmup_steps=1)))
+    assert len(seen) == 1 and seen[0].shape == (288,)
+    with torch.no_grad():
+        logits = model(torch.tensor(prompt[:288])[None], torch.arange(288)[None],
+                       AttentionMask.block_causal(288, 32)).logits[0].double()
+    torch.testing.assert_close(seen[0].double(), torch.softmax(logits, -1).max(-1).values, atol=1e-5, rtol=1e-4)
