@@ -90,7 +90,8 @@ def load_image_ref(ref: str, limits: Limits, what: str = "image"):
         head, _, payload = ref.partition(",")
         if not head.endswith(";base64") or not head[5:].startswith("image/"):
             raise InputError(f"{what}: data URLs must look like data:image/png;base64,... (got {head[:40]!r})")
-        if len(payload) * 3 // 4 > limits.max_image_bytes:
+        # decoded size before decoding: 3 bytes per 4 characters, less the '=' padding
+        if len(payload) * 3 // 4 - (len(payload) - len(payload.rstrip("="))) > limits.max_image_bytes:
             raise InputError(f"{what}: the data URL is over the {limits.max_image_bytes:,}-byte limit", 413)
         try:
             data = base64.b64decode(payload, validate=True)
