@@ -96,13 +96,14 @@ TARGETS: tuple[Target, ...] = (
     Target("server_guard", "tools/server.py", "lladauni.tools.server",
            ("tests/test_tools_server_safety.py", "tests/test_server_guard_edges.py"), ("is_loopback", "_Guard")),
     Target("image_refs", "tools/runtime.py", "lladauni.tools.runtime",
-           ("tests/test_tools_server_safety.py", "tests/test_server_guard_edges.py", "tests/test_tools_server.py"),
+           ("tests/test_tools_server_safety.py", "tests/test_server_guard_edges.py", "tests/test_image_refs_edges.py",
+            "tests/test_tools_server.py"),
            ("decode_image_bytes", "_under", "load_image_ref", "Limits")),
     Target("workflow_limits", "lladauni_agent/workflows/compiler.py", "lladauni.agent.workflows.compiler",
-           ("tests/test_workflows_run.py", "tests/test_workflows_validation.py"),
+           ("tests/test_workflow_limits_edges.py", "tests/test_workflows_run.py", "tests/test_workflows_validation.py"),
            ("_positive_int", "_loop_nodes")),
     Target("workflow_steps", "lladauni_agent/workflows/runner.py", "lladauni.agent.workflows.runner",
-           ("tests/test_workflows_run.py",), ("_step_bound",)),
+           ("tests/test_workflow_limits_edges.py", "tests/test_workflows_run.py"), ("_step_bound",)),
 )
 
 PRELOAD = ("torch", "numpy", "PIL.Image", "safetensors.torch", "transformers", "tokenizers", "pytest", "yaml",
@@ -682,8 +683,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                if m.target in same and prev["mutants"].get(m.id, {}).get("status") in ("killed", "timeout")}
         reused.update(got)
         dates.add(prev.get("date", "?"))
-        print(f"reusing {len(got)} killed outcomes from {path} ({prev.get('date', '?')}); targets with a changed "
-              f"source there: {sorted({t.name for t in targets} - same)}")
+        print(f"reusing {len(got)} killed outcomes from {path} ({prev.get('date', '?')}) for "
+              f"{sorted(same & {m.target for m in mutants if m.id in prev['mutants']})}")
     reused_from = ", ".join(sorted(dates))
     equivalent = load_equivalent()
     unknown = sorted(set(equivalent) - {m.id for t in TARGETS for m in generate(t)})
