@@ -44,7 +44,7 @@ bench: $(STAMP)
 # used from a directory outside the checkout (CI runs this before the tests).
 # Mutation testing (bench/mutation.py): generated one-line bugs in generation, layers, MoE, image
 # preprocessing, decoder samplers, the server's auth/path checks and the workflow limits; the score
-# per module goes to bench/RESULTS.md. About 40 minutes on 2 cores; not part of `make test`.
+# per module goes to bench/RESULTS.md. About an hour on 2 cores; not part of `make test`.
 mutation: $(STAMP)
 	$(PY) -m bench.mutation
 
