@@ -348,3 +348,14 @@ def test_prefix_max_probabilities_of_a_prompt_longer_than_one_lm_head_chunk(mode
         logits = model(torch.tensor(prompt[:288])[None], torch.arange(288)[None],
                        AttentionMask.block_causal(288, 32)).logits[0].double()
     torch.testing.assert_close(seen[0].double(), torch.softmax(logits, -1).max(-1).values, atol=1e-5, rtol=1e-4)
+
+
+def test_minimal_topk_over_gen_length_is_refused(model):
+    """steps = min(steps, gen_length // minimal_topk) would be 0 and the result all masks; refused.
+    minimal_topk == gen_length is one step per block that commits the whole block."""
+    with pytest.raises(ValueError, match="minimal_topk=9 is more than gen_length=8"):
+        SamplerConfig(gen_length=8, minimal_topk=9)
+    s = BlockDiffusionSampler(model, mask_id=MASK, eos_id=EOS)
+    r = s.generate(_prompt(32, seed=9), SamplerConfig(gen_length=8, minimal_topk=8, threshold=2.0, eos_early_stop=False,
+                                                      cache="none"))
+    assert r.forwards == 1 and (r.generated != MASK).all()

@@ -95,6 +95,10 @@ class SamplerConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name}={v!r}: must be a positive int")
+        if self.minimal_topk > self.gen_length:
+            # steps = gen_length // minimal_topk would be 0: nothing is ever committed (the official
+            # code then returns all masks)
+            raise ValueError(f"minimal_topk={self.minimal_topk} is more than gen_length={self.gen_length}: no step could commit")
         if self.temperature < 0:
             raise ValueError(f"temperature={self.temperature}: must be >= 0")
         if self.top_p is not None and not 0 < self.top_p <= 1:
