@@ -24,7 +24,7 @@ import torch
 
 from .extras import DISTRIBUTION
 
-__all__ = ["kernel_module", "kernel_status", "report_once"]
+__all__ = ["kernel_module", "kernel_serves", "kernel_status", "report_once"]
 
 log = logging.getLogger("lladauni.kernels")
 
@@ -60,6 +60,22 @@ def kernel_module(op: str) -> Optional[ModuleType]:
                 f"Reinstall {DISTRIBUTION} (and the 'gpu' extra for Triton) to get the kernels back.",
             )
     return _MODULES[op]
+
+
+def kernel_serves(op: str, kernel_device: bool, *args: object) -> bool:
+    """Whether ``auto`` runs the kernel of ``op`` for a call: only on a kernel device, only when
+    the kernels imported, and only when ``unsupported(*args)`` finds nothing (metadata only: no
+    launch, no host sync). A refusal on a kernel device goes through ``report_fallback``."""
+    if not kernel_device:
+        return False
+    module = kernel_module(op)
+    if module is None:
+        return False
+    reason = module.unsupported(*args)
+    if reason is None:
+        return True
+    report_fallback(op, module, reason)
+    return False
 
 
 def report_fallback(op: str, module: ModuleType, reason: str) -> None:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import BackboneConfig
-from .kernel_choice import kernel_module, report_fallback
+from .kernel_choice import kernel_module, kernel_serves
 from .layers.mlp import SwiGLU
 
 __all__ = [
@@ -167,15 +167,9 @@ def choose_moe(
 ) -> tuple[str, MoeFn]:
     """The backend ``auto`` runs for this call: the fused kernel when the tensors are on CUDA
     (``kernel_device``, default ``x_TH.is_cuda``) and it serves them, ``loop`` otherwise."""
-    if kernel_device is None:
-        kernel_device = x_TH.is_cuda
-    if kernel_device:
-        op = kernel_module("moe")
-        if op is not None:
-            reason = op.unsupported(x_TH, gate_up_EIH, down_EHI, topk_ids_TK, topk_weights_TK)
-            if reason is None:
-                return "triton", triton_moe
-            report_fallback("moe", op, reason)
+    on_device = x_TH.is_cuda if kernel_device is None else kernel_device
+    if kernel_serves("moe", on_device, x_TH, gate_up_EIH, down_EHI, topk_ids_TK, topk_weights_TK):
+        return "triton", triton_moe
     return "loop", loop_moe
 
 

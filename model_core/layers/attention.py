@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-from ..kernel_choice import kernel_module, report_fallback
+from ..kernel_choice import kernel_module, kernel_serves
 
 __all__ = [
     "AttentionMask",
@@ -262,15 +262,9 @@ def choose_attention(
     """The backend ``auto`` runs for this call, by capability: the Triton kernel when the
     tensors are on CUDA (``kernel_device``, default ``q.is_cuda``) and the kernel serves their
     shape, dtype and strides; SDPA otherwise. Metadata only: no host sync."""
-    if kernel_device is None:
-        kernel_device = q.is_cuda
-    if kernel_device:
-        op = kernel_module("attention")
-        if op is not None:
-            reason = op.unsupported(q, k, v, mask.query_block, mask.key_block, mask.key_valid)
-            if reason is None:
-                return "triton", triton_attention
-            report_fallback("attention", op, reason)
+    on_device = q.is_cuda if kernel_device is None else kernel_device
+    if kernel_serves("attention", on_device, q, k, v, mask.query_block, mask.key_block, mask.key_valid):
+        return "triton", triton_attention
     return "sdpa", sdpa_attention
 
 
