@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import copy
 import datetime as dt
 import importlib
 import importlib.abc
@@ -46,7 +45,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -85,6 +84,8 @@ TARGETS: tuple[Target, ...] = (
            ("tests/test_layers.py", "tests/test_backbone.py")),
     Target("mlp", "model_core/layers/mlp.py", "lladauni.model_core.layers.mlp",
            ("tests/test_layers.py", "tests/test_backbone.py")),
+    Target("kernel_choice", "model_core/kernel_choice.py", "lladauni.model_core.kernel_choice",
+           ("tests/test_kernel_choice.py", "tests/test_layers_edges.py")),
     Target("moe", "model_core/moe.py", "lladauni.model_core.moe",
            ("tests/test_moe.py", "tests/test_layers_edges.py", "tests/test_backbone.py",
             "tests/test_kernel_choice.py")),
@@ -264,29 +265,18 @@ def _runtime_lines(tree: ast.Module) -> dict[int, tuple[int, ...]]:
 
     def visit_body(stmts: list[ast.stmt]) -> None:
         for st in stmts:
+            if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue  # a nested def's body is visited on its own below; a class body runs at import
             for n in _own_nodes(st):
-                if not hasattr(n, "lineno"):
-                    continue
-                out[id(n)] = tuple(sorted({st.lineno, *range(n.lineno, (n.end_lineno or n.lineno) + 1)}))
-            for fname in ("body", "orelse", "finalbody"):
-                sub = getattr(st, fname, None)
-                if isinstance(sub, list) and sub and isinstance(sub[0], ast.stmt):
-                    if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and fname == "body":
-                        if isinstance(st, ast.ClassDef):
-                            for inner in st.body:
-                                if isinstance(inner, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                                    visit_body(inner.body)
-                            continue
-                    visit_body(sub)
-            for h in getattr(st, "handlers", []) or []:
-                visit_body(h.body)
-            for c in getattr(st, "cases", []) or []:
-                visit_body(c.body)
+                if hasattr(n, "lineno"):
+                    out[id(n)] = tuple(sorted({st.lineno, *range(n.lineno, (n.end_lineno or n.lineno) + 1)}))
+            blocks = [getattr(st, f, []) for f in ("body", "orelse", "finalbody")]
+            blocks += [h.body for h in getattr(st, "handlers", [])] + [c.body for c in getattr(st, "cases", [])]
+            for block in blocks:
+                visit_body(block)
 
     def _own_nodes(st: ast.stmt) -> Iterator[ast.AST]:
-        """The statement and the expressions it owns (not nested statements, not a def's header)."""
-        if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            return
+        """The statement and the expressions it owns (not nested statements)."""
         yield st
         stack = [c for c in ast.iter_child_nodes(st) if not isinstance(c, (ast.stmt, ast.excepthandler))]
         while stack:
@@ -305,7 +295,7 @@ def generate(target: Target) -> list[Mutant]:
     tree = ast.parse(source)
     index_of = {id(n): i for i, n in enumerate(ast.walk(tree))}
     body_lines = _runtime_lines(tree)
-    chosen: dict[int, tuple[str, ast.AST]] = {}  # outermost matching function owns a node
+    chosen: dict[int, tuple[str, int, ast.AST]] = {}  # outermost matching function owns a node
     for q, fn in _qualnames(tree):
         if isinstance(fn, ast.ClassDef):
             if q not in target.functions:  # a class is mutated whole only when named
@@ -316,10 +306,10 @@ def generate(target: Target) -> list[Mutant]:
         for n in ast.walk(fn):
             if id(n) in skip or id(n) in chosen:
                 continue
-            chosen[id(n)] = (q, n)
+            chosen[id(n)] = (q, fn.lineno, n)
     mutants: list[Mutant] = []
     seen: set[str] = set()
-    for nid, (q, n) in sorted(chosen.items(), key=lambda kv: index_of[kv[0]]):
+    for nid, (q, fn_line, n) in sorted(chosen.items(), key=lambda kv: index_of[kv[0]]):
         for op, arg in _candidates(n):
             fresh = ast.parse(source)
             before = _segment(source, n)
@@ -328,7 +318,6 @@ def generate(target: Target) -> list[Mutant]:
             if len(before) < 16 and op != "delete":  # a bare constant or name: show its line around it
                 line = " ".join(source.splitlines()[n.lineno - 1].split())
                 before, after = line[:90], f"[{before} -> {after}]"
-            fn_line = next(f for qq, f in _qualnames(tree) if qq == q).lineno
             mid = f"{target.name}:{q}:+{n.lineno - fn_line}:{n.col_offset}:{op}:{arg}"
             if mid in seen:
                 continue
@@ -668,8 +657,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
     args = ap.parse_args(argv)
 
+    every = {t.name: generate(t) for t in TARGETS}
     targets = [t for t in TARGETS if not args.target or t.name in args.target]
-    mutants = [m for t in targets for m in generate(t)]
+    mutants = [m for t in targets for m in every[t.name]]
     if args.id:
         mutants = [m for m in mutants if m.id in args.id]
         targets = [t for t in targets if any(m.target == t.name for m in mutants)]
@@ -687,7 +677,7 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"{sorted(same & {m.target for m in mutants if m.id in prev['mutants']})}")
     reused_from = ", ".join(sorted(dates))
     equivalent = load_equivalent()
-    unknown = sorted(set(equivalent) - {m.id for t in TARGETS for m in generate(t)})
+    unknown = sorted(set(equivalent) - {m.id for ms in every.values() for m in ms})
     if unknown:
         print(f"warning: {len(unknown)} ids in {EQUIVALENT_FILE.name} match no mutant (stale?): {unknown[:5]}")
     if args.list:

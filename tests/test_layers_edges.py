@@ -11,7 +11,6 @@ TRITON_INTERPRET=1 before any kernel is imported); "on a kernel device" is simul
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import pytest
