@@ -263,3 +263,32 @@ def test_the_cpu_path_says_nothing(fresh_choice):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert choose_attention(q, q, q, AttentionMask.full(4, 4))[0] == "sdpa"
+
+
+def test_kernel_status_reports_each_op_and_the_capabilities(fresh_choice):
+    from lladauni.kernels.capability import available
+
+    status = kc.kernel_status()
+    assert status == {"attention": "ok", "moe": "ok", **available()}
+
+
+def test_kernel_status_without_the_kernels_says_no_triton_and_no_flash(fresh_choice, monkeypatch):
+    real = kc.importlib.import_module
+
+    def broken(name, *a, **kw):
+        if name.startswith("lladauni.kernels."):
+            raise ImportError("no kernels here")
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(kc.importlib, "import_module", broken)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        status = kc.kernel_status()
+    assert status == {"attention": "ImportError: no kernels here", "moe": "ImportError: no kernels here",
+                      "triton": False, "flash_attn": False, "cuda": torch.cuda.is_available()}
+
+
+def test_a_report_is_logged_as_well_as_warned(fresh_choice, caplog):
+    with caplog.at_level("WARNING", logger="lladauni.kernels"), pytest.warns(RuntimeWarning, match="kernel news"):
+        kc.report_once("k", "kernel news")
+    assert [r.getMessage() for r in caplog.records] == ["kernel news"]
