@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import datetime as dt
 import importlib
 import importlib.abc
@@ -219,36 +220,44 @@ def _candidates(node: ast.AST) -> list[tuple[str, str]]:
     return out
 
 
-def _apply(tree: ast.Module, index: int, op: str, arg: str) -> ast.AST:
-    """Mutate node ``index`` (ast.walk order) of ``tree`` in place; returns the mutated node."""
-    nodes = list(ast.walk(tree))
-    node = nodes[index]
-    if op == "binop":
+def _change(node: ast.AST, op: str, arg: str) -> ast.AST:
+    """Apply one mutation to ``node``; returns what stands in its place (the node itself, edited,
+    or a replacement: the operand of a dropped unary, ``pass`` for a deleted statement)."""
+    if op in ("binop", "boolop"):
         node.op = getattr(ast, arg)()
     elif op.startswith("cmp"):
         node.ops[int(op[3:])] = getattr(ast, arg)()
-    elif op == "boolop":
-        node.op = getattr(ast, arg)()
     elif op == "const":
         node.value = ast.literal_eval(arg)
     elif op == "name":
         node.id = arg
     elif op == "attr":
         node.attr = arg
-    elif op in ("drop_unary", "delete"):
-        new = node.operand if op == "drop_unary" else ast.Pass()
-        for parent in nodes:
-            for fname, value in ast.iter_fields(parent):
-                if value is node:
-                    setattr(parent, fname, new)
-                    return new
-                if isinstance(value, list) and any(v is node for v in value):
-                    value[[i for i, v in enumerate(value) if v is node][0]] = new
-                    return new
-        raise RuntimeError("node without a parent")
+    elif op == "drop_unary":
+        return node.operand
+    elif op == "delete":
+        return ast.Pass()
     else:
         raise ValueError(op)
     return node
+
+
+def _apply(tree: ast.Module, index: int, op: str, arg: str) -> None:
+    """Mutate node ``index`` (ast.walk order) of ``tree`` in place."""
+    nodes = list(ast.walk(tree))
+    node = nodes[index]
+    new = _change(node, op, arg)
+    if new is node:
+        return
+    for parent in nodes:
+        for fname, value in ast.iter_fields(parent):
+            if value is node:
+                setattr(parent, fname, new)
+                return
+            if isinstance(value, list) and any(v is node for v in value):
+                value[[i for i, v in enumerate(value) if v is node][0]] = new
+                return
+    raise RuntimeError("node without a parent")
 
 
 def _segment(source: str, node: ast.AST) -> str:
@@ -311,9 +320,8 @@ def generate(target: Target) -> list[Mutant]:
     seen: set[str] = set()
     for nid, (q, fn_line, n) in sorted(chosen.items(), key=lambda kv: index_of[kv[0]]):
         for op, arg in _candidates(n):
-            fresh = ast.parse(source)
             before = _segment(source, n)
-            new = _apply(fresh, index_of[nid], op, arg)
+            new = _change(copy.deepcopy(n), op, arg)
             after = "pass  # deleted" if op == "delete" else " ".join(ast.unparse(new).split())
             if len(before) < 16 and op != "delete":  # a bare constant or name: show its line around it
                 line = " ".join(source.splitlines()[n.lineno - 1].split())
