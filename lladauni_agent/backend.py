@@ -149,6 +149,10 @@ class LocalBackend:
                                                        components=comps, decoder_variant=self.decoder_variant)
             return self._model
 
+    def describe(self) -> dict:
+        """The loaded checkpoint's name, image sizes and decoder (``LLaDAUni.describe``)."""
+        return self.load().describe()
+
     def unload(self) -> None:
         """Drop the weights; they reload on the next call (from the checkpoint, or the embedded
         default model when none was given)."""
@@ -253,20 +257,22 @@ def _image_from_b64(data: str):
 
 
 class HTTPBackend:
-    """An OpenAI-compatible ``/v1/chat/completions`` server (ours, or SGLang-Omni).
+    """An OpenAI-compatible ``/v1/chat/completions`` server: ours, or SGLang-Omni's LLaDA2.0-Uni
+    server (``flavor="sglang"``).
 
-    Model options travel in the ``image_generation`` object as SGLang-Omni names them
-    (``dllm_steps``, ``decoder_steps``, ``cfg_scale``, ``mode``, ``seed``, ``image_h``/``image_w`` ...).
-    Connection failures are retried ``retries`` times; timeouts and HTTP errors are not (the server
-    may already be working on the request). ``transport`` replaces the network (tests).
+    Options travel as ``lladauni_agent.wire`` says: SGLang-Omni's names where it has one
+    (``dllm_steps``, ``text_max_new_tokens``, ``decode_mode`` ...), our other options by name for
+    our server; with ``flavor="sglang"`` an option SGLang-Omni lacks is refused by name, never
+    dropped. ``decoder`` ("turbo" / "normal") asks for that decoder (``decode_mode``); None leaves
+    the server's. Replies are read in SGLang-Omni's shapes (``message.image.data``,
+    ``message.segments``) and ours. Connection failures are retried ``retries`` times; timeouts and
+    HTTP errors are not (the server may already be working on the request). ``transport``
+    replaces the network (tests).
     """
 
     name = "http"
     accepts_codes = False
-    # SGLang-Omni names the backbone's steps dllm_steps; image_steps (interleaved frames) keeps its
-    # own name so it cannot overwrite the text steps (our server accepts it)
-    _RENAME = {"steps": "dllm_steps"}
-    _LOCAL_ONLY = {"progress", "decode", "generator", "trace"}
+    _CALL_ONLY = {"progress", "generator"}  # arguments of the call, not options of the model
 
     def __init__(
         self,
@@ -274,6 +280,8 @@ class HTTPBackend:
         *,
         model: str = "inclusionAI/LLaDA2.0-Uni",
         api_key: Optional[str] = None,
+        flavor: str = "lladauni",
+        decoder: Optional[str] = None,
         timeout: float = 600.0,
         connect_timeout: float = 10.0,
         retries: int = 2,
@@ -284,8 +292,14 @@ class HTTPBackend:
 
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url={base_url!r}: expected http:// or https://")
+        if flavor not in ("lladauni", "sglang"):
+            raise ValueError(f"flavor={flavor!r}: 'lladauni' or 'sglang'")
+        if decoder not in (None, "turbo", "normal"):
+            raise ValueError(f"decoder={decoder!r}: 'turbo', 'normal' or None (the server's)")
         self.base_url = base_url.rstrip("/")
         self.model = model
+        self.flavor = flavor
+        self.decoder = decoder
         inner = transport if transport is not None else httpx.HTTPTransport()
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(
@@ -298,23 +312,6 @@ class HTTPBackend:
         self._client.close()
 
     # -- request plumbing
-    def _options(self, options: Mapping[str, Any]) -> tuple[dict, dict]:
-        """(top-level OpenAI fields, image_generation object)."""
-        top: dict = {}
-        extra: dict = {}
-        for k, v in options.items():
-            if v is None or k in self._LOCAL_ONLY:
-                continue
-            if k in ("gen_length", "text_gen_length", "thinking_gen_length"):
-                top["max_tokens"] = v
-            elif k == "temperature":
-                top["temperature"] = v
-            elif k == "seed":
-                top["seed"] = extra["seed"] = v
-            else:
-                extra[self._RENAME.get(k, k)] = v
-        return top, extra
-
     @staticmethod
     def _messages(messages: Any, images: Sequence[Any], system: Optional[str]) -> list[dict]:
         if isinstance(messages, str):
@@ -336,15 +333,23 @@ class HTTPBackend:
                 {"type": "text", "text": m["content"]}]
         return out
 
-    def _post(self, what: str, messages: list[dict], modalities: list[str], options: Mapping[str, Any]) -> tuple[dict, float]:
-        import httpx
+    def _post(self, what: str, task: str, messages: list[dict], modalities: list[str], options: Mapping[str, Any],
+              **image_generation: Any) -> tuple[dict, float]:
+        from .wire import encode_options
 
-        top, extra = self._options(options)
+        opts = {k: v for k, v in options.items() if k not in self._CALL_ONLY}
+        top, extra = encode_options(task, opts, flavor=self.flavor, decoder=self.decoder)
+        extra.update(image_generation)
         body = {"model": self.model, "messages": messages, "modalities": modalities, "stream": False, **top}
         if extra:
             body["image_generation"] = extra
         t0 = time.perf_counter()
         self.calls[what] += 1
+        return self._reply(what, self._send(what, body)), time.perf_counter() - t0
+
+    def _send(self, what: str, body: dict) -> Any:
+        import httpx
+
         try:
             r = self._client.post("/v1/chat/completions", json=body)
         except httpx.TimeoutException as exc:
@@ -352,20 +357,22 @@ class HTTPBackend:
         except httpx.TransportError as exc:
             raise BackendError(f"{what}: cannot reach {self.base_url}: {exc}") from None
         if r.status_code >= 400:
-            try:
-                err = r.json().get("error", r.text)
-                err = err.get("message", err) if isinstance(err, Mapping) else err
-            except (ValueError, AttributeError):
-                err = r.text
-            raise BackendError(f"{what}: the server answered {r.status_code}: {str(err)[:500]}")
+            raise BackendError(f"{what}: the server answered {r.status_code}: {_error_text(r)[:500]}")
+        return r
+
+    @staticmethod
+    def _reply(what: str, r: Any) -> dict:
         try:
-            return r.json()["choices"][0]["message"], time.perf_counter() - t0
+            return r.json()["choices"][0]["message"]
         except (ValueError, KeyError, IndexError, TypeError):
             raise BackendError(f"{what}: the server's reply is not a chat completion: {r.text[:300]}") from None
 
     @staticmethod
     def _parts(message: Mapping[str, Any]) -> list[Union[str, Any]]:
-        """Text and images of a reply, in order (strings and PIL images)."""
+        """Text and images of a reply, in order (strings and PIL images): SGLang-Omni's
+        ``segments`` when present, else ``content`` (a string or parts) then ``image`` / ``images``."""
+        if isinstance(message.get("segments"), list):
+            return [_segment(s) for s in message["segments"]]
         parts: list = []
         content = message.get("content")
         if isinstance(content, str) and content:
@@ -376,7 +383,7 @@ class HTTPBackend:
                     parts.append(p["text"])
                 elif p.get("type") == "image_url":
                     parts.append(_image_from_b64(p["image_url"]["url"]))
-        extra = message.get("images") or ([message["image"]] if message.get("image") else [])
+        extra = [message["image"]] if message.get("image") else (message.get("images") or [])
         for im in extra:
             data = im.get("data") or im.get("b64_json") or (im.get("image_url") or {}).get("url")
             if not data:
@@ -394,27 +401,32 @@ class HTTPBackend:
 
     # -- the protocol
     def chat(self, messages, *, images=(), system=None, **options):
-        msg, s = self._post("chat", self._messages(messages, images, system), ["text"], options)
+        msg, s = self._post("chat", "chat", self._messages(messages, images, system), ["text"], options)
         return _text_result("".join(p for p in self._parts(msg) if isinstance(p, str)), s)
 
     def understand(self, image, question, **options):
+        from .wire import WireError
+
+        template = options.pop("template", None)
+        if template not in (None, "official"):
+            raise WireError(f"template={template!r}: over HTTP the server chooses the prompt form", "template")
         return self.chat(question, images=[image], **options)
 
     def generate_image(self, prompt, **options):
-        mode = options.get("mode", "normal")
-        modalities = ["text", "image"] if mode == "thinking" else ["image"]
-        msg, s = self._post("generate_image", self._messages(prompt, (), None), modalities, options)
+        modalities = ["text", "image"] if options.get("mode") == "thinking" else ["image"]
+        msg, s = self._post("generate_image", "image", self._messages(prompt, (), None), modalities, options)
         return self._one_image("generate_image", msg, s)
 
     def edit_image(self, image, instruction, **options):
-        msg, s = self._post("edit_image", self._messages(instruction, [image], None), ["image"], options)
+        images = list(image) if isinstance(image, (list, tuple)) else [image]
+        msg, s = self._post("edit_image", "edit", self._messages(instruction, images, None), ["image"], options)
         return self._one_image("edit_image", msg, s)
 
     def generate_interleaved(self, prompt, *, images=(), **options):
         from lladauni.model_core.generation.results import GenerationStats, InterleavedResult
 
-        options = {"mode": "interleaved", **options}
-        msg, s = self._post("generate_interleaved", self._messages(prompt, images, None), ["text", "image"], options)
+        msg, s = self._post("generate_interleaved", "interleaved", self._messages(prompt, images, None), ["text", "image"],
+                            options, mode="interleaved")
         segs = [p if isinstance(p, str) else _pixel_result(p) for p in self._parts(msg)]
         return InterleavedResult(segs, GenerationStats(seconds=s))
 
@@ -423,6 +435,35 @@ class HTTPBackend:
 
     def decode_image(self, codes, h, w, **options):
         raise BackendError("HTTPBackend cannot decode codes (the server returns pixels)")
+
+
+def _segment(seg: Mapping[str, Any]) -> Union[str, Any]:
+    """One of SGLang-Omni's interleaved segments -> its text or PIL image."""
+    if seg.get("kind") == "text":
+        return str(seg.get("data", ""))
+    data = seg.get("data") or {}
+    url = data.get("url") if isinstance(data, Mapping) else None
+    if seg.get("kind") != "image" or not url:
+        raise BackendError(f"the server returned a segment that is neither text nor an image: {str(seg)[:200]}")
+    return _image_from_b64(url)
+
+
+def _error_text(r: Any) -> str:
+    """The message of an error reply: OpenAI's ``{"error": {"message"}}`` or FastAPI's ``{"detail"}``
+    (SGLang-Omni's: a string, or pydantic's list of problems)."""
+    try:
+        body = r.json()
+    except ValueError:
+        return r.text
+    if not isinstance(body, Mapping):
+        return r.text
+    err = body.get("error", body.get("detail", r.text))
+    if isinstance(err, Mapping):
+        return str(err.get("message", err))
+    if isinstance(err, list):
+        return "; ".join(f"{'.'.join(map(str, e.get('loc', [])))}: {e.get('msg', e)}" if isinstance(e, Mapping) else str(e)
+                         for e in err)
+    return str(err)
 
 
 # ------------------------------------------------------------------------------------- scripted

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from .artifacts import ArtifactStore
 
-__all__ = ["AgentContext", "SHAPES_OPTIONS", "TINY_OPTIONS"]
+__all__ = ["AgentContext", "SHAPES_OPTIONS", "TINY_OPTIONS", "checkpoint_options"]
 
 # The sizes the CPU tests use on a tiny checkpoint.
 TINY_OPTIONS: dict[str, dict[str, Any]] = {
@@ -28,19 +28,31 @@ TINY_OPTIONS: dict[str, dict[str, Any]] = {
                     "decoder_steps": 2},
 }
 
-# The sizes the embedded default model (the tiny shapes model, model_core/data/shapes-tiny) works at:
-# 96x96 images (a 3x3 code grid, 32 px per code), a few denoising steps, short answers and plans
-# (its answers are a few words; a verify answer or a thinking plan is a few short lines), and the
-# turbo decoder at 8 steps. `lladauni demo`, the CLIs without --checkpoint and bench/shapes_eval.py
-# use it.
-SHAPES_OPTIONS: dict[str, dict[str, Any]] = {
-    "text": {"steps": 32, "gen_length": 64},
-    "image": {"image_h": 96, "image_w": 96, "steps": 16, "decoder_steps": 8, "thinking_steps": 32,
-              "thinking_gen_length": 128},
-    "edit": {"steps": 16, "decoder_steps": 8},
-    "interleaved": {"image_h": 96, "image_w": 96, "text_gen_length": 64, "steps": 32, "image_steps": 16,
-                    "decoder_steps": 8},
-}
+def checkpoint_options(checkpoint_dir: Any) -> dict[str, dict[str, Any]]:
+    """A checkpoint's own defaults (``lladauni.json``) per agent call kind (text, image, edit,
+    interleaved), image sizes included; {} per kind when it ships none."""
+    from lladauni.model_core.pipeline import read_defaults
+
+    d = read_defaults(checkpoint_dir)
+    opts = d.get("options", {})
+    size = dict(zip(("image_h", "image_w"), d["image_size"])) if "image_size" in d else {}
+    return {"text": dict(opts.get("chat", {})), "image": {**size, **opts.get("image", {})}, "edit": dict(opts.get("edit", {})),
+            "interleaved": {**size, **opts.get("interleaved", {})}}
+
+
+def _embedded_options() -> dict[str, dict[str, Any]]:
+    from lladauni.model_core.checkpoint import CheckpointError, default_checkpoint
+
+    try:
+        return checkpoint_options(default_checkpoint())
+    except CheckpointError:
+        return {"text": {}, "image": {}, "edit": {}, "interleaved": {}}
+
+
+# What the embedded default model (the tiny shapes model, model_core/data/shapes-tiny) runs with:
+# read from its lladauni.json (96x96 images, its steps and lengths), the one place they are written.
+# LLaDAUni applies them by itself; this view is for callers that pass options explicitly.
+SHAPES_OPTIONS: dict[str, dict[str, Any]] = _embedded_options()
 
 _SHARED: dict[tuple, Any] = {}
 _SHARED_LOCK = threading.Lock()

@@ -66,6 +66,18 @@ def read_defaults(checkpoint_dir: Union[str, os.PathLike]) -> dict:
     return data
 
 
+def _checkpoint_name(path_or_repo: Any, resolved: Path) -> str:
+    """A hub repo id as given; the embedded default model as lladauni/<its folder>; a local
+    folder by its name."""
+    from .checkpoint import DEFAULT_CHECKPOINT_DIR
+
+    if path_or_repo is None or resolved.resolve() == DEFAULT_CHECKPOINT_DIR.resolve():
+        return f"lladauni/{resolved.name}"
+    if not Path(path_or_repo).exists():
+        return str(path_or_repo)
+    return resolved.resolve().name
+
+
 def _check_image_size(size: Any) -> Optional[str]:
     if isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
         return None
@@ -114,6 +126,7 @@ class LLaDAUni:
         self._decoder = decoder
         self.decoder_variant = decoder_variant
         self.defaults = read_defaults(checkpoint_dir) if checkpoint_dir is not None else {}
+        self.name = checkpoint_dir.name if checkpoint_dir is not None else "lladauni"
         cfg = backbone.config
         self.image_token_offset = cfg.image_token_offset
         if tokenizer.image_code0 is not None and tokenizer.image_code0 != cfg.image_token_offset:
@@ -147,12 +160,22 @@ class LLaDAUni:
         ckpt = resolve_checkpoint(path_or_repo, revision=revision)
         backbone = load_backbone(ckpt, device=device, dtype=dtype, attn_backend=attn_backend, moe_backend=moe_backend)
         pipe = cls(backbone, TextTokenizer.from_pretrained(ckpt), ckpt, decoder_variant=decoder_variant)
+        pipe.name = _checkpoint_name(path_or_repo, ckpt)
         pipe._dtype_request = dtype
         if "image_tokenizer" in components:
             pipe.image_tokenizer  # noqa: B018 - load now
         if "decoder" in components:
             pipe.decoder  # noqa: B018
         return pipe
+
+    def describe(self) -> dict:
+        """What servers and CLIs report: the checkpoint's name, its image sizes (the largest side
+        its size tokens allow, its default) and the decoder."""
+        sides = sorted(self.tokenizer.size_token_ids)
+        size = self.defaults.get("image_size", [1024, 1024])
+        return {"name": self.name, "max_image_side": 32 * sides[-1] if sides else 0, "min_image_side": 32 * sides[0] if sides else 0,
+                "default_image_size": list(size), "decoder_variant": self.decoder_variant,
+                "max_positions": self.backbone.config.max_position_embeddings}
 
     @property
     def device(self) -> torch.device:

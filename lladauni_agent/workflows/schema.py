@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..option_models import task_options_model
+
 __all__ = [
     "WorkflowSpec", "InputSpec", "BackendSpec", "Node", "NODE_KINDS", "NODE_OUTPUTS", "TEMPLATE_FIELDS",
     "EXPRESSION_FIELDS", "workflow_json_schema", "SCHEMA_VERSION",
@@ -35,49 +37,15 @@ class InputSpec(_Strict):
 
 
 # ---------------------------------------------------------------- model options (per call kind)
+# Derived from model_core's typed options (one declaration per option): every option of the task
+# except what the node itself decides (the seed, the drawing mode, the frame count, the template)
+# and what the agent needs as it is (decoded pixels, no step trace).
 Steps = Annotated[int, Field(ge=1, le=1024)]
-Pixels = Annotated[int, Field(ge=32, le=4096, multiple_of=32)]
-
-
-class TextOptions(_Strict):
-    steps: Optional[Steps] = None
-    gen_length: Optional[Annotated[int, Field(ge=1, le=32768)]] = None
-    block_length: Optional[Annotated[int, Field(ge=1, le=1024)]] = None
-    threshold: Optional[Annotated[float, Field(gt=0, le=1)]] = None
-    temperature: Optional[Annotated[float, Field(ge=0)]] = None
-    top_p: Optional[Annotated[float, Field(gt=0, le=1)]] = None
-    top_k: Optional[Annotated[int, Field(ge=1)]] = None
-
-
-class ImageOptions(_Strict):
-    image_h: Optional[Pixels] = None
-    image_w: Optional[Pixels] = None
-    steps: Optional[Steps] = None
-    cfg_scale: Optional[Annotated[float, Field(ge=0)]] = None
-    decoder_steps: Optional[Steps] = None
-    thinking_steps: Optional[Steps] = None
-    thinking_gen_length: Optional[Annotated[int, Field(ge=1, le=32768)]] = None
-    temperature: Optional[Annotated[float, Field(ge=0)]] = None
-    use_sprint: Optional[bool] = None
-
-
-class EditOptions(_Strict):
-    steps: Optional[Steps] = None
-    cfg_text_scale: Optional[Annotated[float, Field(ge=0)]] = None
-    cfg_image_scale: Optional[Annotated[float, Field(ge=0)]] = None
-    decoder_steps: Optional[Steps] = None
-    temperature: Optional[Annotated[float, Field(ge=0)]] = None
-    use_sprint: Optional[bool] = None
-
-
-class InterleavedOptions(_Strict):
-    image_h: Optional[Pixels] = None
-    image_w: Optional[Pixels] = None
-    text_gen_length: Optional[Annotated[int, Field(ge=1, le=32768)]] = None
-    steps: Optional[Steps] = None
-    image_steps: Optional[Steps] = None
-    decoder_steps: Optional[Steps] = None
-    cfg_scale: Optional[Annotated[float, Field(ge=0)]] = None
+_NODE_DECIDES = ("seed", "trace", "decode", "template", "mode", "max_frames")
+TextOptions = task_options_model("chat", "TextOptions", exclude=_NODE_DECIDES)
+ImageOptions = task_options_model("image", "ImageOptions", exclude=_NODE_DECIDES)
+EditOptions = task_options_model("edit", "EditOptions", exclude=_NODE_DECIDES)
+InterleavedOptions = task_options_model("interleaved", "InterleavedOptions", exclude=_NODE_DECIDES)
 
 
 class BackendSpec(_Strict):
