@@ -4,30 +4,38 @@
 for other hosts such as ``langgraph dev``). Backends: ``LocalBackend`` (in-process
 ``model_core.LLaDAUni``), ``HTTPBackend`` (an OpenAI-compatible server), ``ScriptedBackend``
 (answers you choose).
+
+Names load on first use: the backends (``lladauni.agent.backend``) work without langgraph, so
+the model commands of the CLI run on a base install; the graphs need the ``agent`` extra, and
+a missing one is named in one line.
 """
+
+import importlib
+from typing import Any
 
 from lladauni.model_core.extras import missing_extra_message
 
-try:
-    from .agent import Agent, RunResult
-    from .backend import Backend, BackendError, HTTPBackend, LocalBackend, ScriptedBackend
-    from .context import AgentContext
-    from .graph import GRAPHS, build_graph
-except ModuleNotFoundError as exc:  # say which extra, in one line, instead of a bare module name
-    hint = missing_extra_message(exc, "lladauni.agent")
-    if hint is None:
-        raise
-    raise ModuleNotFoundError(hint, name=exc.name) from None
+_WHERE = {
+    "Agent": "agent", "RunResult": "agent",
+    "Backend": "backend", "BackendError": "backend", "HTTPBackend": "backend", "LocalBackend": "backend",
+    "ScriptedBackend": "backend",
+    "AgentContext": "context",
+    "GRAPHS": "graph", "build_graph": "graph",
+}
 
-__all__ = [
-    "Agent",
-    "AgentContext",
-    "Backend",
-    "BackendError",
-    "GRAPHS",
-    "HTTPBackend",
-    "LocalBackend",
-    "RunResult",
-    "ScriptedBackend",
-    "build_graph",
-]
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'lladauni.agent' has no attribute {name!r}")
+    try:
+        module = importlib.import_module(f".{_WHERE[name]}", __name__)
+    except ModuleNotFoundError as exc:  # say which extra, in one line, instead of a bare module name
+        hint = missing_extra_message(exc, "lladauni.agent")
+        if hint is None:
+            raise
+        raise ModuleNotFoundError(hint, name=exc.name) from None
+    value = getattr(module, name)
+    globals()[name] = value
+    return value

@@ -22,7 +22,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
 
-__all__ = ["Backend", "BackendError", "LocalBackend", "HTTPBackend", "ScriptedBackend"]
+__all__ = ["Backend", "BackendError", "LocalBackend", "HTTPBackend", "ScriptedBackend", "backend_from_args",
+           "require_default_model"]
 
 
 class BackendError(RuntimeError):
@@ -70,7 +71,7 @@ def _device_lock(device: str) -> threading.Lock:
         return _DEVICE_LOCKS.setdefault(device, threading.Lock())
 
 
-def _require_default_model(hint: str) -> Path:
+def require_default_model(hint: str) -> Path:
     """The embedded default checkpoint, or ValueError saying it is missing and what to pass instead
     (for CLIs that fall back to it; checked before anything runs)."""
     from lladauni.model_core.checkpoint import CheckpointError, default_checkpoint
@@ -88,7 +89,7 @@ def backend_from_args(server: Optional[str], checkpoint: Optional[str], *, api_k
     if server:
         return HTTPBackend(server, api_key=api_key)
     if not checkpoint:
-        _require_default_model(hint)
+        require_default_model(hint)
     return LocalBackend(checkpoint or None, device=device)
 
 

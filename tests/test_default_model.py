@@ -10,7 +10,8 @@ import pytest
 import lladauni.model_core.checkpoint as mc
 from lladauni.agent import LocalBackend
 from lladauni.agent.context import SHAPES_OPTIONS, AgentContext
-from lladauni.tools.cli import _model_defaults, build_parser, main
+from lladauni.tools.cli import build_parser, main
+from lladauni.tools.cli_options import options_from_args
 
 
 @pytest.fixture
@@ -68,19 +69,19 @@ def _args(argv):
 
 
 def test_cli_sizes_follow_the_model():
+    """Unset flags are not sent: the model's own defaults (its lladauni.json) apply; set ones win."""
     a = _args(["generate", "a red circle at the top left", "--out", "x.png"])
-    _model_defaults(a, "image")
-    assert (a.height, a.width, a.steps, a.decoder_steps) == (96, 96, SHAPES_OPTIONS["image"]["steps"], 8)
-    a = _args(["generate", "x", "--out", "x.png", "--checkpoint", "ckpt", "--height", "512"])
-    _model_defaults(a, "image")
-    assert (a.height, a.width, a.steps, a.decoder_steps) == (512, 1024, None, None)
-    a = _args(["chat", "hi"])
-    _model_defaults(a, "text")
-    assert (a.gen_length, a.steps) == (SHAPES_OPTIONS["text"]["gen_length"], SHAPES_OPTIONS["text"]["steps"])
-    a = _args(["chat", "hi", "--checkpoint", "ckpt", "--steps", "3"])
-    _model_defaults(a, "text")
-    assert (a.gen_length, a.steps) == (2048, 3)
-    assert _args(["serve"]).checkpoint is None and _args(["serve"]).preset is None
+    assert options_from_args(a, "image") == {}
+    a = _args(["generate", "x", "--out", "x.png", "--checkpoint", "ckpt", "--height", "512", "--steps", "3", "--no-decode"])
+    assert options_from_args(a, "image") == {"image_h": 512, "steps": 3, "decode": False}
+    assert options_from_args(_args(["chat", "hi", "--steps", "3"]), "chat") == {"steps": 3}
+    model = LocalBackend(device="cpu").load()  # the embedded default model
+    o = model.default_options("image")
+    assert (o.steps, o.decoder_steps, o.thinking_gen_length) == (SHAPES_OPTIONS["image"]["steps"], 8, 128)
+    assert model.describe()["default_image_size"] == [96, 96] and model.describe()["name"] == "lladauni/shapes-tiny"
+    o = model.default_options("chat")
+    assert (o.gen_length, o.steps) == (SHAPES_OPTIONS["text"]["gen_length"], SHAPES_OPTIONS["text"]["steps"])
+    assert _args(["serve"]).checkpoint is None and _args(["serve"]).preset == "default"
 
 
 def test_agent_cli_options_follow_the_model():

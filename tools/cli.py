@@ -13,6 +13,8 @@ import torch
 
 from lladauni.model_core.extras import missing_extra_message
 
+from .cli_options import add_option_flags, options_from_args
+
 
 def _inspect(args: argparse.Namespace) -> int:
     from lladauni.model_core.checkpoint import CheckpointError, inspect_checkpoint
@@ -66,37 +68,31 @@ def _write_atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def _load_pipe(args: argparse.Namespace, components=("backbone",)):
-    from lladauni.model_core.pipeline import LLaDAUni
-
-    dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    return LLaDAUni.from_pretrained(
-        args.checkpoint, device=args.device, dtype=dtype, components=components, decoder_variant=args.decoder
-    )
+_DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-_FULL_SIZE_DEFAULTS = {"gen_length": 2048, "height": 1024, "width": 1024}
+def _backend(args: argparse.Namespace, decode: bool = False):
+    """The model behind one ``LocalBackend``, the road every surface (CLI, server, MCP, agents)
+    takes to it; without --checkpoint, the embedded default model (its own defaults apply)."""
+    from lladauni.agent.backend import LocalBackend, require_default_model
 
-
-def _model_defaults(args: argparse.Namespace, kind: str) -> None:
-    """Fill the size flags left unset: the embedded default model's own sizes (SHAPES_OPTIONS[kind])
-    when no --checkpoint is given, the full-size defaults otherwise."""
-    shapes: dict = {}
     if args.checkpoint is None:
-        from lladauni.agent.context import SHAPES_OPTIONS  # without the agent extra, main() names it
-
-        o = SHAPES_OPTIONS[kind]
-        shapes = {"gen_length": o.get("gen_length"), "height": o.get("image_h"), "width": o.get("image_w"),
-                  "steps": o.get("steps"), "decoder_steps": o.get("decoder_steps")}
-    for k, v in {**_FULL_SIZE_DEFAULTS, **{k: v for k, v in shapes.items() if v is not None}}.items():
-        if hasattr(args, k) and getattr(args, k) is None:
-            setattr(args, k, v)
+        require_default_model("pass --checkpoint PATH")
+    return LocalBackend(args.checkpoint, device=args.device, dtype=_DTYPES[args.dtype], decoder_variant=args.decoder,
+                        decode=decode)
 
 
-def _sampling(args: argparse.Namespace) -> dict:
-    kw = dict(steps=args.steps, block_length=args.block_length, temperature=args.temperature, seed=args.seed,
-              use_sprint=args.sprint, cache=args.cache)
-    return {k: v for k, v in kw.items() if v is not None}
+def _run_task(args: argparse.Namespace, task: str, method: str, *inputs, **extra):
+    """One task call through the backend with the flags the user set and a progress bar; returns
+    (result, the model's name)."""
+    opts = options_from_args(args, task)
+    backend = _backend(args, decode=opts.get("decode", True) if task in ("image", "edit") else False)
+    update, close = _progress_bar(task)
+    try:
+        result = getattr(backend, method)(*inputs, progress=update, **extra, **opts)
+    finally:
+        close()
+    return result, backend.describe()["name"]
 
 
 def _report(args: argparse.Namespace, payload: dict, text: Optional[str] = None) -> None:
@@ -112,27 +108,14 @@ def _stats(stats) -> dict:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    _model_defaults(args, "text")
-    pipe = _load_pipe(args)
-    update, close = _progress_bar("chat")
-    try:
-        r = pipe.chat(args.prompt, gen_length=args.gen_length, progress=update, **_sampling(args))
-    finally:
-        close()
-    _report(args, {"text": r.text, "token_ids": r.token_ids, "stats": _stats(r.stats)}, r.text)
+    r, name = _run_task(args, "chat", "chat", args.prompt)
+    _report(args, {"model": name, "text": r.text, "token_ids": r.token_ids, "stats": _stats(r.stats)}, r.text)
     return 0
 
 
 def _understand(args: argparse.Namespace) -> int:
-    _model_defaults(args, "text")
-    pipe = _load_pipe(args, ("backbone", "image_tokenizer"))
-    update, close = _progress_bar("understand")
-    try:
-        r = pipe.understand(Path(args.image), args.question, template=args.template, gen_length=args.gen_length,
-                            progress=update, **_sampling(args))
-    finally:
-        close()
-    _report(args, {"text": r.text, "token_ids": r.token_ids, "stats": _stats(r.stats)}, r.text)
+    r, name = _run_task(args, "understand", "understand", Path(args.image), args.question)
+    _report(args, {"model": name, "text": r.text, "token_ids": r.token_ids, "stats": _stats(r.stats)}, r.text)
     return 0
 
 
@@ -149,33 +132,15 @@ def _save_image_result(args: argparse.Namespace, r, extra: dict) -> dict:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    _model_defaults(args, "image")
-    pipe = _load_pipe(args, ("backbone",) if args.no_decode else ("backbone", "decoder"))
-    update, close = _progress_bar("generate")
-    try:
-        r = pipe.generate_image(
-            args.prompt, image_h=args.height, image_w=args.width, cfg_scale=args.cfg, mode=args.mode,
-            decode=not args.no_decode, decoder_steps=args.decoder_steps, progress=update, **_sampling(args),
-        )
-    finally:
-        close()
-    meta = _save_image_result(args, r, {"prompt": args.prompt})
+    r, name = _run_task(args, "image", "generate_image", args.prompt)
+    meta = _save_image_result(args, r, {"prompt": args.prompt, "model": name})
     _report(args, {k: v for k, v in meta.items() if k != "codes"}, f"wrote {meta.get('image', meta['json'])}")
     return 0
 
 
 def _edit(args: argparse.Namespace) -> int:
-    _model_defaults(args, "edit")
-    pipe = _load_pipe(args, ("backbone", "image_tokenizer") + (() if args.no_decode else ("decoder",)))
-    update, close = _progress_bar("edit")
-    try:
-        r = pipe.edit_image(
-            [Path(p) for p in args.image], args.instruction, cfg_text_scale=args.cfg_text, cfg_image_scale=args.cfg_image,
-            decode=not args.no_decode, decoder_steps=args.decoder_steps, progress=update, **_sampling(args),
-        )
-    finally:
-        close()
-    meta = _save_image_result(args, r, {"instruction": args.instruction})
+    r, name = _run_task(args, "edit", "edit_image", [Path(p) for p in args.image], args.instruction)
+    meta = _save_image_result(args, r, {"instruction": args.instruction, "model": name})
     _report(args, {k: v for k, v in meta.items() if k != "codes"}, f"wrote {meta.get('image', meta['json'])}")
     return 0
 
@@ -269,7 +234,6 @@ def _demo(args: argparse.Namespace) -> int:
               f"({mc.DEFAULT_CHECKPOINT_DIR} has no config.json); build it with `python -m lladauni.model_core.training.build`",
               file=sys.stderr)
         return 2
-    from lladauni.agent.context import SHAPES_OPTIONS
     from lladauni.agent.workflows import run_workflow
     from lladauni.agent.workflows.cli import event_printer
 
@@ -281,9 +245,7 @@ def _demo(args: argparse.Namespace) -> int:
         backend.load()
     t1 = time.perf_counter()
     result = run_workflow(DEMO_WORKFLOW, {"prompt": args.prompt, "max_rounds": args.max_rounds}, backend, run_dir=out,
-                          seed="workflow" if args.seed is None else args.seed, on_event=event_printer(False),
-                          text_options=SHAPES_OPTIONS["text"], image_options=SHAPES_OPTIONS["image"],
-                          edit_options=SHAPES_OPTIONS["edit"], interleaved_options=SHAPES_OPTIONS["interleaved"])
+                          seed="workflow" if args.seed is None else args.seed, on_event=event_printer(False))
     t2 = time.perf_counter()
     print(file=sys.stderr)
     print("\n".join(_demo_summary(result, args.prompt, t1 - t0, t2 - t1)))
@@ -291,27 +253,20 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _tool_service(args: argparse.Namespace):
-    """The ``ToolService`` that ``serve`` and ``mcp`` share: one model, limits, defaults."""
-    from lladauni.agent import LocalBackend
-    from lladauni.agent.backend import _require_default_model
+    """The ``ToolService`` that ``serve`` and ``mcp`` share: one model, limits, defaults; the
+    model's name and image sizes are the loaded checkpoint's (--model-name renames it)."""
     from lladauni.agent.context import SHAPES_OPTIONS, TINY_OPTIONS
     from lladauni.tools.runtime import Limits
     from lladauni.tools.service import ToolService
 
-    dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    if args.checkpoint is None:
-        _require_default_model("pass --checkpoint PATH")
-    backend = LocalBackend(args.checkpoint, device=args.device, dtype=dtype, decoder_variant=args.decoder)
+    backend = _backend(args, decode=True)
     backend.load()
     limits = Limits(allowed_roots=tuple(Path(p).resolve() for p in args.allow_path), queue_size=args.queue_size,
                     timeout_s=args.timeout, max_body_bytes=args.max_body_mb * 1024 * 1024,
                     max_image_side=args.max_image_side)
-    workflows = dict(w.split("=", 1) for w in args.workflow)
-    preset = args.preset or ("shapes" if args.checkpoint is None else "default")
-    defaults = {"tiny": TINY_OPTIONS, "shapes": SHAPES_OPTIONS}.get(preset)
-    svc = ToolService(backend, limits=limits, defaults=defaults,
+    svc = ToolService(backend, limits=limits, defaults={"tiny": TINY_OPTIONS, "shapes": SHAPES_OPTIONS}.get(args.preset),
                       out_dir=args.out_dir, model_name=args.model_name)
-    for name, path in workflows.items():
+    for name, path in dict(w.split("=", 1) for w in args.workflow).items():
         svc.register_workflow(name, path)
     return svc
 
@@ -340,14 +295,15 @@ def _mcp(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lladauni", description="LLaDA2.0-Uni: run it exactly, fast, and as an agent.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_inspect(sub) -> None:
     p = sub.add_parser("inspect-checkpoint", help="check a backbone checkpoint against its config")
     p.add_argument("path", help="checkpoint directory (or a cached Hugging Face repo id)")
     p.add_argument("--meta", action="store_true", help="match names on the meta device without reading weights")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_inspect)
+
+
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="run the draw-check-refine workflow on the embedded default model",
                        description="Draw a scene of the shapes world with the embedded default model, ask the model "
                                    "whether the drawing matches, and fix it until it does; writes an HTML report.")
@@ -359,66 +315,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.set_defaults(func=_demo)
 
-    def common(p: argparse.ArgumentParser, steps_default: Optional[int]) -> None:
-        p.add_argument("--checkpoint", default=None,
-                       help="checkpoint directory or Hugging Face repo id (default: the embedded default model, "
-                            "the tiny shapes model)")
-        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-        p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
-        p.add_argument("--steps", type=int, default=steps_default,
-                   help="denoising steps per 32-token block (default: the model's; SHAPES_OPTIONS on the default model)")
-        p.add_argument("--block-length", type=int, default=None)
-        p.add_argument("--temperature", type=float, default=None)
-        p.add_argument("--seed", type=int, default=None)
-        p.add_argument("--sprint", action="store_true", help="SPRINT acceleration (lossy unless keep ratio 1)")
-        p.add_argument("--cache", choices=["exact", "none"], default=None, help="exact KV cache (default) or none (official baseline)")
-        p.add_argument("--decoder", choices=["turbo", "normal"], default="turbo")
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint directory or Hugging Face repo id (default: the embedded default model, "
+                        "the tiny shapes model)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--dtype", choices=list(_DTYPES), default="auto")
+    p.add_argument("--decoder", choices=["turbo", "normal"], default="turbo", help="which image decoder to load")
+
+
+def _add_tasks(sub) -> None:
+    """chat / understand / generate / edit: the task's inputs, then one flag per task option."""
+    commands = (("chat", "chat", "text chat", _chat), ("understand", "understand", "answer a question about an image", _understand),
+                ("generate", "image", "text to image", _generate), ("edit", "edit", "edit an image with an instruction", _edit))
+    for name, task, help_, func in commands:
+        p = sub.add_parser(name, help=help_)
+        _model_flags(p)
         p.add_argument("--json", action="store_true", help="print a JSON result")
+        if name in ("chat", "generate"):
+            p.add_argument("prompt")
+        if name == "understand":
+            p.add_argument("--image", required=True)
+            p.add_argument("--question", default="")
+        if name == "edit":
+            p.add_argument("instruction")
+            p.add_argument("--image", required=True, action="append", help="source image (repeat for several references)")
+        if name in ("generate", "edit"):
+            p.add_argument("--out", required=True, help="PNG path; codes and stats go to the .json beside it")
+        add_option_flags(p, task)
+        p.set_defaults(func=func)
 
-    p = sub.add_parser("chat", help="text chat")
-    common(p, None)
-    p.add_argument("prompt")
-    p.add_argument("--gen-length", type=int, default=None, help="default: 2048; SHAPES_OPTIONS on the default model")
-    p.set_defaults(func=_chat)
 
-    p = sub.add_parser("understand", help="answer a question about an image")
-    common(p, None)
-    p.add_argument("--image", required=True)
-    p.add_argument("--question", default="")
-    p.add_argument("--template", choices=["official", "chat"], default="official")
-    p.add_argument("--gen-length", type=int, default=None, help="default: 2048; SHAPES_OPTIONS on the default model")
-    p.set_defaults(func=_understand)
-
-    p = sub.add_parser("generate", help="text to image")
-    common(p, None)
-    p.add_argument("prompt")
-    p.add_argument("--out", required=True, help="PNG path; codes and stats go to the .json beside it")
-    p.add_argument("--height", type=int, default=None, help="pixels (default: 1024; 96 on the default model)")
-    p.add_argument("--width", type=int, default=None, help="pixels (default: 1024; 96 on the default model)")
-    p.add_argument("--cfg", type=float, default=4.0)
-    p.add_argument("--mode", choices=["normal", "thinking"], default="normal")
-    p.add_argument("--decoder-steps", type=int, default=None)
-    p.add_argument("--no-decode", action="store_true", help="write the codes only")
-    p.set_defaults(func=_generate)
-
-    p = sub.add_parser("edit", help="edit an image with an instruction")
-    common(p, None)
-    p.add_argument("instruction")
-    p.add_argument("--image", required=True, action="append", help="source image (repeat for several references)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--cfg-text", type=float, default=4.0)
-    p.add_argument("--cfg-image", type=float, default=0.0)
-    p.add_argument("--decoder-steps", type=int, default=None)
-    p.add_argument("--no-decode", action="store_true")
-    p.set_defaults(func=_edit)
-
-    def served(p: argparse.ArgumentParser, port: int) -> None:
-        p.add_argument("--checkpoint", default=None,
-                       help="checkpoint directory or Hugging Face repo id (default: the embedded default model, "
-                            "the tiny shapes model)")
-        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-        p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
-        p.add_argument("--decoder", choices=["turbo", "normal"], default="turbo")
+def _add_servers(sub) -> None:
+    for name, port, help_, func in (("serve", 8000, "OpenAI-compatible HTTP server (needs the server extra)", _serve),
+                                    ("mcp", 8001, "MCP server over stdio or streamable HTTP (needs the server extra)", _mcp)):
+        p = sub.add_parser(name, help=help_)
+        _model_flags(p)
         p.add_argument("--host", default="127.0.0.1", help="beyond loopback only with --api-key")
         p.add_argument("--port", type=int, default=port)
         p.add_argument("--api-key", default=None, help="bearer token (default: $LLADAUNI_API_KEY)")
@@ -429,35 +362,38 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--queue-size", type=int, default=4, help="requests waiting behind the running one (then 429)")
         p.add_argument("--timeout", type=float, default=600.0, help="seconds per request, queue wait included")
         p.add_argument("--max-body-mb", type=int, default=32)
-        p.add_argument("--max-image-side", type=int, default=2048, help="largest output side a request may ask for")
-        p.add_argument("--model-name", default="inclusionAI/LLaDA2.0-Uni", help="the model id clients send")
-        p.add_argument("--preset", choices=["default", "tiny", "shapes"], default=None,
-                       help="default options for requests: tiny = CPU-test sizes (tiny checkpoints), shapes = the "
-                            "embedded default model's sizes (default: shapes without --checkpoint, else the model's own)")
+        p.add_argument("--max-image-side", type=int, default=2048,
+                       help="largest output side a request may ask for (at most what the checkpoint's size tokens allow)")
+        p.add_argument("--model-name", default=None, help="the model id clients send (default: the checkpoint's name)")
+        p.add_argument("--preset", choices=["default", "tiny", "shapes"], default="default",
+                       help="request defaults: default = the checkpoint's own (lladauni.json); tiny = CPU-test sizes "
+                            "(tiny random checkpoints); shapes = the embedded default model's")
+        if name == "mcp":
+            p.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+        p.set_defaults(func=func)
 
-    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (needs the server extra)")
-    served(p, 8000)
-    p.set_defaults(func=_serve)
-    p = sub.add_parser("mcp", help="MCP server over stdio or streamable HTTP (needs the server extra)")
-    served(p, 8001)
-    p.add_argument("--transport", choices=["stdio", "http"], default="stdio")
-    p.set_defaults(func=_mcp)
 
+def _add_agent_commands(sub) -> None:
     try:  # the agent and workflow commands need the `agent` extra (langgraph); the rest works without it
         from lladauni.agent.cli import add_agent_command
         from lladauni.agent.workflows.cli import add_workflow_commands
     except ModuleNotFoundError as exc:
-        hint = missing_extra_message(exc)
-        if hint is None:
+        if missing_extra_message(exc) is None:
             raise
-        missing = exc
         for name in ("agent", "validate", "run", "schema"):  # still listed, and each says what to install
             p = sub.add_parser(name, help=f"(needs the agent extra) {name}", add_help=False)
             p.add_argument("rest", nargs=argparse.REMAINDER)
-            p.set_defaults(func=lambda args: _fail(missing_extra_message(missing, f"lladauni {args.command}")))
+            p.set_defaults(func=lambda args, missing=exc: _fail(missing_extra_message(missing, f"lladauni {args.command}")))
     else:
         add_agent_command(sub)
         add_workflow_commands(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lladauni", description="LLaDA2.0-Uni: run it exactly, fast, and as an agent.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_inspect, _add_demo, _add_tasks, _add_servers, _add_agent_commands):
+        add(sub)
     return parser
 
 
