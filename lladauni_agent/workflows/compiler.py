@@ -6,7 +6,10 @@ Shape of a compiled workflow::
 
     START -> _inputs -> <your nodes, wired by edges / routes / loops> -> _finish -> END
 
-Every hop goes to ``_finish`` instead when a node failed, so a failure is a readable
+Each kind of node has a builder (``NODE_BUILDERS``); the node runtime (model calls, images,
+events, guards, start and finish) is ``lladauni_agent/nodes.py``, shared with the Python graphs.
+A node that fails goes to ``_finish`` instead of onwards (``Command(goto="_finish")``; see
+``nodes.py`` for why no node that can fail has a plain edge), so a failure is a readable
 ``state["error"]`` and the run still writes its trace and report. A ``loop`` node ``L`` becomes
 ``L`` (set the counter) -> body... -> ``L__check`` (until? cap?) -> body again, or onwards.
 """
@@ -27,16 +30,18 @@ from langgraph.runtime import Runtime
 
 from .. import prompts
 from ..context import AgentContext
-from ..graph import _call, _event, _guarded, _image_input, _ok, _seed, _store_image, interleaved_segments
-from ..report import write_run_files
+from ..nodes import (add_step, call_model, event, finished_status, guarded, image_input, interleaved_segments,
+                     make_finish, make_start, seed_for, store_image)
 from ..state import ImageRef, Status, TimelineEvent
 from . import schema as S
-from .loader import Workflow
+from .loader import Workflow, did_you_mean
 from .templates import evaluate, is_template, render
 
-__all__ = ["WorkflowState", "WorkflowContext", "compile_workflow", "coerce_inputs", "MAX_LOOP_ITERATIONS"]
+__all__ = ["WorkflowState", "WorkflowContext", "compile_workflow", "coerce_inputs", "MAX_LOOP_ITERATIONS", "NODE_BUILDERS",
+           "Build", "make_node"]
 
 MAX_LOOP_ITERATIONS = 1000
+INPUTS, FINISH = "_inputs", "_finish"  # the two nodes every compiled workflow has
 
 
 def _merge(a: Optional[dict], b: Optional[dict]) -> dict:
@@ -131,9 +136,7 @@ def coerce_inputs(wf: Workflow, raw: dict[str, Any], store: Any) -> dict[str, An
     spec = wf.spec
     for k in raw:
         if k not in spec.inputs:
-            from .loader import _did_you_mean
-
-            raise ValueError(f"unknown input {k!r} for workflow {spec.name!r}; {_did_you_mean(k, list(spec.inputs))}")
+            raise ValueError(f"unknown input {k!r} for workflow {spec.name!r}; {did_you_mean(k, list(spec.inputs))}")
     out: dict[str, Any] = {}
     for name, inp in spec.inputs.items():
         if name not in raw:
@@ -176,138 +179,201 @@ def coerce_inputs(wf: Workflow, raw: dict[str, Any], store: Any) -> dict[str, An
 
 
 # ------------------------------------------------------------------------------------- nodes
-def _make_node(wf: Workflow, name: str, node: Any, compiled_children: dict[str, Any]) -> Callable:
-    retok = wf.spec.backend.retokenize
+@dataclass
+class Build:
+    """What a node builder may need besides its own spec: the workflow and its compiled children."""
 
-    def done(state: Any, output: dict, events: list, **extra: Any) -> dict:
-        return {"nodes": {name: output}, "timeline": events, **extra}
+    wf: Workflow
+    children: dict[str, Any] = field(default_factory=dict)
 
-    if isinstance(node, S.ThinkNode):
-        def run(state, runtime):
-            text = render(node.prompt, _scope(state))
-            system = render(node.system, _scope(state)) if node.system else None
-            ims = [_image_input(runtime, r, retok)[0] for r in _images(node.images, state, name)]
-            r, s = _call(runtime, name, "chat", text, images=ims, system=system,
-                         seed=_seed(runtime, state.get("iteration", 0)), **_options(runtime, "text", node.options))
-            out = prompts.clean(r.text)
-            return done(state, {"text": out}, [_event(name, "text", state, text=out or "(empty)", seconds=s, data={"role": "think"})])
-    elif isinstance(node, S.DrawNode):
-        def run(state, runtime):
-            text = render(node.prompt, _scope(state))
-            r, s = _call(runtime, name, "generate_image", text, mode=node.mode,
-                         seed=_seed(runtime, state.get("iteration", 0)), **_options(runtime, "image", node.options))
-            ref = _store_image(runtime, name, r, "generate")
-            thinking = prompts.clean(r.thinking or "") if getattr(r, "thinking", None) else ""
-            return done(state, {"image": ref, "text": thinking}, [_event(name, "image", state, image=ref, text=text, seconds=s)],
-                        images=[ref], current=ref)
-    elif isinstance(node, S.EditNode):
-        def run(state, runtime):
-            refs = _images([node.image], state, name)
-            ims = [_image_input(runtime, r, retok)[0] for r in refs]
-            text = render(node.instruction, _scope(state))
-            r, s = _call(runtime, name, "edit_image", ims[0] if len(ims) == 1 else ims, text,
-                         seed=_seed(runtime, state.get("iteration", 0)), **_options(runtime, "edit", node.options))
-            ref = _store_image(runtime, name, r, "edit")
-            return done(state, {"image": ref}, [_event(name, "image", state, image=ref, text=text, seconds=s,
-                                                       data={"references": len(refs)})], images=[ref], current=ref)
-    elif isinstance(node, S.InspectNode):
-        def run(state, runtime):
-            (ref,) = _images([node.image], state, name)[:1] or (None,)
-            image, path = _image_input(runtime, ref, retok)
-            q = render(node.question, _scope(state))
-            r, s = _call(runtime, name, "understand", image, q, seed=_seed(runtime, 0), **_options(runtime, "text", node.options))
-            text = prompts.clean(r.text)
-            verdict, data, notes = None, None, []
-            if node.verdict == "yes_no":
-                verdict = prompts.parse_verdict(r.text)
-            elif node.verdict == "json":
-                data = _json_object(text)
-                if not isinstance(data, dict):
-                    notes.append("the reply held no JSON object")
-                    data = None
-                else:
-                    missing = [k for k in node.keys if k not in data]
-                    if missing:
-                        notes.append(f"the JSON verdict lacks keys: {', '.join(missing)}")
-                    verdict = data.get("pass") if isinstance(data.get("pass"), bool) else None
-            ev = [_event(name, "verdict", state, text=text or "(empty)", seconds=s,
-                         data={"question": q, "verdict": verdict, "json": data, "retokenize": path})]
-            ev += [_event(name, "note", state, text=n) for n in notes]
-            return done(state, {"text": text, "verdict": verdict, "data": data}, ev)
-    elif isinstance(node, S.DecodeNode):
-        def run(state, runtime):
-            (ref,) = _images([node.image], state, name)
-            if not ref.get("codes"):
-                raise ValueError(f"image {ref['sha256'][:12]} has no codes to decode (it came as pixels)")
-            store = runtime.context.store()
-            c = store.load_codes(ref)
-            steps = node.steps or _options(runtime, "image", None).get("decoder_steps")
-            t0 = time.perf_counter()  # decode_image takes no progress callback
-            pil = runtime.context.get_backend().decode_image(c.codes, c.h, c.w, **({"steps": steps} if steps else {}))
-            s = time.perf_counter() - t0
-            new = store.put(image=pil, codes=c.codes, h=c.h, w=c.w, origin="decode")
-            runtime.stream_writer({"type": "image", "node": name, "image": new})
-            return done(state, {"image": new}, [_event(name, "image", state, image=new, seconds=s)], images=[new], current=new)
-    elif isinstance(node, S.EncodeNode):
-        def run(state, runtime):
-            (ref,) = _images([node.image], state, name)
-            store = runtime.context.store()
-            pil = store.load_image(ref)
-            backend = runtime.context.get_backend()
-            c = backend.encode_image(pil)
-            new = store.put(image=pil, codes=c.codes, h=c.h, w=c.w, origin="encode")
-            return done(state, {"image": new}, [_event(name, "note", state, text=f"encoded to a {c.h}x{c.w} code grid")])
-    elif isinstance(node, S.InterleaveNode):
-        def run(state, runtime):
-            text = render(node.prompt, _scope(state))
-            frames = _positive_int(_value(node.max_frames, state), f"{name}.max_frames", 16)
-            ims = [_image_input(runtime, r, retok)[0] for r in _images(node.images, state, name)]
-            r, s = _call(runtime, name, "generate_interleaved", text, images=ims, max_frames=frames,
-                         seed=_seed(runtime, state.get("iteration", 0)), **_options(runtime, "interleaved", node.options))
-            refs, ev, texts = interleaved_segments(runtime, name, state, r, s, stream=False)
-            extra = {"current": refs[-1]} if refs else {}
-            return done(state, {"text": "\n\n".join(texts), "images": refs, "image": refs[-1] if refs else None}, ev,
-                        images=refs, **extra)
-    elif isinstance(node, S.RouterNode):
-        def run(state, runtime):
-            to = node.default
-            for r in node.routes:
-                if evaluate(r.when, _scope(state)):
-                    to = r.to
-                    break
-            return done(state, {"route": to}, [_event(name, "note", state, text=f"route -> {to}")])
-    elif isinstance(node, S.CallNode):
-        fn = wf.functions[node.function]
+    @property
+    def retokenize(self) -> str:
+        return self.wf.spec.backend.retokenize
 
-        def run(state, runtime):
-            args = {k: _value(v, state) for k, v in node.args.items()}
-            value = fn(**args)
-            try:
-                value = json.loads(json.dumps(value))
-            except (TypeError, ValueError):
-                raise TypeError(f"function {node.function!r} returned {type(value).__name__}, which is not JSON data") from None
-            text = value if isinstance(value, str) else json.dumps(value)
-            return done(state, {"value": value, "text": text}, [_event(name, "text", state, text=text[:2000], data={"function": node.function})])
-    elif isinstance(node, S.SubworkflowNode):
-        child_graph = compiled_children[name]
 
-        def run(state, runtime):
-            raw = {k: _value(v, state) for k, v in node.inputs.items()}
-            child = child_graph.invoke({"inputs": raw}, context=runtime.context)
-            if child.get("error"):
-                raise RuntimeError(f"sub-workflow {node.workflow!r}: {child['error']}")
-            ev = [{**e, "node": f"{name}/{e.get('node', '')}"} for e in child.get("timeline", [])]
-            out = {"outputs": child.get("outputs", {}), "text": child.get("answer", ""), "image": child.get("best")}
-            extra = {"current": child["best"]} if child.get("best") else {}
-            return done(state, out, ev, images=child.get("images", []), **extra)
-    else:  # pragma: no cover - the loader admits only the kinds above
-        raise AssertionError(f"no builder for node kind {node.kind!r}")
+def _done(name: str, output: dict, events: list, **extra: Any) -> dict:
+    """A node's update: its output under ``nodes.<name>``, its timeline events, other state keys."""
+    return {"nodes": {name: output}, "timeline": events, **extra}
+
+
+def _inputs_of(runtime: Runtime, refs: list[ImageRef], retokenize: str) -> list[Any]:
+    return [image_input(runtime, r, retokenize)[0] for r in refs]
+
+
+def build_think(bc: Build, name: str, node: S.ThinkNode) -> Callable:
+    def run(state, runtime):
+        text = render(node.prompt, _scope(state))
+        system = render(node.system, _scope(state)) if node.system else None
+        ims = _inputs_of(runtime, _images(node.images, state, name), bc.retokenize)
+        r, s = call_model(runtime, name, "chat", text, images=ims, system=system,
+                          seed=seed_for(runtime, state.get("iteration", 0)), **_options(runtime, "text", node.options))
+        out = prompts.clean(r.text)
+        return _done(name, {"text": out}, [event(name, "text", state, text=out or "(empty)", seconds=s, data={"role": "think"})])
+
+    return run
+
+
+def build_draw(bc: Build, name: str, node: S.DrawNode) -> Callable:
+    def run(state, runtime):
+        text = render(node.prompt, _scope(state))
+        r, s = call_model(runtime, name, "generate_image", text, mode=node.mode,
+                          seed=seed_for(runtime, state.get("iteration", 0)), **_options(runtime, "image", node.options))
+        ref = store_image(runtime, name, r, "generate")
+        thinking = prompts.clean(r.thinking or "") if getattr(r, "thinking", None) else ""
+        return _done(name, {"image": ref, "text": thinking}, [event(name, "image", state, image=ref, text=text, seconds=s)],
+                     images=[ref], current=ref)
+
+    return run
+
+
+def build_edit(bc: Build, name: str, node: S.EditNode) -> Callable:
+    def run(state, runtime):
+        refs = _images([node.image], state, name)
+        ims = _inputs_of(runtime, refs, bc.retokenize)
+        text = render(node.instruction, _scope(state))
+        r, s = call_model(runtime, name, "edit_image", ims[0] if len(ims) == 1 else ims, text,
+                          seed=seed_for(runtime, state.get("iteration", 0)), **_options(runtime, "edit", node.options))
+        ref = store_image(runtime, name, r, "edit")
+        return _done(name, {"image": ref}, [event(name, "image", state, image=ref, text=text, seconds=s,
+                                                  data={"references": len(refs)})], images=[ref], current=ref)
+
+    return run
+
+
+def _read_verdict(node: S.InspectNode, reply: str, text: str) -> tuple[Optional[bool], Optional[dict], list[str]]:
+    """(verdict, JSON data, notes) of an inspect reply, as ``node.verdict`` asks."""
+    if node.verdict == "yes_no":
+        return prompts.parse_verdict(reply), None, []
+    if node.verdict != "json":
+        return None, None, []
+    data = _json_object(text)
+    if not isinstance(data, dict):
+        return None, None, ["the reply held no JSON object"]
+    missing = [k for k in node.keys if k not in data]
+    notes = [f"the JSON verdict lacks keys: {', '.join(missing)}"] if missing else []
+    return (data.get("pass") if isinstance(data.get("pass"), bool) else None), data, notes
+
+
+def build_inspect(bc: Build, name: str, node: S.InspectNode) -> Callable:
+    def run(state, runtime):
+        (ref,) = _images([node.image], state, name)[:1] or (None,)
+        image, path = image_input(runtime, ref, bc.retokenize)
+        q = render(node.question, _scope(state))
+        r, s = call_model(runtime, name, "understand", image, q, seed=seed_for(runtime, 0),
+                          **_options(runtime, "text", node.options))
+        text = prompts.clean(r.text)
+        verdict, data, notes = _read_verdict(node, r.text, text)
+        ev = [event(name, "verdict", state, text=text or "(empty)", seconds=s,
+                    data={"question": q, "verdict": verdict, "json": data, "retokenize": path})]
+        ev += [event(name, "note", state, text=n) for n in notes]
+        return _done(name, {"text": text, "verdict": verdict, "data": data}, ev)
+
+    return run
+
+
+def build_decode(bc: Build, name: str, node: S.DecodeNode) -> Callable:
+    def run(state, runtime):
+        (ref,) = _images([node.image], state, name)
+        if not ref.get("codes"):
+            raise ValueError(f"image {ref['sha256'][:12]} has no codes to decode (it came as pixels)")
+        store = runtime.context.store()
+        c = store.load_codes(ref)
+        steps = node.steps or _options(runtime, "image", None).get("decoder_steps")
+        t0 = time.perf_counter()  # decode_image takes no progress callback
+        pil = runtime.context.get_backend().decode_image(c.codes, c.h, c.w, **({"steps": steps} if steps else {}))
+        s = time.perf_counter() - t0
+        new = store.put(image=pil, codes=c.codes, h=c.h, w=c.w, origin="decode")
+        runtime.stream_writer({"type": "image", "node": name, "image": new})
+        return _done(name, {"image": new}, [event(name, "image", state, image=new, seconds=s)], images=[new], current=new)
+
+    return run
+
+
+def build_encode(bc: Build, name: str, node: S.EncodeNode) -> Callable:
+    def run(state, runtime):
+        (ref,) = _images([node.image], state, name)
+        store = runtime.context.store()
+        pil = store.load_image(ref)
+        c = runtime.context.get_backend().encode_image(pil)
+        new = store.put(image=pil, codes=c.codes, h=c.h, w=c.w, origin="encode")
+        return _done(name, {"image": new}, [event(name, "note", state, text=f"encoded to a {c.h}x{c.w} code grid")])
+
+    return run
+
+
+def build_interleave(bc: Build, name: str, node: S.InterleaveNode) -> Callable:
+    def run(state, runtime):
+        text = render(node.prompt, _scope(state))
+        frames = _positive_int(_value(node.max_frames, state), f"{name}.max_frames", 16)
+        ims = _inputs_of(runtime, _images(node.images, state, name), bc.retokenize)
+        r, s = call_model(runtime, name, "generate_interleaved", text, images=ims, max_frames=frames,
+                          seed=seed_for(runtime, state.get("iteration", 0)), **_options(runtime, "interleaved", node.options))
+        refs, ev, texts = interleaved_segments(runtime, name, state, r, s, stream=False)
+        extra = {"current": refs[-1]} if refs else {}
+        return _done(name, {"text": "\n\n".join(texts), "images": refs, "image": refs[-1] if refs else None}, ev,
+                     images=refs, **extra)
+
+    return run
+
+
+def build_router(bc: Build, name: str, node: S.RouterNode) -> Callable:
+    def run(state, runtime):
+        to = next((r.to for r in node.routes if evaluate(r.when, _scope(state))), node.default)
+        return _done(name, {"route": to}, [event(name, "note", state, text=f"route -> {to}")])
+
+    return run
+
+
+def build_call(bc: Build, name: str, node: S.CallNode) -> Callable:
+    fn = bc.wf.functions[node.function]
+
+    def run(state, runtime):
+        args = {k: _value(v, state) for k, v in node.args.items()}
+        value = fn(**args)
+        try:
+            value = json.loads(json.dumps(value))
+        except (TypeError, ValueError):
+            raise TypeError(f"function {node.function!r} returned {type(value).__name__}, which is not JSON data") from None
+        text = value if isinstance(value, str) else json.dumps(value)
+        return _done(name, {"value": value, "text": text},
+                     [event(name, "text", state, text=text[:2000], data={"function": node.function})])
+
+    return run
+
+
+def build_subworkflow(bc: Build, name: str, node: S.SubworkflowNode) -> Callable:
+    child_graph = bc.children[name]
+
+    def run(state, runtime):
+        raw = {k: _value(v, state) for k, v in node.inputs.items()}
+        child = child_graph.invoke({"inputs": raw}, context=runtime.context)
+        if child.get("error"):
+            raise RuntimeError(f"sub-workflow {node.workflow!r}: {child['error']}")
+        ev = [{**e, "node": f"{name}/{e.get('node', '')}"} for e in child.get("timeline", [])]
+        out = {"outputs": child.get("outputs", {}), "text": child.get("answer", ""), "image": child.get("best")}
+        extra = {"current": child["best"]} if child.get("best") else {}
+        return _done(name, out, ev, images=child.get("images", []), **extra)
+
+    return run
+
+
+# node kind -> builder(bc, name, node) -> run(state, runtime) -> update; ``loop`` is wired, not built
+NODE_BUILDERS: dict[str, Callable[[Build, str, Any], Callable]] = {
+    "think": build_think, "draw": build_draw, "edit": build_edit, "inspect": build_inspect, "decode": build_decode,
+    "encode": build_encode, "interleave": build_interleave, "router": build_router, "call": build_call,
+    "subworkflow": build_subworkflow,
+}
+
+
+def make_node(bc: Build, name: str, node: Any) -> Callable:
+    """The guarded node of a workflow node of any kind but ``loop``."""
+    run = NODE_BUILDERS[node.kind](bc, name, node)
     run.__name__ = f"{node.kind}_{name}"
-    return _guarded(name)(run)
+    return guarded(name)(run)
 
 
 def _loop_nodes(name: str, node: S.LoopNode) -> tuple[Callable, Callable]:
-    @_guarded(name)
+    @guarded(name)
     def enter(state, runtime):
         cap = _positive_int(_value(node.max_iterations, state), f"{name}.max_iterations", MAX_LOOP_ITERATIONS)
         info = {"iteration": 1, "max": cap, "capped": False, "next": "body"}
@@ -316,9 +382,9 @@ def _loop_nodes(name: str, node: S.LoopNode) -> tuple[Callable, Callable]:
         # same image, with the same flaw)
         return {"loops": {name: info}, "nodes": {name: {"iteration": 1, "capped": False}}, "max_iterations": cap,
                 "iteration": state.get("iteration", 0) + 1,
-                "timeline": [_event(name, "note", state, text=f"loop starts (at most {cap} passes)")]}
+                "timeline": [event(name, "note", state, text=f"loop starts (at most {cap} passes)")]}
 
-    @_guarded(name)
+    @guarded(name)
     def check(state, runtime):
         info = dict(state["loops"][name])
         n = info["iteration"]
@@ -335,15 +401,14 @@ def _loop_nodes(name: str, node: S.LoopNode) -> tuple[Callable, Callable]:
         if info["next"] == "body":
             update["iteration"] = state.get("iteration", 0) + 1
         else:
-            update["timeline"] = [_event(name, "note", state, text=text)]
+            update["timeline"] = [event(name, "note", state, text=text)]
         return update
 
     return enter, check
 
 
 def _finish_node(wf: Workflow, write_files: bool) -> Callable:
-    def finish(state: WorkflowState, runtime: Runtime[AgentContext]) -> dict:
-        status = state.get("status", "running")
+    def summarize(state: WorkflowState) -> dict:
         outputs: dict[str, Any] = {}
         notes = []
         for k, v in wf.spec.outputs.items():
@@ -351,48 +416,67 @@ def _finish_node(wf: Workflow, write_files: bool) -> Callable:
                 outputs[k] = json.loads(json.dumps(_value(v, state)))
             except Exception as exc:  # noqa: BLE001 - an output of a branch that did not run
                 outputs[k] = None
-                notes.append(_event("_finish", "note", state, text=f"output {k!r} is empty: {type(exc).__name__}: {exc}"))
-        if status == "running":
-            status = "capped" if any(x.get("capped") for x in state.get("loops", {}).values()) else "done"
+                notes.append(event(FINISH, "note", state, text=f"output {k!r} is empty: {type(exc).__name__}: {exc}"))
+        status = finished_status(state, capped=any(x.get("capped") for x in state.get("loops", {}).values()))
         texts = [v for v in outputs.values() if isinstance(v, str) and v]
         refs = [v for v in outputs.values() if _is_ref(v)]
-        update = {"status": status, "outputs": outputs, "answer": texts[0] if texts else state.get("answer", ""),
-                  "best": refs[0] if refs else state.get("current"), "timeline": notes}
-        if write_files:
-            final = {**state, **update, "timeline": state.get("timeline", []) + notes}
-            write_run_files(runtime.context.run_dir, final)
-            runtime.stream_writer({"type": "finished", "status": status, "run_dir": str(runtime.context.run_dir)})
-        return update
+        return {"status": status, "outputs": outputs, "answer": texts[0] if texts else state.get("answer", ""),
+                "best": refs[0] if refs else state.get("current"), "timeline": notes}
 
-    return finish
+    return make_finish(summarize, write_files=write_files)
 
 
 def _inputs_node(wf: Workflow) -> Callable:
     spec = wf.spec
 
-    def start(state: WorkflowState, runtime: Runtime[AgentContext]) -> dict:
-        base = {"graph": spec.name, "nodes": {}, "loops": {}, "iteration": 0, "max_iterations": 1,
+    def base() -> dict:
+        return {"graph": spec.name, "nodes": {}, "loops": {}, "iteration": 0, "max_iterations": 1,
                 "retokenize": spec.backend.retokenize}
-        try:
-            values = coerce_inputs(wf, dict(state.get("inputs") or {}), runtime.context.store())
-        except (ValueError, OSError) as exc:
-            msg = f"inputs: {exc}"
-            return {**base, "error": msg, "status": "failed", "prompt": "", "timeline": [_event("_inputs", "error", state, text=msg)]}
+
+    def begin(state: WorkflowState, runtime: Runtime[AgentContext]) -> dict:
+        values = coerce_inputs(wf, dict(state.get("inputs") or {}), runtime.context.store())
         shown = values.get("prompt") if isinstance(values.get("prompt"), str) else \
             json.dumps({k: v for k, v in values.items() if not _is_ref(v) and not isinstance(v, list)}, default=str)
-        return {**base, "inputs": values, "status": "running", "error": None, "prompt": f"{spec.name}: {shown}",
-                "timeline": [_event("_inputs", "text", state, text=json.dumps(values, default=str)[:2000], data={"role": "inputs"})]}
+        return {**base(), "inputs": values, "status": "running", "error": None, "prompt": f"{spec.name}: {shown}",
+                "timeline": [event(INPUTS, "text", state, text=json.dumps(values, default=str)[:2000], data={"role": "inputs"})]}
 
-    return start
+    return make_start(INPUTS, begin, failed={**base(), "prompt": ""}, prefix="inputs: ")
 
 
 # ---------------------------------------------------------------------------------- assembly
-def _gate(to: str) -> Callable:
-    def route(state: WorkflowState) -> str:
-        return to if _ok(state) else "_finish"
+def _target(name: str) -> str:
+    return FINISH if name == "END" else name
 
-    route.__name__ = f"to_{to}"
-    return route
+
+def _wire_loop(b: StateGraph, bc: Build, name: str, node: S.LoopNode, succ: str) -> None:
+    """``name`` (set the counter) -> body... -> ``name__check`` -> the body again, or ``succ``."""
+    enter, check = _loop_nodes(name, node)
+    first = node.body[0]
+    add_step(b, name, enter, first, finish=FINISH)
+    for i, member in enumerate(node.body):
+        _wire(b, bc, member, node.body[i + 1] if i + 1 < len(node.body) else f"{name}__check")
+
+    def again(after: Any) -> str:
+        return first if after["loops"][name]["next"] == "body" else succ
+
+    again.__name__ = f"after_{name}"
+    add_step(b, f"{name}__check", check, again, finish=FINISH, dests=(first, succ))
+
+
+def _wire(b: StateGraph, bc: Build, name: str, succ: str) -> None:
+    """Add node ``name`` and its ways on: ``succ``, its routes, its loop; ``_finish`` on failure."""
+    node = bc.wf.spec.nodes[name]
+    if isinstance(node, S.LoopNode):
+        _wire_loop(b, bc, name, node, succ)
+    elif isinstance(node, S.RouterNode):
+        def pick(after: Any) -> str:
+            return _target(after["nodes"][name]["route"])
+
+        pick.__name__ = f"route_{name}"
+        dests = tuple(_target(r.to) for r in node.routes) + (_target(node.default),)
+        add_step(b, name, make_node(bc, name, node), pick, finish=FINISH, dests=dests)
+    else:
+        add_step(b, name, make_node(bc, name, node), succ, finish=FINISH)
 
 
 def compile_workflow(wf: Workflow, *, checkpointer: Any = None, write_files: bool = True):
@@ -402,51 +486,15 @@ def compile_workflow(wf: Workflow, *, checkpointer: Any = None, write_files: boo
     use ``run_workflow``). ``write_files=False`` (sub-workflows) skips trace.json/report.html.
     """
     spec = wf.spec
-    children = {n: compile_workflow(c, write_files=False) for n, c in wf.children.items()}
+    bc = Build(wf, {n: compile_workflow(c, write_files=False) for n, c in wf.children.items()})
     b = StateGraph(WorkflowState, context_schema=WorkflowContext)
-    b.add_node("_inputs", _inputs_node(wf))
-    b.add_node("_finish", _finish_node(wf, write_files))
-    b.add_edge(START, "_inputs")
-    b.add_edge("_finish", END)
-
-    def tid(name: str) -> str:
-        return "_finish" if name == "END" else name
-
-    def wire(name: str, succ: str) -> None:
-        node = spec.nodes[name]
-        if isinstance(node, S.LoopNode):
-            enter, check = _loop_nodes(name, node)
-            b.add_node(name, enter)
-            b.add_node(f"{name}__check", check)
-            first = node.body[0]
-            b.add_conditional_edges(name, _gate(first), [first, "_finish"])
-            for i, member in enumerate(node.body):
-                wire(member, node.body[i + 1] if i + 1 < len(node.body) else f"{name}__check")
-
-            def after(state: WorkflowState, _n: str = name, _first: str = first, _succ: str = succ) -> str:
-                if not _ok(state):
-                    return "_finish"
-                return _first if state["loops"][_n]["next"] == "body" else _succ
-
-            after.__name__ = f"after_{name}"
-            b.add_conditional_edges(f"{name}__check", after, list(dict.fromkeys([first, succ, "_finish"])))
-        elif isinstance(node, S.RouterNode):
-            b.add_node(name, _make_node(wf, name, node, children))
-            dests = list(dict.fromkeys([tid(r.to) for r in node.routes] + [tid(node.default), "_finish"]))
-
-            def pick(state: WorkflowState, _n: str = name) -> str:
-                return tid(state["nodes"][_n]["route"]) if _ok(state) else "_finish"
-
-            pick.__name__ = f"route_{name}"
-            b.add_conditional_edges(name, pick, dests)
-        else:
-            b.add_node(name, _make_node(wf, name, node, children))
-            b.add_conditional_edges(name, _gate(succ), list(dict.fromkeys([succ, "_finish"])))
-
-    succ = {a: tid(z) for a, z in spec.edges}
+    succ = {a: _target(z) for a, z in spec.edges}
+    b.add_edge(START, INPUTS)
+    add_step(b, INPUTS, _inputs_node(wf), succ["START"], finish=FINISH)
+    b.add_node(FINISH, _finish_node(wf, write_files))
+    b.add_edge(FINISH, END)
     body = {m for n in spec.nodes.values() if isinstance(n, S.LoopNode) for m in n.body}
-    b.add_conditional_edges("_inputs", _gate(succ["START"]), [succ["START"], "_finish"])
-    for name, node in spec.nodes.items():
+    for name in spec.nodes:
         if name not in body:
-            wire(name, succ.get(name, "_finish"))
+            _wire(b, bc, name, succ.get(name, FINISH))
     return b.compile(checkpointer=checkpointer, name=spec.name)

@@ -21,7 +21,8 @@ from . import schema as S
 from .functions import registered_functions
 from .templates import check as check_template, is_template
 
-__all__ = ["Issue", "WorkflowError", "Workflow", "load_workflow", "loads_workflow", "bundled_dir", "bundled_workflows"]
+__all__ = ["Issue", "WorkflowError", "Workflow", "load_workflow", "loads_workflow", "bundled_dir", "bundled_workflows",
+           "did_you_mean"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -153,7 +154,8 @@ def _dotted(path: Path_) -> str:
     return out
 
 
-def _did_you_mean(word: Any, choices: list[str]) -> str:
+def did_you_mean(word: Any, choices: list[str]) -> str:
+    """A hint: the closest of ``choices`` to ``word``, or the list of them."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else f"expected one of: {', '.join(map(str, choices))}"
 
@@ -213,13 +215,13 @@ def _pydantic_issues(doc: _Doc, exc: ValidationError) -> list[Issue]:
         if typ == "extra_forbidden":
             model = _model_at(path[:-1], doc.data)
             fields = list(model.model_fields) if model else []
-            out.append(doc.issue(path, f"unknown key '{path[-1]}'", _did_you_mean(path[-1], fields), key=True))
+            out.append(doc.issue(path, f"unknown key '{path[-1]}'", did_you_mean(path[-1], fields), key=True))
         elif typ == "missing":
             missing = loc[-1]
             out.append(doc.issue(path, f"missing required key '{missing}'", f"add '{missing}: ...'", key=bool(path)))
         elif typ == "union_tag_invalid":
             kind = err.get("ctx", {}).get("tag", "?")
-            out.append(doc.issue(path + ("kind",), f"unknown node kind '{kind}'", _did_you_mean(kind, list(S.NODE_KINDS))))
+            out.append(doc.issue(path + ("kind",), f"unknown node kind '{kind}'", did_you_mean(kind, list(S.NODE_KINDS))))
         elif typ == "union_tag_not_found":
             out.append(doc.issue(path, "a node needs a 'kind'", f"one of: {', '.join(S.NODE_KINDS)}", key=True))
         else:
@@ -265,12 +267,16 @@ def _targets(spec: S.WorkflowSpec) -> dict[str, list[tuple[str, Path_]]]:
     return succ
 
 
-def _check_graph(spec: S.WorkflowSpec, doc: _Doc, issues: list[Issue]) -> None:
-    names = list(spec.nodes)
-    for name in names:
+def _check_names(spec: S.WorkflowSpec, doc: _Doc, issues: list[Issue]) -> None:
+    for name in spec.nodes:
         if not _NODE_NAME.match(name) or "__" in name or name in ("START", "END"):
             issues.append(doc.issue(("nodes", name), f"node name '{name}' is not allowed",
                                     "letters, digits and single '_', starting with a letter; not START/END", key=True))
+
+
+def _loop_owners(spec: S.WorkflowSpec, doc: _Doc, issues: list[Issue]) -> dict[str, str]:
+    """Body member -> its loop, checking each body entry."""
+    names = list(spec.nodes)
     owner: dict[str, str] = {}
     for name, node in spec.nodes.items():
         if not isinstance(node, S.LoopNode):
@@ -278,7 +284,7 @@ def _check_graph(spec: S.WorkflowSpec, doc: _Doc, issues: list[Issue]) -> None:
         for j, member in enumerate(node.body):
             p = ("nodes", name, "body", j)
             if member not in spec.nodes:
-                issues.append(doc.issue(p, f"loop body names unknown node '{member}'", _did_you_mean(member, names)))
+                issues.append(doc.issue(p, f"loop body names unknown node '{member}'", did_you_mean(member, names)))
             elif member == name:
                 issues.append(doc.issue(p, f"loop '{name}' cannot contain itself"))
             elif isinstance(spec.nodes[member], S.RouterNode):
@@ -288,21 +294,31 @@ def _check_graph(spec: S.WorkflowSpec, doc: _Doc, issues: list[Issue]) -> None:
                 issues.append(doc.issue(p, f"node '{member}' is already in the body of loop '{owner[member]}'"))
             else:
                 owner[member] = name
-    valid_to = set(names) | {"END"}
+    return owner
+
+
+def _check_edge_ends(spec: S.WorkflowSpec, doc: _Doc, issues: list[Issue], owner: dict[str, str], i: int) -> None:
+    names = list(spec.nodes)
+    a, b = spec.edges[i]
+    for end, which, allowed, extra in ((a, 0, set(names) | {"START"}, ["START"]), (b, 1, set(names) | {"END"}, ["END"])):
+        if end not in allowed:
+            if end in ("START", "END"):
+                msg = f"{end} cannot be the {'source' if which == 0 else 'target'} of an edge"
+                issues.append(doc.issue(("edges", i, which), msg))
+            else:
+                issues.append(doc.issue(("edges", i, which), f"dangling edge: no node named '{end}'",
+                                        did_you_mean(end, names + extra)))
+        elif end in owner:
+            issues.append(doc.issue(("edges", i, which), f"node '{end}' is in the body of loop '{owner[end]}' and takes no edges",
+                                    f"connect the loop '{owner[end]}' instead"))
+
+
+def _check_edges(spec: S.WorkflowSpec, doc: _Doc, issues: list[Issue], owner: dict[str, str]) -> dict[str, int]:
+    """Both ends of every edge, one entry, one successor a node; returns each node's edge count."""
     out_count: dict[str, int] = {}
     start_edges = 0
     for i, (a, b) in enumerate(spec.edges):
-        for end, which, allowed, extra in ((a, 0, set(names) | {"START"}, ["START"]), (b, 1, valid_to, ["END"])):
-            if end not in allowed:
-                if end in ("START", "END"):
-                    msg = f"{end} cannot be the {'source' if which == 0 else 'target'} of an edge"
-                    issues.append(doc.issue(("edges", i, which), msg))
-                else:
-                    issues.append(doc.issue(("edges", i, which), f"dangling edge: no node named '{end}'",
-                                            _did_you_mean(end, names + extra)))
-            elif end in owner:
-                issues.append(doc.issue(("edges", i, which), f"node '{end}' is in the body of loop '{owner[end]}' and takes no edges",
-                                        f"connect the loop '{owner[end]}' instead"))
+        _check_edge_ends(spec, doc, issues, owner, i)
         if a == "START":
             start_edges += 1
             if start_edges > 1:
@@ -317,19 +333,27 @@ def _check_graph(spec: S.WorkflowSpec, doc: _Doc, issues: list[Issue]) -> None:
                                         "each node has one successor; branch with a router node"))
     if start_edges == 0:
         issues.append(doc.issue(("edges",), "no edge from START", "add '- [START, first_node]'", key=True))
+    return out_count
+
+
+def _check_exits(spec: S.WorkflowSpec, doc: _Doc, issues: list[Issue], owner: dict[str, str],
+                 out_count: dict[str, int]) -> None:
+    """Every route goes to a node outside loop bodies (or END); every other node has an edge."""
+    names = list(spec.nodes)
     for name, node in spec.nodes.items():
         if isinstance(node, S.RouterNode):
             for p, target in [(("nodes", name, "routes", j, "to"), r.to) for j, r in enumerate(node.routes)] + \
                              [(("nodes", name, "default"), node.default)]:
-                if target not in valid_to:
-                    issues.append(doc.issue(p, f"route to unknown node '{target}'", _did_you_mean(target, names + ["END"])))
+                if target not in set(names) | {"END"}:
+                    issues.append(doc.issue(p, f"route to unknown node '{target}'", did_you_mean(target, names + ["END"])))
                 elif target in owner:
                     issues.append(doc.issue(p, f"node '{target}' is in the body of loop '{owner[target]}'", f"route to '{owner[target]}'"))
         elif name not in owner and out_count.get(name, 0) == 0:
             issues.append(doc.issue(("nodes", name), f"dead end: node '{name}' has no outgoing edge",
                                     f"add '- [{name}, END]' to edges", key=True))
-    if issues:
-        return  # reachability and cycles need a well-formed graph
+
+
+def _check_reachable(spec: S.WorkflowSpec, doc: _Doc, issues: list[Issue]) -> None:
     succ = _targets(spec)
     seen, todo = set(), ["START"]
     while todo:
@@ -341,10 +365,15 @@ def _check_graph(spec: S.WorkflowSpec, doc: _Doc, issues: list[Issue]) -> None:
         node = spec.nodes.get(n)
         if isinstance(node, S.LoopNode):
             todo += node.body
-    for name in names:
+    for name in spec.nodes:
         if name not in seen:
             issues.append(doc.issue(("nodes", name), f"unreachable node '{name}': nothing leads to it from START",
                                     "add an edge or route to it, or delete it", key=True))
+
+
+def _check_cycles(spec: S.WorkflowSpec, doc: _Doc, issues: list[Issue]) -> None:
+    """The first cycle of edges and routes (outside loop nodes) found from START."""
+    succ = _targets(spec)
     color: dict[str, int] = {}
     stack: list[str] = []
 
@@ -364,6 +393,17 @@ def _check_graph(spec: S.WorkflowSpec, doc: _Doc, issues: list[Issue]) -> None:
         return False
 
     dfs("START")
+
+
+def _check_graph(spec: S.WorkflowSpec, doc: _Doc, issues: list[Issue]) -> None:
+    _check_names(spec, doc, issues)
+    owner = _loop_owners(spec, doc, issues)
+    out_count = _check_edges(spec, doc, issues, owner)
+    _check_exits(spec, doc, issues, owner, out_count)
+    if issues:
+        return  # reachability and cycles need a well-formed graph
+    _check_reachable(spec, doc, issues)
+    _check_cycles(spec, doc, issues)
 
 
 def _strings(node: Any, base: Path_) -> list[tuple[Path_, str, bool]]:
@@ -405,7 +445,7 @@ def _check_templates(wf: Workflow, doc: _Doc, issues: list[Issue]) -> None:
 def _check_calls_and_children(wf: Workflow, doc: _Doc, issues: list[Issue], stack: tuple[Path, ...]) -> None:
     for name, node in wf.spec.nodes.items():
         if isinstance(node, S.CallNode) and node.function not in wf.functions:
-            hint = (_did_you_mean(node.function, list(wf.functions)) + "; " if wf.functions else "") + \
+            hint = (did_you_mean(node.function, list(wf.functions)) + "; " if wf.functions else "") + \
                 "the host must allow it: lladauni_agent.workflows.register_function(name, fn)"
             issues.append(doc.issue(("nodes", name, "function"), f"unknown function '{node.function}'", hint))
         if not isinstance(node, S.SubworkflowNode):
@@ -417,7 +457,7 @@ def _check_calls_and_children(wf: Workflow, doc: _Doc, issues: list[Issue], stac
             continue
         if not target.is_file():
             issues.append(doc.issue(p, f"no workflow file '{node.workflow}' in {wf.base_dir}",
-                                    _did_you_mean(node.workflow, sorted(x.name for x in wf.base_dir.glob("*.yaml")))))
+                                    did_you_mean(node.workflow, sorted(x.name for x in wf.base_dir.glob("*.yaml")))))
             continue
         if target in stack:
             issues.append(doc.issue(p, f"sub-workflow cycle: {' -> '.join(s.name for s in stack + (target,))}"))
@@ -432,7 +472,7 @@ def _check_calls_and_children(wf: Workflow, doc: _Doc, issues: list[Issue], stac
         for k in node.inputs:
             if k not in child.spec.inputs:
                 issues.append(doc.issue(("nodes", name, "inputs", k), f"'{node.workflow}' has no input '{k}'",
-                                        _did_you_mean(k, list(child.spec.inputs)), key=True))
+                                        did_you_mean(k, list(child.spec.inputs)), key=True))
         for k, inp in child.spec.inputs.items():
             if k not in node.inputs and "default" not in inp.model_fields_set:
                 issues.append(doc.issue(("nodes", name), f"sub-workflow input '{k}' is required", f"add inputs: {{{k}: ...}}", key=True))

@@ -20,7 +20,7 @@ from ..agent import RunResult, drive_graph, make_checkpointer
 from ..artifacts import ArtifactStore
 from . import schema as S
 from .compiler import WorkflowContext, compile_workflow
-from .loader import Workflow, load_workflow
+from .loader import Workflow, did_you_mean, load_workflow
 
 __all__ = ["run_workflow", "resume_workflow"]
 
@@ -96,11 +96,9 @@ def run_workflow(
         checkpointer = make_checkpointer(checkpoint)
     if backend is None:
         raise ValueError("run_workflow needs a backend (or agent=Agent(backend))")
-    from .loader import _did_you_mean
-
     for k in dict(inputs or {}):  # refuse unknown inputs before anything runs (types are checked in the graph)
         if k not in wf.spec.inputs:
-            raise ValueError(f"unknown input {k!r} for workflow {wf.name!r}; {_did_you_mean(k, list(wf.spec.inputs))}")
+            raise ValueError(f"unknown input {k!r} for workflow {wf.name!r}; {did_you_mean(k, list(wf.spec.inputs))}")
     thread_id = thread_id or uuid.uuid4().hex[:16]
     out = Path(run_dir) if run_dir is not None else Path(runs_dir) / thread_id
     if (out / "run.json").exists():
