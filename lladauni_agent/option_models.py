@@ -25,11 +25,14 @@ def _annotation(spec: OptionSpec) -> Any:
     return Optional[base] if spec.optional else base
 
 
-def field_for(spec: OptionSpec, *, default: Any = ..., optional: bool = False, description: Optional[str] = None) -> tuple:
+def field_for(spec: OptionSpec, *, default: Any = ..., optional: bool = False, description: Optional[str] = None,
+              nullable: bool = True) -> tuple:
     """(annotation, FieldInfo) for ``create_model``. ``optional``: None is accepted and means
-    "not given" (the default applies further down); ``default`` replaces the spec's default."""
+    "not given" (the default applies further down); ``default`` replaces the spec's default;
+    ``nullable=False`` keeps the plain type in the JSON schema (an omitted field is still None:
+    simpler schemas for tool-calling models)."""
     ann = _annotation(spec)
-    if optional and not spec.optional:
+    if optional and not spec.optional and nullable:
         ann = Optional[ann]
     value = (None if optional else spec.default) if default is ... else default
     bounds = {k: getattr(spec, k) for k in ("ge", "gt", "le", "multiple_of") if getattr(spec, k) is not None}
@@ -37,13 +40,13 @@ def field_for(spec: OptionSpec, *, default: Any = ..., optional: bool = False, d
 
 
 def options_model(name: str, specs: tuple[OptionSpec, ...], *, all_optional: bool = True, base: type = StrictModel,
-                  defaults: Optional[dict] = None, doc: str = "") -> type:
+                  defaults: Optional[dict] = None, doc: str = "", nullable: bool = True) -> type:
     """A pydantic model with one field per spec (unknown keys refused). ``all_optional``: every
     field defaults to None, meaning "not given"; ``defaults`` overrides chosen defaults."""
     fields = {}
     for s in specs:
         d = (defaults or {}).get(s.name, ...)
-        fields[s.name] = field_for(s, default=d, optional=all_optional and d is ...)
+        fields[s.name] = field_for(s, default=d, optional=all_optional and d is ..., nullable=nullable)
     model = create_model(name, __base__=base, __doc__=doc or None, **fields)
     return model
 

@@ -32,6 +32,8 @@ DECODE_MODES = {"normal": "normal", "decoder-turbo": "turbo"}
 
 # option -> its SGLang-Omni name in image_generation, per task
 _RENAMES: dict[str, dict[str, str]] = {
+    "chat": {"steps": "dllm_steps"},  # SGLang-Omni has no chat options; the name is the diffusion LM's steps
+    "understand": {"steps": "dllm_steps"},
     "image": {"steps": "dllm_steps"},
     "edit": {"steps": "dllm_steps"},
     "interleaved": {"image_steps": "dllm_steps", "text_gen_length": "text_max_new_tokens"},
@@ -118,19 +120,23 @@ def encode_options(task: str, options: Mapping[str, Any], *, flavor: str = "llad
 def _refuse_unknown_to_sglang(task: str, top: dict, ig: dict) -> None:
     extra = sorted(set(ig) - SGLANG_IMAGE_KEYS[task]) + sorted(set(top) - _SGLANG_TOP)
     if extra:
-        raise WireError(f"SGLang-Omni's LLaDA2.0-Uni server has no {task} option(s) {', '.join(extra)} "
+        option = {w: n for n, w in wire_names(task).items()}
+        named = [f"{k} (option {option[k]})" if option.get(k, k) != k else k for k in extra]
+        raise WireError(f"SGLang-Omni's LLaDA2.0-Uni server has no {task} option(s) {', '.join(named)} "
                         f"(it would ignore them); leave them unset or use a lladauni server", extra[0])
 
 
 # ----------------------------------------------------------------------------------- server side
-def decode_options(task: str, top: Mapping[str, Any], ig: Mapping[str, Any], *,
-                   loaded_decoder: Optional[str] = None) -> dict:
+def decode_options(task: str, top: Mapping[str, Any], ig: Mapping[str, Any], *, loaded_decoder: Optional[str] = None,
+                   label: Optional[str] = None, sources: Optional[dict] = None) -> dict:
     """(top-level fields, image_generation) -> task options, each checked against its declaration.
-    WireError names the offending key; unknown keys are refused, never dropped."""
+    WireError names the offending key; unknown keys are refused, never dropped. ``label`` names
+    the request kind in messages; ``sources`` (if given) receives option -> the wire path it came from."""
     specs = _specs(task)
     by_wire = {w: n for n, w in wire_names(task).items()}
     by_wire.update({n: n for n in by_wire.values() if n not in by_wire})  # our names are accepted too
     out: dict = {}
+    where: dict = {} if sources is None else sources
     for k, v in ig.items():
         if v is None or k == "mode" and task != "image":
             continue
@@ -143,20 +149,16 @@ def decode_options(task: str, top: Mapping[str, Any], ig: Mapping[str, Any], *,
             continue
         name = "seed" if k == "seed" else by_wire.get(k)
         if name is None:
-            raise WireError(f"image_generation.{k} does not apply to {task} requests; accepted: "
-                            f"{', '.join(sorted(set(by_wire) | {'seed', 'decode_mode'}))}", f"image_generation.{k}")
+            raise WireError(f"image_generation: {k} do(es) not apply to {label or task} requests (accepted: "
+                            f"{', '.join(sorted(set(by_wire) | {'seed', 'decode_mode'}))})", f"image_generation.{k}")
         _put(out, name, v, specs[name], f"image_generation.{k}")
-    for k in _TOP:
-        if top.get(k) is not None and k in specs:
-            out.setdefault(k, specs[k].check(top[k]) if k != "seed" else top[k])
-    mt = _MAX_TOKENS.get(task)
-    if top.get("max_tokens") is not None and mt is not None:
-        out.setdefault(mt, top["max_tokens"])
-    for k, v in list(out.items()):
-        out[k] = _checked(specs[k], v, k)
+        where[name] = f"image_generation.{k}"
+    for k in (*_TOP, "max_tokens"):
+        name = _MAX_TOKENS.get(task) if k == "max_tokens" else k
+        if top.get(k) is not None and name in specs and name not in out:
+            out[name] = _checked(specs[name], top[k], k)
+            where[name] = k
     return out
-
-
 def _put(out: dict, name: str, value: Any, spec: OptionSpec, where: str) -> None:
     if name in out and out[name] != value:
         raise WireError(f"{where}: {name} is given twice with different values", where)

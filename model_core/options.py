@@ -183,7 +183,7 @@ class ImageOptions(_Decoding):
     steps: int = option(16, "denoising steps per block", ge=1)
     image_h: Optional[int] = option(None, "output height in pixels (None: the checkpoint's size)", ge=32, multiple_of=32)
     image_w: Optional[int] = option(None, "output width in pixels (None: the checkpoint's size)", ge=32, multiple_of=32)
-    cfg_scale: float = option(4.0, "classifier-free guidance scale (1 = none)", ge=0)
+    cfg_scale: float = option(4.0, "classifier-free guidance scale (1 = none)", ge=1)
     gen_length: Optional[int] = option(None, "image tokens to generate (None: the whole grid)", ge=1)
     mode: Literal["normal", "thinking"] = option("normal", "thinking: reason in text and write the image header first")
     thinking_steps: int = option(32, "thinking: denoising steps per block of the reasoning", ge=1)
@@ -232,7 +232,8 @@ def make_options(cls: type, *layers: Optional[dict]) -> Any:
             if k not in names:
                 close = sorted(n for n in names if n.split("_")[0] == k.split("_")[0]) or sorted(names)
                 raise TypeError(f"{cls.__name__} has no option {k!r}; options: {', '.join(close)}")
-            merged[k] = v
+            if v is not None:
+                merged[k] = v
     return cls(**merged)
 
 
@@ -281,3 +282,31 @@ def takes_options(cls: type):
         return fn
 
     return wrap
+
+
+def options_markdown() -> str:
+    """docs/OPTIONS.md: every task's options, generated from the declarations (``python -m
+    lladauni.model_core.options > docs/OPTIONS.md``)."""
+    out = ["# Task options", "",
+           "Generated from `model_core/options.py` (`python -m lladauni.model_core.options > docs/OPTIONS.md`); "
+           "a test fails when this page and the declarations differ.", "",
+           "Every surface takes these names: `LLaDAUni` methods (keyword arguments or `options=`), "
+           "`LocalBackend` / `HTTPBackend`, the workflow `backend:` blocks and node `options:`, the CLI "
+           "(`--steps`, `--cfg-scale` ...), the HTTP `image_generation` object (SGLang-Omni's names where it has "
+           "one: `dllm_steps`, `text_max_new_tokens`, `decode_mode`; see `lladauni_agent/wire.py`) and the MCP / "
+           "LangChain tools. A checkpoint's `lladauni.json` may set its own defaults under `options`; a value "
+           "the caller leaves unset (None) takes them.", ""]
+    for task, cls in TASK_OPTIONS.items():
+        out += [f"## {task}: `{cls.__name__}`", "", (cls.__doc__ or "").strip(), "",
+                "| option | type | default | range | what it does |", "| --- | --- | --- | --- | --- |"]
+        for s in option_specs(cls):
+            kind = " \\| ".join(repr(c) for c in s.choices) if s.choices else s.type.__name__ + (" or None" if s.optional else "")
+            rng = ", ".join(f"{k} {v:g}" for k, v in (("≥", s.ge), (">", s.gt), ("≤", s.le), ("multiple of", s.multiple_of))
+                            if v is not None)
+            out.append(f"| `{s.name}` | {kind} | `{s.default!r}` | {rng} | {s.help} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(options_markdown(), end="")

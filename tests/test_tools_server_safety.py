@@ -117,14 +117,17 @@ def test_auth_and_health_after_abuse(server):
 def test_thinking_interleaved_and_workflows_through_the_openai_client(server):
     url, svc, tmp = server
     c = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+    # thinking is asked for by mode, as in SGLang-Omni (["text", "image"] alone draws in normal mode)
     r = c.chat.completions.create(model="m", messages=[{"role": "user", "content": "a fox"}], modalities=["text", "image"],
-                                  extra_body={"image_generation": {"image_h": 256, "image_w": 256}})
+                                  extra_body={"image_generation": {"image_h": 256, "image_w": 256, "mode": "thinking"}})
     msg = r.choices[0].message
     assert msg.content == "ok" and b64_image(msg.images[0]["image_url"]["url"].split(",")[1]).size == (64, 64)
+    assert msg.image == {"data": msg.images[0]["image_url"]["url"].split(",")[1], "format": "png"}  # SGLang-Omni's shape
     r = c.chat.completions.create(model="m", messages=[{"role": "user", "content": "a story"}],
                                   modalities=["text", "image"], extra_body={"image_generation": {"mode": "interleaved"}})
-    kinds = [p["type"] for p in r.choices[0].message.content]
-    assert kinds == ["text", "image_url", "text"]
+    segments = r.choices[0].message.segments  # SGLang-Omni's interleaved reply
+    assert [s["kind"] for s in segments] == ["text", "image", "text"] and [s["segment_index"] for s in segments] == [0, 1, 2]
+    assert r.choices[0].message.content == segments[0]["data"] + segments[2]["data"]
     run = c.post("/workflows/draw-check-refine/runs", body={"inputs": {"prompt": "a red fox", "max_rounds": 1}},
                  cast_to=httpx.Response).json()
     assert run["status"] in ("done", "capped") and run["images"] and run["images"][0].startswith("data:image/png")

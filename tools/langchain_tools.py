@@ -39,7 +39,7 @@ def as_langchain_tools(backend_or_service: Union[Any, ToolService], *, timeout: 
         def make(model: type = model, job_name: str = job_name):
             def prepare(kw: dict) -> Any:
                 try:
-                    return getattr(service, job_name)(model.model_validate(kw))
+                    return getattr(service, job_name)(model.model_validate({k: v for k, v in kw.items() if v is not None}))
                 except (InputError, ValueError) as exc:
                     raise ToolException(f"bad input: {exc}") from None
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import inspect
-import io
 import json
 from typing import Annotated, Any, Callable, Optional
 
@@ -19,24 +18,18 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import CallToolResult, ImageContent, TextContent
 from pydantic import BaseModel
 
-from .runtime import Busy, Cancelled, InputError
+from .runtime import Busy, Cancelled, InputError, png_bytes
 from .service import TOOLS, ToolResult, ToolService
 
 __all__ = ["TOOLS", "build_mcp_server", "run_mcp"]
 
 
 
-def _png(image: Any) -> bytes:
-    buf = io.BytesIO()
-    image.convert("RGB").save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _to_mcp(service: ToolService, r: ToolResult, inline_limit: int) -> CallToolResult:
     paths = list(r.get("paths") or [])
     content: list[Any] = []
     for im in r["images"]:
-        data = _png(im)
+        data = png_bytes(im)
         path = service.save(im)
         paths.append(str(path))
         if len(data) <= inline_limit:
@@ -72,8 +65,11 @@ def _typed(model: type[BaseModel], impl: Callable) -> Callable:
 
 def build_mcp_server(service: ToolService, *, inline_limit: int = 2 * 1024 * 1024) -> MCPServer:
     """An ``MCPServer`` with the five tools over ``service``."""
-    mcp = MCPServer("lladauni", instructions="LLaDA2.0-Uni: generate, edit and understand images; visual reasoning; "
-                    "workflows. Images in: data URLs or local paths under the server's allowed roots.")
+    size = service.model.get("default_image_size")
+    mcp = MCPServer("lladauni", instructions=f"{service.model_name} (LLaDA2.0-Uni): generate, edit and understand images; "
+                    "visual reasoning; workflows. Images in: data URLs or local paths under the server's allowed roots. "
+                    f"Image sides: multiples of 32 up to {service.max_image_side} px"
+                    + (f"; default size {size[1]}x{size[0]}." if size else "."))
 
     for name, (model, job_name, description) in TOOLS.items():
         def make(model: type[BaseModel] = model, job_name: str = job_name) -> Callable:
@@ -81,7 +77,7 @@ def build_mcp_server(service: ToolService, *, inline_limit: int = 2 * 1024 * 102
                 loop = asyncio.get_running_loop()
                 events: asyncio.Queue = asyncio.Queue()
                 try:
-                    args = model.model_validate(kw)
+                    args = model.model_validate({k: v for k, v in kw.items() if v is not None})  # None: not given
                     job = getattr(service, job_name)(args)
                 except (InputError, ValueError) as exc:
                     return _error(f"bad input: {exc}")
@@ -132,9 +128,9 @@ def run_mcp(service: ToolService, *, transport: str = "stdio", host: str = "127.
 
 def mcp_http_app(service: ToolService, mcp: MCPServer, *, host: str = "127.0.0.1", api_key: Optional[str] = None) -> Any:
     """The streamable HTTP app at ``/mcp`` behind the same guard as the OpenAI server."""
-    from .server import _Guard, is_loopback
+    from .http_auth import Guard, is_loopback
 
     if not is_loopback(host) and not api_key:
         raise ValueError(f"host={host!r} is reachable from other machines: set an API key to bind beyond 127.0.0.1")
     app = mcp.streamable_http_app(max_request_body_size=service.limits.max_body_bytes, host=host)
-    return _Guard(app, service.limits.max_body_bytes, api_key, protected="/mcp")
+    return Guard(app, service.limits.max_body_bytes, api_key, protected="/mcp")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-__all__ = ["Busy", "Cancelled", "InputError", "Limits", "ModelWorker", "decode_image_bytes", "load_image_ref",
+__all__ = ["Busy", "Cancelled", "InputError", "Limits", "ModelWorker", "decode_image_bytes", "load_image_ref", "png_bytes",
            "png_b64"]
 
 
@@ -113,10 +113,14 @@ def load_image_ref(ref: str, limits: Limits, what: str = "image"):
     return decode_image_bytes(resolved.read_bytes(), limits, what)
 
 
-def png_b64(image: Any) -> str:
+def png_bytes(image: Any) -> bytes:
     buf = io.BytesIO()
     image.convert("RGB").save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()
+
+
+def png_b64(image: Any) -> str:
+    return base64.b64encode(png_bytes(image)).decode()
 
 
 # ------------------------------------------------------------------------------------ worker

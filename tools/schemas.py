@@ -7,43 +7,31 @@ Model options travel in ``image_generation`` as SGLang-Omni names them (``dllm_s
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ChatRequest", "EditImageArgs", "GenerateImageArgs", "ImageGenerationOptions", "ImagesRequest",
-           "ReasonArgs", "UnderstandArgs", "WorkflowArgs", "WorkflowRunRequest", "parse_size"]
+from lladauni.agent.option_models import options_model
+from lladauni.model_core.options import TASK_OPTIONS, option_specs
 
-Steps = Field(default=None, ge=1, le=1024)
+from .runtime import Limits
 
+__all__ = ["ChatRequest", "EditImageArgs", "GenerateImageArgs", "ImageGenerationOptions", "ImageItemPart", "ImagePart", "ImagesRequest",
+           "ReasonArgs", "TOOL_OPTIONS", "UnderstandArgs", "WorkflowArgs", "WorkflowRunRequest", "parse_size"]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ImageGenerationOptions(_Strict):
-    """The ``image_generation`` extra object (names as SGLang-Omni's LLaDA2 server)."""
+class ImageGenerationOptions(BaseModel):
+    """The ``image_generation`` object (SGLang-Omni's): ``mode`` decides the task; every other key
+    is checked against that task's options when the request is mapped (``lladauni_agent.wire``:
+    SGLang-Omni's names such as ``dllm_steps`` / ``decode_mode``, or ours), so an unknown key is a
+    400 naming it, never dropped. ``size`` ("WxH") is ours, beside ``image_h`` / ``image_w``."""
 
+    model_config = ConfigDict(extra="allow")
     mode: Optional[Literal["normal", "thinking", "interleaved"]] = None
-    dllm_steps: Optional[int] = Steps
-    image_steps: Optional[int] = Steps
-    thinking_steps: Optional[int] = Steps
-    decoder_steps: Optional[int] = Steps
-    block_length: Optional[int] = Field(default=None, ge=1, le=1024)
-    threshold: Optional[float] = Field(default=None, ge=0.0, le=1.0)
-    cfg_scale: Optional[float] = Field(default=None, ge=0.0, le=50.0)
-    cfg_text_scale: Optional[float] = Field(default=None, ge=0.0, le=50.0)
-    cfg_image_scale: Optional[float] = Field(default=None, ge=0.0, le=50.0)
-    cfg_rescale: Optional[float] = Field(default=None, ge=0.0, le=1.0)
-    thinking_temperature: Optional[float] = Field(default=None, ge=0.0, le=5.0)
-    seed: Optional[int] = Field(default=None, ge=0, le=2**63 - 1)
-    image_h: Optional[int] = Field(default=None, ge=32)
-    image_w: Optional[int] = Field(default=None, ge=32)
-    size: Optional[str] = None
-    max_frames: Optional[int] = Field(default=None, ge=1, le=16)
-    use_sprint: Optional[bool] = None
-    cache: Optional[Literal["exact", "none"]] = None
-    decoder_variant: Optional[Literal["turbo", "normal"]] = None
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -66,14 +54,32 @@ class ImageURL(BaseModel):
 
 
 class ImagePart(_Strict):
+    """OpenAI's ``{"type": "image_url", "image_url": {"url": ...}}``; SGLang-Omni also takes the URL
+    as a bare string."""
+
     type: Literal["image_url"]
-    image_url: ImageURL
+    image_url: Union[ImageURL, str]
+
+    @property
+    def url(self) -> str:
+        return self.image_url if isinstance(self.image_url, str) else self.image_url.url
+
+
+class ImageItemPart(_Strict):
+    """SGLang-Omni's ``{"type": "image", "image": URL}``."""
+
+    type: Literal["image"]
+    image: str
+
+    @property
+    def url(self) -> str:
+        return self.image
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant", "developer"]
-    content: Union[str, list[Union[TextPart, ImagePart]], None] = None
+    content: Union[str, list[Union[TextPart, ImagePart, ImageItemPart]], None] = None
 
 
 class StreamOptions(BaseModel):
@@ -86,23 +92,34 @@ class ChatRequest(BaseModel):
     draws, or writes interleaved text and images with ``image_generation.mode="interleaved"``."""
 
     model_config = ConfigDict(extra="ignore")  # OpenAI fields we do not use (user, logprobs ...)
-    model: str
+    model: Optional[str] = None
     messages: list[Message] = Field(min_length=1)
     modalities: list[Literal["text", "image"]] = ["text"]
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     max_tokens: Optional[int] = Field(default=None, ge=1)
     max_completion_tokens: Optional[int] = Field(default=None, ge=1)
-    temperature: Optional[float] = Field(default=None, ge=0.0, le=5.0)
+    temperature: Optional[float] = None  # ranges: the task's options (model_core.options)
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
     seed: Optional[int] = Field(default=None, ge=0)
     n: int = Field(default=1, ge=1, le=1)
+    images: Optional[list[str]] = Field(default=None, description="SGLang-Omni's top-level input images (URLs or paths)")
     image_generation: Optional[ImageGenerationOptions] = None
+
+    def top_level(self) -> dict:
+        """The OpenAI fields that carry task options."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k, "seed": self.seed,
+                "max_tokens": self.max_completion_tokens or self.max_tokens}
 
 
 class ImagesRequest(BaseModel):
-    """``POST /v1/images/generations``."""
+    """``POST /v1/images/generations``. Beyond OpenAI's fields, SGLang-Omni's image parameters
+    travel at the top level (``decode_mode``, ``dllm_steps``, ``num_inference_steps`` for the
+    decoder's steps, ``guidance_scale`` for ``cfg_scale``, ``width`` + ``height``, ...); anything
+    else is refused by name."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
     prompt: str = Field(min_length=1, max_length=32000)
     model: Optional[str] = None
     n: int = Field(default=1, ge=1, le=4)
@@ -122,32 +139,50 @@ class WorkflowRunRequest(_Strict):
 
 
 # ------------------------------------------------------------------ the five tools (MCP, LangChain)
-class GenerateImageArgs(_Strict):
+# Each tool takes its inputs plus a few of its task's options, derived from the declarations in
+# model_core.options (name, type, help, range); every option defaults to "not given", so the loaded
+# checkpoint's own defaults apply (its size, steps and lengths). Step counts are capped at the
+# service's default limit (Limits.max_steps), as the HTTP server caps them.
+TOOL_OPTIONS = {"generate_image": ("image", ("steps", "cfg_scale", "decoder_steps", "seed")),
+                "edit_image": ("edit", ("steps", "cfg_text_scale", "cfg_image_scale", "decoder_steps", "seed")),
+                "understand_image": ("understand", ("steps", "seed"))}
+_STEP_CAP = {"le": Limits().max_steps}
+
+
+def _tool_args(name: str, tool: str, base: type) -> type:
+    task, names = TOOL_OPTIONS[tool]
+    specs = {s.name: s for s in option_specs(TASK_OPTIONS[task])}
+    picked = tuple(dataclasses.replace(specs[n], **(_STEP_CAP if n.endswith("steps") else {})) for n in names)
+    return options_model(name, picked, base=base, doc=base.__doc__ or "", nullable=False)
+
+
+class _GenerateImageInputs(_Strict):
+    """Draw an image from a text prompt."""
+
     prompt: str = Field(min_length=1, description="what to draw")
-    size: str = Field(default="1024x1024", description="WIDTHxHEIGHT in pixels, multiples of 32")
-    steps: int = Field(default=8, ge=1, le=256, description="denoising steps per 32-token block")
-    cfg_scale: float = Field(default=4.0, ge=0.0, le=50.0)
+    size: Optional[str] = Field(default=None, description="WIDTHxHEIGHT in pixels, multiples of 32 (default: the model's size)")
     thinking: bool = Field(default=False, description="reason in text first, then draw")
-    decoder_steps: Optional[int] = Field(default=None, ge=1, le=256)
-    seed: Optional[int] = Field(default=None, ge=0, description="fixed seed for reproducible images")
 
 
-class EditImageArgs(_Strict):
+class _EditImageInputs(_Strict):
+    """Edit an image following an instruction."""
+
     image: str = Field(description="source image: a data URL or a local path under an allowed root")
     instruction: str = Field(min_length=1)
-    steps: int = Field(default=8, ge=1, le=256)
-    cfg_text_scale: float = Field(default=4.0, ge=0.0, le=50.0)
-    cfg_image_scale: float = Field(default=0.0, ge=0.0, le=50.0)
-    decoder_steps: Optional[int] = Field(default=None, ge=1, le=256)
-    seed: Optional[int] = Field(default=None, ge=0)
 
 
-class UnderstandArgs(_Strict):
+class _UnderstandInputs(_Strict):
+    """Answer a question about an image."""
+
     image: str = Field(description="a data URL or a local path under an allowed root")
     question: str = Field(default="Describe this image.")
-    max_tokens: int = Field(default=2048, ge=1, le=8192)
-    steps: Optional[int] = Field(default=None, ge=1, le=256)
-    seed: Optional[int] = Field(default=None, ge=0)
+    max_tokens: Optional[int] = Field(default=None, ge=1, le=Limits().max_tokens,
+                                      description="most tokens of the answer (default: the model's)")
+
+
+GenerateImageArgs = _tool_args("GenerateImageArgs", "generate_image", _GenerateImageInputs)
+EditImageArgs = _tool_args("EditImageArgs", "edit_image", _EditImageInputs)
+UnderstandArgs = _tool_args("UnderstandArgs", "understand_image", _UnderstandInputs)
 
 
 class ReasonArgs(_Strict):

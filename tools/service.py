@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Union
 
 from .runtime import InputError, Limits, ModelWorker, load_image_ref
-from .schemas import EditImageArgs, GenerateImageArgs, ReasonArgs, UnderstandArgs, WorkflowArgs, parse_size
+from .schemas import TOOL_OPTIONS, EditImageArgs, GenerateImageArgs, ReasonArgs, UnderstandArgs, WorkflowArgs, parse_size
 
 __all__ = ["REASON_GRAPHS", "TOOLS", "ToolResult", "ToolService"]
 
@@ -55,7 +55,7 @@ class ToolService:
         out_dir: Union[str, os.PathLike] = "lladauni-out",
         workflows: Optional[Mapping[str, Union[str, os.PathLike]]] = None,
         keep_files: int = 256,
-        model_name: str = "inclusionAI/LLaDA2.0-Uni",
+        model_name: Optional[str] = None,
     ) -> None:
         self.backend = backend
         self.limits = limits or Limits()
@@ -66,7 +66,8 @@ class ToolService:
         self.runs_dir = self.out_dir / "runs"
         self.files_dir.mkdir(parents=True, exist_ok=True)
         self.keep_files = keep_files
-        self.model_name = model_name
+        self.model = describe_backend(backend)
+        self.model_name = model_name or self.model["name"]
         self._workflows = {str(k): Path(v) for k, v in (workflows or {}).items()}
         self._files_lock = threading.Lock()
 
@@ -74,11 +75,19 @@ class ToolService:
     def options(self, kind: str, **opts: Any) -> dict:
         return {**self.defaults[kind], **{k: v for k, v in opts.items() if v is not None}}
 
+    @property
+    def max_image_side(self) -> int:
+        """The largest output side a request may ask for: the service's limit, and no more than
+        the loaded checkpoint's size tokens allow."""
+        return min(self.limits.max_image_side, self.model.get("max_image_side") or self.limits.max_image_side)
+
     def check_size(self, h: int, w: int) -> None:
-        side = self.limits.max_image_side
+        side = self.max_image_side
+        low = min(self.model.get("min_image_side") or 32, side)
         for name, v in (("height", h), ("width", w)):
-            if v % 32 or not 32 <= v <= side:
-                raise InputError(f"unsupported size {w}x{h}: {name} must be a multiple of 32 between 32 and {side}")
+            if v % 32 or not low <= v <= side:
+                raise InputError(f"unsupported size {w}x{h}: {name} must be a multiple of 32 between {low} and {side}"
+                                 + (f" for {self.model_name}" if self.model.get("max_image_side") else ""))
 
     def image(self, ref: Any, what: str = "image"):
         return ref if hasattr(ref, "convert") else load_image_ref(ref, self.limits, what)
@@ -108,22 +117,23 @@ class ToolService:
 
     # -- the five tools: each returns a function of the (guarded) backend to run on the worker
     def generate_image_job(self, a: GenerateImageArgs) -> Callable[[Any], ToolResult]:
-        h, w = parse_size_checked(a.size)
-        self.check_size(h, w)
-        opts = self.options("image", image_h=h, image_w=w, steps=a.steps, cfg_scale=a.cfg_scale,
-                            mode="thinking" if a.thinking else "normal", decoder_steps=a.decoder_steps, seed=a.seed)
+        size: dict = {}
+        if a.size is not None:
+            h, w = parse_size_checked(a.size)
+            self.check_size(h, w)
+            size = {"image_h": h, "image_w": w}
+        opts = self.options("image", **size, **tool_options(a), mode="thinking" if a.thinking else "normal")
 
         def job(backend: Any) -> ToolResult:
             r = backend.generate_image(a.prompt, **opts)
-            return ToolResult(text=r.thinking or "", images=[r.image], seed=a.seed, size=f"{w}x{h}",
+            return ToolResult(text=r.thinking or "", images=[r.image], seed=a.seed, size="{}x{}".format(*r.image.size),
                               seconds=round(r.stats.seconds, 3))
 
         return job
 
     def edit_image_job(self, a: EditImageArgs) -> Callable[[Any], ToolResult]:
         src = self.image(a.image)
-        opts = self.options("edit", steps=a.steps, cfg_text_scale=a.cfg_text_scale, cfg_image_scale=a.cfg_image_scale,
-                            decoder_steps=a.decoder_steps, seed=a.seed)
+        opts = self.options("edit", **tool_options(a))
 
         def job(backend: Any) -> ToolResult:
             r = backend.edit_image(src, a.instruction, **opts)
@@ -133,7 +143,8 @@ class ToolService:
 
     def understand_job(self, a: UnderstandArgs) -> Callable[[Any], ToolResult]:
         src = self.image(a.image)
-        opts = self.options("text", gen_length=min(a.max_tokens, self.limits.max_tokens), steps=a.steps, seed=a.seed)
+        tokens = None if a.max_tokens is None else min(a.max_tokens, self.limits.max_tokens)
+        opts = self.options("text", gen_length=tokens, **tool_options(a))
 
         def job(backend: Any) -> ToolResult:
             r = backend.understand(src, a.question, **opts)
@@ -187,6 +198,19 @@ class ToolService:
             return out
 
         return job
+
+
+def tool_options(a: Any) -> dict:
+    """The task options a tool call carries (its ``TOOL_OPTIONS``), by the tool's args model."""
+    tool = {GenerateImageArgs: "generate_image", EditImageArgs: "edit_image", UnderstandArgs: "understand_image"}[type(a)]
+    return {name: getattr(a, name) for name in TOOL_OPTIONS[tool][1]}
+
+
+def describe_backend(backend: Any) -> dict:
+    """What the backend says of its model (``LocalBackend.describe``): name and image sizes; a
+    backend that cannot say (HTTP, scripted) is "lladauni" with no size limits of its own."""
+    describe = getattr(backend, "describe", None)
+    return dict(describe()) if callable(describe) else {"name": "lladauni"}
 
 
 def parse_size_checked(size: str) -> tuple[int, int]:
