@@ -57,7 +57,7 @@ def image_params(task: str, given: dict[str, Any], *, text: bool = False) -> dic
         try:
             v = coerce_text(task, name, v) if text and isinstance(v, str) else v
         except WireError as exc:
-            raise InputError(str(exc)) from None
+            raise InputError(f"{k}: {exc}" if k != name else str(exc)) from None
         if name in out and out[name] != v:
             raise InputError(f"{k}={v!r} disagrees with {name}={out[name]!r}")
         out[name] = v
