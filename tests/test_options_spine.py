@@ -367,3 +367,16 @@ def test_the_options_page_is_generated_from_the_declarations():
     assert page == options_markdown(), "regenerate: python -m lladauni.model_core.options > docs/OPTIONS.md"
     for task, cls in TASK_OPTIONS.items():
         assert all(f"| `{s.name}` |" in page for s in option_specs(cls))
+
+
+def test_the_option_presets_are_valid_options():
+    """TINY_OPTIONS (tests) and SHAPES_OPTIONS (the embedded model's lladauni.json) hold only
+    declared options with valid values, per agent call kind."""
+    from lladauni.agent.context import SHAPES_OPTIONS, TINY_OPTIONS
+
+    kinds = {"text": ChatOptions, "image": ImageOptions, "edit": EditOptions, "interleaved": InterleavedOptions}
+    for preset in (TINY_OPTIONS, SHAPES_OPTIONS):
+        assert set(preset) == set(kinds)
+        for kind, given in preset.items():
+            make_options(kinds[kind], given)
+    assert SHAPES_OPTIONS["image"]["image_h"] == 96 and SHAPES_OPTIONS["text"]["gen_length"] == 64

@@ -141,8 +141,7 @@ async def chat_completions(request: Request, svc: Service) -> Any:
         return {**head, "object": "chat.completion", "system_fingerprint": None,
                 "choices": [{"index": 0, "message": message_of(svc, request, result, kind, head["id"]), "finish_reason": "stop",
                              "logprobs": None}], "usage": usage(result, kind)}
-    svc.worker._admit()  # refuse now (429) rather than after the 200 and the stream started
-    svc.worker._release()
+    svc.worker.check_room()  # refuse now (429) rather than after the 200 and the stream started
     return StreamingResponse(_stream(svc, request, req, job, kind, head), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

@@ -198,6 +198,11 @@ class ModelWorker:
         with self._lock:
             self.pending -= 1
 
+    def check_room(self) -> None:
+        """Busy now if the queue is full (e.g. before a stream's 200 is sent); takes no place."""
+        self._admit()
+        self._release()
+
     def _job(self, fn: Callable[[Any], Any], stop: threading.Event, deadline: float,
              on_progress: Optional[Callable[[int, int], None]]) -> Any:
         def check() -> None:
