@@ -264,7 +264,7 @@ class HTTPBackend:
     Options travel as ``lladauni_agent.wire`` says: SGLang-Omni's names where it has one
     (``dllm_steps``, ``text_max_new_tokens``, ``decode_mode`` ...), our other options by name for
     our server; with ``flavor="sglang"`` an option SGLang-Omni lacks is refused by name, never
-    dropped. ``decoder`` ("turbo" / "normal") asks for that decoder (``decode_mode``); None leaves
+    dropped. ``model``: the id to send (None: none, the server's own). ``decoder`` ("turbo" / "normal") asks for that decoder (``decode_mode``); None leaves
     the server's. Replies are read in SGLang-Omni's shapes (``message.image.data``,
     ``message.segments``) and ours. Connection failures are retried ``retries`` times; timeouts and
     HTTP errors are not (the server may already be working on the request). ``transport``
@@ -279,7 +279,7 @@ class HTTPBackend:
         self,
         base_url: str,
         *,
-        model: str = "inclusionAI/LLaDA2.0-Uni",
+        model: Optional[str] = None,
         api_key: Optional[str] = None,
         flavor: str = "lladauni",
         decoder: Optional[str] = None,
@@ -341,7 +341,9 @@ class HTTPBackend:
         opts = {k: v for k, v in options.items() if k not in self._CALL_ONLY}
         top, extra = encode_options(task, opts, flavor=self.flavor, decoder=self.decoder)
         extra.update(image_generation)
-        body = {"model": self.model, "messages": messages, "modalities": modalities, "stream": False, **top}
+        body = {"messages": messages, "modalities": modalities, "stream": False, **top}
+        if self.model is not None:  # None: whatever the server serves (ours and SGLang-Omni's accept no model)
+            body = {"model": self.model, **body}
         if extra:
             body["image_generation"] = extra
         t0 = time.perf_counter()
