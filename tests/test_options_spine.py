@@ -380,3 +380,19 @@ def test_the_option_presets_are_valid_options():
         for kind, given in preset.items():
             make_options(kinds[kind], given)
     assert SHAPES_OPTIONS["image"]["image_h"] == 96 and SHAPES_OPTIONS["text"]["gen_length"] == 64
+
+
+@pytest.mark.parametrize("task,s", [(t, s) for t, s in ALL if s.ge is not None or s.le is not None or s.gt is not None],
+                         ids=[f"{t}.{s.name}" for t, s in ALL if s.ge is not None or s.le is not None or s.gt is not None])
+def test_range_edges_are_accepted(task, s):
+    """The bounds themselves: ge and le are inclusive, gt is exclusive."""
+    cls = TASK_OPTIONS[task]
+    for edge in [s.ge, s.le]:
+        if edge is not None:
+            assert getattr(cls(**{s.name: s.type(edge)}), s.name) == edge
+    if s.gt is not None:
+        above = s.type(s.gt) + (1 if s.type is int else 1e-6)
+        assert getattr(cls(**{s.name: above}), s.name) == above
+    if s.ge is not None and s.type is float:
+        with pytest.raises(ValueError, match=">="):
+            cls(**{s.name: s.ge - 1e-9})

@@ -6,12 +6,13 @@ agent layer's LangGraph graphs (issue 8). The schema is documented in ``workflow
 """
 
 from .compiler import WorkflowContext, WorkflowState, compile_workflow
-from .functions import register_function, registered_functions, unregister_function
+from .functions import BUILTIN_FUNCTIONS, register_function, registered_functions, unregister_function
 from .loader import Issue, Workflow, WorkflowError, bundled_workflows, load_workflow, loads_workflow
 from .runner import resume_workflow, run_workflow
 from .schema import WorkflowSpec, workflow_json_schema
 
 __all__ = [
+    "BUILTIN_FUNCTIONS",
     "Issue",
     "Workflow",
     "WorkflowContext",

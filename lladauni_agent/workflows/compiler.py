@@ -11,7 +11,9 @@ events, guards, start and finish) is ``lladauni_agent/nodes.py``, shared with th
 A node that fails goes to ``_finish`` instead of onwards (``Command(goto="_finish")``; see
 ``nodes.py`` for why no node that can fail has a plain edge), so a failure is a readable
 ``state["error"]`` and the run still writes its trace and report. A ``loop`` node ``L`` becomes
-``L`` (set the counter) -> body... -> ``L__check`` (until? cap?) -> body again, or onwards.
+``L`` (set the counter) -> body... -> ``L__check`` (until? cap?) -> body again, or onwards; a
+router in the body goes to a later member or to ``L__check``. An ``inspect`` node ``N`` with
+``for_each`` becomes ``N`` (one ``Send`` per item) -> ``N__each`` (in parallel) -> ``N__gather``.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from typing_extensions import TypedDict  # langgraph-api reads schemas only from
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
+from langgraph.types import Command, Send
 
 from .. import prompts
 from ..context import AgentContext
-from ..nodes import (add_step, call_model, event, finished_status, guarded, image_input, interleaved_segments,
+from ..nodes import (add_step, call_model, event, finished_status, guarded, image_input, interleaved_segments, is_ok,
                      make_finish, make_start, seed_for, store_image)
 from ..state import ImageRef, Status, TimelineEvent
 from . import schema as S
@@ -54,6 +57,7 @@ class WorkflowState(TypedDict, total=False):
     loops: Annotated[dict[str, Any], _merge]  # loop name -> {iteration, max, capped}
     outputs: dict[str, Any]
     images: Annotated[list[ImageRef], operator.add]
+    fanout: Annotated[list[dict[str, Any]], operator.add]  # results of inspect fan-outs, gathered per node and token
     timeline: Annotated[list[TimelineEvent], operator.add]
     iteration: int  # loop passes so far, all loops together (seeds and the report use it)
     max_iterations: int
@@ -90,10 +94,10 @@ def _is_ref(x: Any) -> bool:
     return isinstance(x, dict) and "sha256" in x and "png" in x
 
 
-def _images(exprs: list[str], state: Any, what: str) -> list[ImageRef]:
+def _images(exprs: list[str], state: Any, what: str, scope: Optional[dict[str, Any]] = None) -> list[ImageRef]:
     out: list[ImageRef] = []
     for e in exprs:
-        v = evaluate(e, _scope(state))
+        v = evaluate(e, scope if scope is not None else _scope(state))
         for x in (v if isinstance(v, (list, tuple)) else [v]):
             if not _is_ref(x):
                 raise ValueError(f"{what}: {e!r} gave {type(x).__name__} {str(x)[:60]!r}, not an image")
@@ -254,19 +258,25 @@ def _read_verdict(node: S.InspectNode, reply: str, text: str) -> tuple[Optional[
     return (data.get("pass") if isinstance(data.get("pass"), bool) else None), data, notes
 
 
+def _inspect_once(bc: Build, name: str, node: S.InspectNode, state: Any, runtime: Runtime,
+                  scope: dict[str, Any]) -> tuple[dict[str, Any], list[TimelineEvent]]:
+    """One inspection (its output and events); ``scope``: what image and question see."""
+    (ref,) = _images([node.image], state, name, scope)[:1] or (None,)
+    image, path = image_input(runtime, ref, bc.retokenize)
+    q = render(node.question, scope)
+    r, s = call_model(runtime, name, "understand", image, q, seed=seed_for(runtime, 0),
+                      **_options(runtime, "text", node.options))
+    text = prompts.clean(r.text)
+    verdict, data, notes = _read_verdict(node, r.text, text)
+    ev = [event(name, "verdict", state, text=text or "(empty)", seconds=s,
+                data={"question": q, "verdict": verdict, "json": data, "retokenize": path})]
+    ev += [event(name, "note", state, text=n) for n in notes]
+    return {"text": text, "verdict": verdict, "data": data}, ev
+
+
 def build_inspect(bc: Build, name: str, node: S.InspectNode) -> Callable:
     def run(state, runtime):
-        (ref,) = _images([node.image], state, name)[:1] or (None,)
-        image, path = image_input(runtime, ref, bc.retokenize)
-        q = render(node.question, _scope(state))
-        r, s = call_model(runtime, name, "understand", image, q, seed=seed_for(runtime, 0),
-                          **_options(runtime, "text", node.options))
-        text = prompts.clean(r.text)
-        verdict, data, notes = _read_verdict(node, r.text, text)
-        ev = [event(name, "verdict", state, text=text or "(empty)", seconds=s,
-                    data={"question": q, "verdict": verdict, "json": data, "retokenize": path})]
-        ev += [event(name, "note", state, text=n) for n in notes]
-        return _done(name, {"text": text, "verdict": verdict, "data": data}, ev)
+        return _done(name, *_inspect_once(bc, name, node, state, runtime, _scope(state)))
 
     return run
 
@@ -407,6 +417,66 @@ def _loop_nodes(name: str, node: S.LoopNode) -> tuple[Callable, Callable]:
     return enter, check
 
 
+class FanoutTask(TypedDict, total=False):
+    """What one task of an inspect fan-out gets (a ``Send``): the scope, its item and where it goes."""
+
+    inputs: dict[str, Any]
+    nodes: dict[str, Any]
+    loops: dict[str, Any]
+    iteration: int
+    item: Any
+    index: int
+    token: int
+
+
+def _fanout_nodes(bc: Build, name: str, node: S.InspectNode) -> tuple[Callable, Callable, Callable]:
+    """``name`` (evaluate ``for_each``, send one task per item), ``name__each`` (one inspection)
+    and ``name__gather`` (the outputs as lists, in the items' order)."""
+    each_name, gather_name = f"{name}__each", f"{name}__gather"
+
+    @guarded(name)
+    def dispatch(state, runtime):
+        items = evaluate(node.for_each or "[]", _scope(state))
+        if not isinstance(items, (list, tuple)):
+            raise ValueError(f"for_each gave {type(items).__name__} {str(items)[:60]!r}, not a list")
+        out = {"for_each": json.loads(json.dumps(list(items))), "token": len(state.get("fanout", [])),
+               "text": [], "verdict": [], "data": []}
+        return _done(name, out, [event(name, "note", state, text=f"{len(items)} inspection(s) in parallel")])
+
+    def send(state, runtime):
+        update = dispatch(state, runtime)
+        if not is_ok({**state, **update}):
+            return Command(update=update, goto=FINISH)
+        out = update["nodes"][name]
+        scope = {**_scope(state), "nodes": {**state.get("nodes", {}), **update["nodes"]}}
+        tasks = [Send(each_name, FanoutTask(**scope, iteration=state.get("iteration", 0), item=x, index=i, token=out["token"]))
+                 for i, x in enumerate(out["for_each"])]
+        return Command(update=update, goto=tasks or gather_name)
+
+    @guarded(name)
+    def each(task: FanoutTask, runtime):
+        scope = {**_scope(task), "item": task["item"], "index": task["index"]}
+        out, ev = _inspect_once(bc, name, node, task, runtime, scope)
+        return {"fanout": [{"node": name, "token": task["token"], "index": task["index"], **out}], "timeline": ev}
+
+    def gather(state):
+        mine = state["nodes"][name]
+        got = sorted((f for f in state.get("fanout", []) if f["node"] == name and f["token"] == mine["token"]),
+                     key=lambda f: f["index"])
+        return {"nodes": {name: {**mine, **{k: [f[k] for f in got] for k in ("text", "verdict", "data")}}}}
+
+    send.__name__, each.__name__, gather.__name__ = f"inspect_{name}", f"inspect_{name}_each", f"gather_{name}"
+    return send, each, gather
+
+
+def _wire_fanout(b: StateGraph, bc: Build, name: str, node: S.InspectNode, succ: str) -> None:
+    send, each, gather = _fanout_nodes(bc, name, node)
+    b.add_node(name, send, destinations=(f"{name}__each", f"{name}__gather", FINISH))
+    b.add_node(f"{name}__each", each, input_schema=FanoutTask)
+    b.add_edge(f"{name}__each", f"{name}__gather")
+    add_step(b, f"{name}__gather", gather, succ, finish=FINISH)
+
+
 def _finish_node(wf: Workflow, write_files: bool) -> Callable:
     def summarize(state: WorkflowState) -> dict:
         outputs: dict[str, Any] = {}
@@ -454,7 +524,8 @@ def _wire_loop(b: StateGraph, bc: Build, name: str, node: S.LoopNode, succ: str)
     first = node.body[0]
     add_step(b, name, enter, first, finish=FINISH)
     for i, member in enumerate(node.body):
-        _wire(b, bc, member, node.body[i + 1] if i + 1 < len(node.body) else f"{name}__check")
+        # a router in the body routes to later members, or to the loop itself: the end of the pass
+        _wire(b, bc, member, node.body[i + 1] if i + 1 < len(node.body) else f"{name}__check", loop=name)
 
     def again(after: Any) -> str:
         return first if after["loops"][name]["next"] == "body" else succ
@@ -463,17 +534,24 @@ def _wire_loop(b: StateGraph, bc: Build, name: str, node: S.LoopNode, succ: str)
     add_step(b, f"{name}__check", check, again, finish=FINISH, dests=(first, succ))
 
 
-def _wire(b: StateGraph, bc: Build, name: str, succ: str) -> None:
-    """Add node ``name`` and its ways on: ``succ``, its routes, its loop; ``_finish`` on failure."""
+def _wire(b: StateGraph, bc: Build, name: str, succ: str, *, loop: Optional[str] = None) -> None:
+    """Add node ``name`` and its ways on: ``succ``, its routes, its loop; ``_finish`` on failure.
+    ``loop``: the loop whose body holds ``name`` (a route to it ends the pass: its check)."""
     node = bc.wf.spec.nodes[name]
+
+    def target(to: str) -> str:
+        return f"{loop}__check" if loop is not None and to == loop else _target(to)
+
     if isinstance(node, S.LoopNode):
         _wire_loop(b, bc, name, node, succ)
+    elif isinstance(node, S.InspectNode) and node.for_each:
+        _wire_fanout(b, bc, name, node, succ)
     elif isinstance(node, S.RouterNode):
         def pick(after: Any) -> str:
-            return _target(after["nodes"][name]["route"])
+            return target(after["nodes"][name]["route"])
 
         pick.__name__ = f"route_{name}"
-        dests = tuple(_target(r.to) for r in node.routes) + (_target(node.default),)
+        dests = tuple(target(r.to) for r in node.routes) + (target(node.default),)
         add_step(b, name, make_node(bc, name, node), pick, finish=FINISH, dests=dests)
     else:
         add_step(b, name, make_node(bc, name, node), succ, finish=FINISH)

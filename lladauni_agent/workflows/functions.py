@@ -3,6 +3,20 @@
 A workflow names a function; only functions the host registered here (or passed to
 ``load_workflow``/``run_workflow`` as ``functions=``) can be called. No import path in a YAML file
 is ever resolved.
+
+Registered by default (``BUILTIN_FUNCTIONS``; JSON in, JSON out): the reply parsers the Python
+graphs use (``prompts.py``) and two small helpers the bundled graph workflows need:
+
+* ``clean(text)`` -> the text without special/image tokens, spaces collapsed per line;
+* ``parse_claims(text, limit=4)`` -> one claim per line (bullets stripped, duplicates dropped);
+* ``parse_verdict(text)`` -> ``true``/``false`` from a leading yes/no, ``null`` when neither;
+* ``parse_action(text)`` -> ``{"action": "answer"|"sketch"|"none", "body": ...}`` (``ANSWER:``/``SKETCH:``);
+* ``verdict_score(items, verdicts)`` -> ``{"score", "passed", "total", "failed"}``: the share of
+  verdicts that are ``true``, and the items whose verdict is not (in order);
+* ``keep_best(best, image, score)`` -> ``{"image", "score"}``: ``image`` when ``score`` beats
+  ``best.score`` (ties keep the earlier one), else ``best``;
+* ``concat(first, second)`` -> the two lists joined (``null`` counts as empty);
+* ``value(value)`` -> ``value`` unchanged: names an expression's result once (``nodes.N.value``).
 """
 
 from __future__ import annotations
@@ -10,7 +24,9 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Mapping, Optional
 
-__all__ = ["register_function", "unregister_function", "registered_functions"]
+from .. import prompts
+
+__all__ = ["register_function", "unregister_function", "registered_functions", "BUILTIN_FUNCTIONS"]
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,99}$")
@@ -39,3 +55,39 @@ def registered_functions(extra: Optional[Mapping[str, Callable[..., Any]]] = Non
         if not isinstance(name, str) or not _NAME.match(name) or not callable(fn):
             raise ValueError(f"functions: {name!r} -> {fn!r} is not a valid name and callable")
     return {**_REGISTRY, **(extra or {})}
+
+
+# ------------------------------------------------------------------------------- built-ins
+def _parse_claims(text: str, limit: int = 4) -> list[str]:
+    return prompts.parse_claims(text, limit)
+
+
+def _parse_action(text: str) -> dict[str, str]:
+    action, body = prompts.parse_action(text)
+    return {"action": action, "body": body}
+
+
+def _verdict_score(items: list[Any], verdicts: list[Any]) -> dict[str, Any]:
+    if len(items) != len(verdicts):
+        raise ValueError(f"verdict_score: {len(items)} items but {len(verdicts)} verdicts")
+    passed = sum(1 for v in verdicts if v is True)
+    return {"score": passed / max(1, len(verdicts)), "passed": passed, "total": len(verdicts),
+            "failed": [x for x, v in zip(items, verdicts) if v is not True]}
+
+
+def _keep_best(best: Optional[Mapping[str, Any]], image: Any, score: float) -> dict[str, Any]:
+    if best and best.get("score") is not None and score <= best["score"]:
+        return dict(best)
+    return {"image": image, "score": score}
+
+
+def _concat(first: Optional[list[Any]], second: Optional[list[Any]]) -> list[Any]:
+    return list(first or []) + list(second or [])
+
+
+BUILTIN_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "clean": prompts.clean, "parse_claims": _parse_claims, "parse_verdict": prompts.parse_verdict,
+    "parse_action": _parse_action, "verdict_score": _verdict_score, "keep_best": _keep_best, "concat": _concat,
+    "value": lambda value: value,
+}
+_REGISTRY.update(BUILTIN_FUNCTIONS)

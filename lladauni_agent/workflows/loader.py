@@ -243,8 +243,11 @@ def _check_inputs(spec: S.WorkflowSpec, doc: _Doc, issues: list[Issue]) -> None:
                                     "letters, digits and '_', starting with a letter", key=True))
         if "default" not in inp.model_fields_set:
             continue
+        if inp.type == "images" and inp.default == []:
+            continue  # optional images: none unless given
         if inp.type in ("image", "images"):
-            issues.append(doc.issue(("inputs", name, "default"), f"{inp.type} inputs take no default",
+            issues.append(doc.issue(("inputs", name, "default"), f"{inp.type} inputs take no default"
+                                    + (" but an empty list" if inp.type == "images" else ""),
                                     "pass the image when running (--set NAME=path.png)", key=True))
             continue
         want = _PY_TYPES[inp.type]
@@ -287,9 +290,6 @@ def _loop_owners(spec: S.WorkflowSpec, doc: _Doc, issues: list[Issue]) -> dict[s
                 issues.append(doc.issue(p, f"loop body names unknown node '{member}'", did_you_mean(member, names)))
             elif member == name:
                 issues.append(doc.issue(p, f"loop '{name}' cannot contain itself"))
-            elif isinstance(spec.nodes[member], S.RouterNode):
-                issues.append(doc.issue(p, f"router '{member}' cannot be in a loop body",
-                                        "a body runs in order; branch before or after the loop"))
             elif member in owner:
                 issues.append(doc.issue(p, f"node '{member}' is already in the body of loop '{owner[member]}'"))
             else:
@@ -336,18 +336,39 @@ def _check_edges(spec: S.WorkflowSpec, doc: _Doc, issues: list[Issue], owner: di
     return out_count
 
 
+def _route_problem(spec: S.WorkflowSpec, owner: dict[str, str], router: str, target: str) -> Optional[tuple[str, str]]:
+    """(message, hint) when ``router`` may not route to ``target``. A router outside loop bodies
+    routes to nodes outside them (or END); one in the body of loop L routes forward to a later
+    member of the same body, or to L itself, which ends the pass (L then checks until and its cap)."""
+    names = list(spec.nodes)
+    loop = owner.get(router)
+    if target not in set(names) | {"END"}:
+        return f"route to unknown node '{target}'", did_you_mean(target, names + ["END"])
+    if loop is None:
+        if target in owner:
+            return f"node '{target}' is in the body of loop '{owner[target]}'", f"route to '{owner[target]}'"
+        return None
+    body = spec.nodes[loop].body  # type: ignore[union-attr]
+    later = body[body.index(router) + 1:]
+    hint = f"route to a later member of the body ({', '.join(later) or 'none'}) or to '{loop}' to end the pass"
+    if target == loop or target in later:
+        return None
+    if target in body:
+        return f"router '{router}' in the body of loop '{loop}' cannot route back to '{target}'", \
+            f"a pass runs forward; {hint}"
+    return f"router '{router}' is in the body of loop '{loop}' and cannot leave it to '{target}'", hint
+
+
 def _check_exits(spec: S.WorkflowSpec, doc: _Doc, issues: list[Issue], owner: dict[str, str],
                  out_count: dict[str, int]) -> None:
     """Every route goes to a node outside loop bodies (or END); every other node has an edge."""
-    names = list(spec.nodes)
     for name, node in spec.nodes.items():
         if isinstance(node, S.RouterNode):
             for p, target in [(("nodes", name, "routes", j, "to"), r.to) for j, r in enumerate(node.routes)] + \
                              [(("nodes", name, "default"), node.default)]:
-                if target not in set(names) | {"END"}:
-                    issues.append(doc.issue(p, f"route to unknown node '{target}'", did_you_mean(target, names + ["END"])))
-                elif target in owner:
-                    issues.append(doc.issue(p, f"node '{target}' is in the body of loop '{owner[target]}'", f"route to '{owner[target]}'"))
+                problem = _route_problem(spec, owner, name, target)
+                if problem:
+                    issues.append(doc.issue(p, *problem))
         elif name not in owner and out_count.get(name, 0) == 0:
             issues.append(doc.issue(("nodes", name), f"dead end: node '{name}' has no outgoing edge",
                                     f"add '- [{name}, END]' to edges", key=True))
@@ -430,6 +451,12 @@ def _strings(node: Any, base: Path_) -> list[tuple[Path_, str, bool]]:
     return out
 
 
+def _with_item(text: str, expr: bool) -> str:
+    """A fan-out's template or expression as a template in which ``item`` and ``index`` are defined."""
+    body = "{{ " + text + " }}" if expr and not is_template(text) else text
+    return "{% for index, item in [] %}" + body + "{% endfor %}"
+
+
 def _check_templates(wf: Workflow, doc: _Doc, issues: list[Issue]) -> None:
     spec = wf.spec
     fields: dict[str, Optional[list[str]]] = {n: list(S.NODE_OUTPUTS[node.kind]) for n, node in spec.nodes.items()}
@@ -437,6 +464,9 @@ def _check_templates(wf: Workflow, doc: _Doc, issues: list[Issue]) -> None:
     items = [x for name, node in spec.nodes.items() for x in _strings(node, ("nodes", name))]
     items += [(("outputs", k), v, not is_template(v)) for k, v in spec.outputs.items() if isinstance(v, str)]
     for path, text, expr in items:
+        node = spec.nodes.get(str(path[1])) if path[0] == "nodes" else None
+        if getattr(node, "for_each", None) and path[2] in S.ITEM_FIELDS:
+            text, expr = _with_item(text, expr), False
         problem = check_template(text, expression=expr, inputs=list(spec.inputs), node_fields=fields, loops=loops)
         if problem:
             issues.append(doc.issue(path, problem.message, problem.hint))

@@ -35,7 +35,7 @@ def _step_bound(wf: Workflow) -> int:
         if isinstance(node, S.LoopNode):
             cap = node.max_iterations if isinstance(node.max_iterations, int) else 1000
             return 1 + cap * (1 + sum(cost(m) for m in node.body))
-        return 1
+        return 3 if getattr(node, "for_each", None) else 1  # a fan-out: send, the parallel tasks, gather
 
     body = {m for n in wf.spec.nodes.values() if isinstance(n, S.LoopNode) for m in n.body}
     return 3 + sum(cost(n) for n in wf.spec.nodes if n not in body)

@@ -15,7 +15,7 @@ from ..option_models import task_options_model
 
 __all__ = [
     "WorkflowSpec", "InputSpec", "BackendSpec", "Node", "NODE_KINDS", "NODE_OUTPUTS", "TEMPLATE_FIELDS",
-    "EXPRESSION_FIELDS", "workflow_json_schema", "SCHEMA_VERSION",
+    "EXPRESSION_FIELDS", "ITEM_FIELDS", "workflow_json_schema", "SCHEMA_VERSION",
 ]
 
 SCHEMA_VERSION = 1
@@ -96,11 +96,17 @@ class EditNode(_NodeBase):
 class InspectNode(_NodeBase):
     """Ask about an image. ``verdict: yes_no`` reads a leading yes/no into ``verdict``;
     ``verdict: json`` parses the first JSON object into ``data`` (``verdict`` = its boolean
-    ``pass``; ``keys`` must all be present). Outputs: ``text``, ``verdict``, ``data``."""
+    ``pass``; ``keys`` must all be present). Outputs: ``text``, ``verdict``, ``data``.
+
+    ``for_each`` (an expression giving a list) fans out: one inspection per item, in parallel,
+    with ``item`` and ``index`` in ``image`` and ``question``; ``text``, ``verdict`` and ``data``
+    are then lists in the items' order, and ``for_each`` the list itself."""
 
     kind: Literal["inspect"]
     image: str
     question: str
+    for_each: Optional[str] = Field(default=None, description="an expression giving a list: one inspection per item, "
+                                                              "in parallel; image and question see item and index")
     verdict: Literal["none", "yes_no", "json"] = "none"
     keys: list[str] = Field(default_factory=list)
     options: Optional[TextOptions] = None
@@ -181,12 +187,13 @@ NODE_KINDS = ("think", "draw", "edit", "inspect", "decode", "encode", "interleav
 
 # What ``nodes.<name>.<field>`` may read, per kind (checked at load).
 NODE_OUTPUTS: dict[str, list[str]] = {
-    "think": ["text"], "draw": ["image", "text"], "edit": ["image"], "inspect": ["text", "verdict", "data"],
+    "think": ["text"], "draw": ["image", "text"], "edit": ["image"], "inspect": ["text", "verdict", "data", "for_each"],
     "decode": ["image"], "encode": ["image"], "interleave": ["text", "images", "image"], "router": ["route"],
     "loop": ["iteration", "capped"], "subworkflow": ["outputs", "text", "image"], "call": ["value", "text"],
 }
 TEMPLATE_FIELDS = ("prompt", "system", "instruction", "question")
-EXPRESSION_FIELDS = ("image", "until", "max_iterations", "max_frames")
+EXPRESSION_FIELDS = ("image", "until", "max_iterations", "max_frames", "for_each")
+ITEM_FIELDS = ("image", "question")  # what sees ``item`` and ``index`` in an inspect node with ``for_each``
 
 
 class WorkflowSpec(_Strict):
