@@ -231,7 +231,7 @@ def test_dtype_conversion_paths(tmp_path):
 
 
 def test_chunked_read_matches(tiny_ckpt):
-    from lladauni.model_core.checkpoint import _read_tensor_into, read_safetensors_header
+    from lladauni.model_core.checkpoint import read_safetensors_header, read_tensor_into as _read_tensor_into
 
     f = sorted(tiny_ckpt.glob("model-*.safetensors"))[0]
     header, start = read_safetensors_header(f)

@@ -103,6 +103,9 @@ def typing_choices(name):
 def test_unknown_option_names_are_refused_with_the_close_ones():
     with pytest.raises(TypeError, match="no option 'step'.*steps"):
         make_options(ImageOptions, {"step": 3})
+    with pytest.raises(TypeError) as e:
+        make_options(ImageOptions, {"cfg_scal": 3})
+    assert str(e.value).endswith("options: cfg_rescale, cfg_scale")  # the close names only
     assert make_options(ImageOptions, {"steps": 3}, {"steps": None}, {"seed": 1}) == ImageOptions(steps=3, seed=1)
 
 
@@ -396,3 +399,28 @@ def test_range_edges_are_accepted(task, s):
     if s.ge is not None and s.type is float:
         with pytest.raises(ValueError, match=">="):
             cls(**{s.name: s.ge - 1e-9})
+
+
+def test_the_server_side_reads_both_names_and_says_where_a_problem_is():
+    from lladauni.agent.wire import WireError, coerce_text, decode_options, wire_names
+
+    assert decode_options("image", {}, {"steps": 3}) == decode_options("image", {}, {"dllm_steps": 3}) == {"steps": 3}
+    with pytest.raises(WireError, match="given twice"):
+        decode_options("image", {}, {"steps": 3, "dllm_steps": 4})
+    assert decode_options("image", {}, {"steps": 3, "dllm_steps": 3}) == {"steps": 3}
+    with pytest.raises(WireError) as e:
+        decode_options("image", {}, {"dllm_steps": 0})
+    assert e.value.param == "image_generation.dllm_steps" and str(e.value).startswith("image_generation.dllm_steps: steps=0")
+    sources: dict = {}
+    assert decode_options("chat", {"max_tokens": 9, "seed": 1}, {"dllm_steps": 2}, sources=sources) == \
+        {"steps": 2, "gen_length": 9, "seed": 1}
+    assert sources == {"steps": "image_generation.dllm_steps", "gen_length": "max_tokens", "seed": "seed"}
+    assert decode_options("image", {}, {"format": "png"}) == {}
+    with pytest.raises(WireError, match="only 'png'"):
+        decode_options("image", {}, {"format": "jpeg"})
+    assert not {"gen_length", "seed", "temperature", "top_p", "top_k", "decode", "trace"} & set(wire_names("chat"))
+    assert "thinking_gen_length" in wire_names("image") and "text_max_new_tokens" == wire_names("interleaved")["text_gen_length"]
+    assert [coerce_text("image", "use_sprint", t) for t in ("true", "False", "1", "0")] == [True, False, True, False]
+    assert coerce_text("edit", "dllm_steps", "8") == 8 and coerce_text("edit", "cfg_text_scale", "1.5") == 1.5
+    with pytest.raises(WireError, match="expected bool"):
+        coerce_text("image", "use_sprint", "maybe")

@@ -290,3 +290,12 @@ def test_our_client_reads_our_server_in_both_flavors(ours):
             assert b.chat("hello").text == "two cars"
         finally:
             b.close()
+
+
+def test_limits_name_the_field_the_value_came_in(ours):
+    url, _, _ = ours
+    r = _chat(url, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 99999})
+    assert r.status_code == 400 and r.json()["error"]["message"] == "max_tokens=99999 is over this server's limit of 8192"
+    r = _chat(url, {"messages": [{"role": "user", "content": "x"}], "modalities": ["image"],
+                    "image_generation": {"dllm_steps": 999}})
+    assert r.json()["error"]["message"] == "image_generation.dllm_steps=999 is over this server's limit of 256"

@@ -208,7 +208,7 @@ def test_backbone_stage_resumes_exactly(tmp_path, smoke_build, monkeypatch):
     from lladauni.model_core import LLaDA2Backbone
     from lladauni.model_core.training import common
     from lladauni.model_core.training.build import _load_image_tokenizer
-    from lladauni.model_core.training.stages import _init_backbone, encode_scenes, train_backbone
+    from lladauni.model_core.training.stages import init_backbone as _init_backbone, encode_scenes, train_backbone
 
     out, spec, _ = smoke_build
     spec = ShapesModelSpec.smoke()
@@ -271,7 +271,7 @@ def test_rows_cut_to_their_own_length_give_the_same_outputs(smoke_build):
     from lladauni.model_core import LLaDA2Backbone
     from lladauni.model_core.layers.attention import AttentionMask
     from lladauni.model_core.training.build import _load_image_tokenizer
-    from lladauni.model_core.training.stages import _init_backbone, encode_scenes, row_lengths
+    from lladauni.model_core.training.stages import init_backbone as _init_backbone, encode_scenes, row_lengths
 
     out, spec, _ = smoke_build
     tok = TextTokenizer.from_pretrained(out)
@@ -370,7 +370,7 @@ def test_count_list_answers_name_the_shapes_counted():
     for t in items:
         kind = t.text.split()[2][:-1]
         found = t.source.find(kind=kind)
-        assert t.answer == f"{len(found)}: {shapes._join([s.describe() for s in found])}."
+        assert t.answer == f"{len(found)}: {shapes.join_phrases([s.describe() for s in found])}."
         assert answer_correct(t.answer, str(len(found)))  # the benchmark reads the number
     # the total count and every other kind of question keep their short answers
     rng = np.random.default_rng(12)
@@ -393,7 +393,7 @@ def test_shape_questions_ask_for_the_kind_in_a_cell():
 
 def test_backbone_init_scales_with_width():
     from lladauni.model_core import LLaDA2Backbone
-    from lladauni.model_core.training.stages import _init_backbone
+    from lladauni.model_core.training.stages import init_backbone as _init_backbone
 
     spec = ShapesModelSpec.smoke()
     m = LLaDA2Backbone(spec.backbone_config(vocab_size=300, image_token_offset=268, pad_token_id=0))
