@@ -31,7 +31,7 @@ import numpy as np
 from lladauni.model_core.training import checker, shapes
 from lladauni.model_core.training.stages import cell_labels, code_contents
 
-from .shapes_eval import RESULTS, SIZE, _machine, gen_seed, write_results
+from .shapes_eval import RESULTS, SIZE, gen_seed, machine_description, write_results
 
 SECTION = "shapes_decoder"
 STEPS = (4, 8)
@@ -114,7 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model = LLaDAUni.from_pretrained(args.checkpoint, components=("backbone", "image_tokenizer", "decoder"), device="cpu")
     res = run(model, args.n, args.seed)
     name = "Embedded default model" if args.checkpoint is None else f"Checkpoint `{args.checkpoint}`"
-    md = format_markdown(res, model=name, machine=_machine())
+    md = format_markdown(res, model=name, machine=machine_description())
     print(md)
     if args.write_results:
         write_results(md, RESULTS, section=SECTION)

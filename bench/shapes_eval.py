@@ -95,6 +95,7 @@ __all__ = [
     "evaluate",
     "format_markdown",
     "gen_seed",
+    "machine_description",
     "main",
     "normalize_answer",
     "write_results",
@@ -612,7 +613,8 @@ def write_results(md: str, path: Path = RESULTS, section: str = SECTION) -> None
     path.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
 
 
-def _machine() -> str:
+def machine_description() -> str:
+    """The machine a result was measured on: GPU (when there is one), CPU, cores, torch and its threads."""
     import torch
 
     dev = f"{torch.cuda.get_device_name(0)} GPU, " if torch.cuda.is_available() else ""
@@ -663,7 +665,7 @@ def main(argv: Optional[Sequence[str]] = None, backend: Any = None) -> int:
     results = evaluate(backend, n=args.n, seed=args.seed, metrics=args.metrics, max_rounds=args.max_rounds,
                        runs_dir=Path(args.keep_runs) if args.keep_runs else None)
     results["config"].update(model=model, load_seconds=load_s, seconds=time.perf_counter() - t0)
-    machine = _machine()
+    machine = machine_description()
     md = format_markdown(results, model=model, machine=machine)
     print(md)
     if args.json:

@@ -52,7 +52,8 @@ _ST_DTYPES = {
     "U8": (torch.uint8, 1), "BOOL": (torch.bool, 1), "F8_E4M3": (torch.float8_e4m3fn, 1),
     "F8_E5M2": (torch.float8_e5m2, 1),
 }
-_FLOAT_ST = {"F64", "F32", "F16", "BF16"}
+FLOAT_ST_DTYPES = {"F64", "F32", "F16", "BF16"}
+"""The safetensors dtype names of floating-point tensors, the only ones weights may be stored in."""
 _MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -225,7 +226,7 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], i
     return header, 8 + hlen
 
 
-def _read_tensor_into(fh, path: Path, name: str, data_start: int, info: dict, dst: torch.Tensor,
+def read_tensor_into(fh, path: Path, name: str, data_start: int, info: dict, dst: torch.Tensor,
                       chunk_bytes: int = 64 * 1024 * 1024) -> None:
     """Copy one tensor's bytes from an open safetensors file straight into ``dst``.
 
@@ -326,7 +327,7 @@ def check_weight_files(
             raise CheckpointError(
                 f"{root / fname}: tensor {name!r} has shape {list(got)}, the model expects {list(expected[name])}"
             )
-        if header[name]["dtype"] not in _FLOAT_ST:
+        if header[name]["dtype"] not in FLOAT_ST_DTYPES:
             raise CheckpointError(f"{root / fname}: tensor {name!r} has dtype {header[name]['dtype']}, expected a float type")
     return headers
 
@@ -353,7 +354,7 @@ def fill_weights(
             header, data_start = headers[fname]
             with open(root / fname, "rb") as fh:
                 for name in sorted(by_file[fname], key=lambda n: header[n]["data_offsets"][0]):
-                    _read_tensor_into(fh, root / fname, name, data_start, header[name], destination(name))
+                    read_tensor_into(fh, root / fname, name, data_start, header[name], destination(name))
 
 
 def load_backbone(

@@ -129,7 +129,7 @@ class BackboneConfig:
         for f in dataclasses.fields(self):
             if f.name in ("extra", "source_keys"):
                 continue
-            _check_type(f.name, getattr(self, f.name), f.type)
+            check_type(f.name, getattr(self, f.name), f.type)
         if self.model_type != "llada2_moe":
             raise ConfigError(f"model_type={self.model_type!r}: expected 'llada2_moe' (a LLaDA2.0-Uni backbone config)")
         positive = (
@@ -324,7 +324,9 @@ def read_config_file(path: str | os.PathLike, from_dict: Any) -> Any:
         raise ConfigError(f"{os.fspath(path)}: {exc}") from None
 
 
-def _check_type(name: str, value: Any, annotation: Any) -> None:
+def check_type(name: str, value: Any, annotation: Any) -> None:
+    """Raise ``ConfigError`` unless ``value`` fits the dataclass field ``annotation`` (a string under
+    ``from __future__ import annotations``: int, float, bool, str, list, dict, or Optional of one)."""
     ann = str(annotation)
     if ann.startswith("Optional["):
         if value is None:

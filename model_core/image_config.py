@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar
 
-from .config import ConfigError, _check_type, read_config_file
+from .config import ConfigError, check_type, read_config_file
 
 __all__ = ["ImageTokenizerConfig", "PreprocessorConfig", "VisionConfig", "VQConfig"]
 
@@ -68,7 +68,7 @@ def _check_types(cfg: Any) -> None:
     for f in dataclasses.fields(cfg):
         if f.name in _NOT_FIELDS or not isinstance(f.type, str) or f.type.endswith("Config"):
             continue
-        _check_type(f.name, getattr(cfg, f.name), f.type)
+        check_type(f.name, getattr(cfg, f.name), f.type)
 
 
 def _positive(cfg: Any, *names: str) -> None:

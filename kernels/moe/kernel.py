@@ -16,6 +16,18 @@ def _silu_f32(x):
 
 
 @triton.jit
+def _expert_tile(offsets_ptr, N, BLOCK_N: tl.constexpr):
+    """This program's expert e, the tile index pid_n, the expert's sorted rows start..end and the
+    tile's columns of the N outputs (offsets and in-range mask)."""
+    e = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    start = tl.load(offsets_ptr + e)
+    end = tl.load(offsets_ptr + e + 1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return e, pid_n, start, end, offs_n, offs_n < N
+
+
+@triton.jit
 def moe_gate_up_kernel(
     x_ptr,  # (T, H) activations
     w_ptr,  # (E, 2I, H) gate rows then up rows
@@ -33,13 +45,8 @@ def moe_gate_up_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    e = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    start = tl.load(offsets_ptr + e)
-    end = tl.load(offsets_ptr + e + 1)
     dt = h_ptr.dtype.element_ty
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < I
+    e, pid_n, start, end, offs_n, mask_n = _expert_tile(offsets_ptr, I, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     w_e = w_ptr + e.to(tl.int64) * stride_we
     g_ptrs0 = w_e + offs_n[None, :] * stride_wn + offs_k[:, None]  # (BK, BN) = W_gate^T tile
@@ -98,13 +105,8 @@ def moe_down_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    e = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    start = tl.load(offsets_ptr + e)
-    end = tl.load(offsets_ptr + e + 1)
+    e, pid_n, start, end, offs_n, mask_n = _expert_tile(offsets_ptr, H, BLOCK_N)
     dt = h_ptr.dtype.element_ty
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < H
     offs_k = tl.arange(0, BLOCK_K)
     w_ptrs0 = w_ptr + e.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None]  # (BK, BN)
     for m0 in range(start, end, BLOCK_M):

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..config import ConfigError, _check_type, read_config_file
+from ..config import ConfigError, check_type, read_config_file
 
 __all__ = ["DiTConfig", "OFFICIAL_AXES_LENS", "ADALN_DIM", "SEQ_MULTIPLE"]
 
@@ -87,7 +87,7 @@ class DiTConfig:
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             if f.name != "extra":
-                _check_type(f.name, getattr(self, f.name), f.type)
+                check_type(f.name, getattr(self, f.name), f.type)
         if self._class_name != "ZImageTransformer2DModel":
             raise ConfigError(f"_class_name={self._class_name!r}: expected 'ZImageTransformer2DModel'")
         for name in ("in_channels", "dim", "n_layers", "n_heads", "n_kv_heads", "cap_feat_dim"):

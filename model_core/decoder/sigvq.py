@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, _FLOAT_ST, _read_tensor_into, read_safetensors_header
+from ..checkpoint import CheckpointError, FLOAT_ST_DTYPES, read_tensor_into, read_safetensors_header
 
 __all__ = ["SigVQ", "load_sigvq", "upsample_codes", "SIGVQ_PT", "SIGVQ_SAFETENSORS", "SIGVQ_KEYS"]
 
@@ -93,7 +93,7 @@ def _read_state(path: Path) -> dict[str, tuple[torch.Size, Optional[torch.Tensor
     if path.suffix == ".safetensors":
         header, _ = read_safetensors_header(path)
         for name, info in header.items():
-            if info["dtype"] not in _FLOAT_ST:
+            if info["dtype"] not in FLOAT_ST_DTYPES:
                 raise CheckpointError(f"{path}: tensor {name!r} has dtype {info['dtype']}, expected a float type")
         return {name: (torch.Size(info["shape"]), None) for name, info in header.items()}
     try:
@@ -148,7 +148,7 @@ def load_sigvq(
             with open(path, "rb") as fh:
                 for name in SIGVQ_KEYS:
                     dst = targets[name].detach()
-                    _read_tensor_into(fh, path, name, start, header[name], dst)
+                    read_tensor_into(fh, path, name, start, header[name], dst)
         else:
             for name in SIGVQ_KEYS:
                 targets[name].detach().copy_(state[name][1])

@@ -168,6 +168,28 @@ class _Branches:
         return out
 
 
+@dataclass
+class _Run:
+    """The state of one ``generate`` call, shared by the steps of its loop."""
+
+    cfg: SamplerConfig
+    x: torch.Tensor  # (total,) the sequence being denoised: prompt, then masks / committed tokens
+    br: _Branches
+    P: int  # prompt length
+    B: int  # block length
+    nb: int  # blocks in the sequence
+    steps: int  # steps per block at most
+    schedule: list[int]  # quota commits per step
+    stops: torch.Tensor  # eos and the extra stop ids
+    adaptive: bool  # the SPRINT unmasking rule (cache "sprint")
+    need_conf: bool  # keep the prefix's max probabilities for pruning
+    first_block: int  # the block of the first generated position (the first one denoised)
+    generator: Optional[torch.Generator]
+    cache: Optional[KVCache] = None
+    conf_prefix: Optional[torch.Tensor] = None  # (R, prefix) max-prob of committed positions (SPRINT)
+    trace: list[StepRecord] = field(default_factory=list)
+
+
 class BlockDiffusionSampler:
     """Runs ``SamplerConfig`` on a backbone. ``generate(prompt_ids)`` -> ``SamplerResult``."""
 
@@ -192,11 +214,28 @@ class BlockDiffusionSampler:
         progress(blocks_done, blocks_total) is called after each block.
         """
         t0 = time.perf_counter()
+        run = self._start(prompt_ids, config, generator)
+        stop_at: Optional[int] = None
+        for b in range(run.first_block, run.nb):
+            stop_at = self._denoise_block(run, b)
+            if progress is not None:
+                progress(b - run.first_block + 1, run.nb - run.first_block)
+            if stop_at is not None:
+                break
+            if self._block_done(run, b):
+                break
+        return self._result(run, stop_at, t0)
+
+    # ------------------------------------------------------------------ loop
+    def _start(
+        self, prompt_ids: Sequence[int] | torch.Tensor, cfg: SamplerConfig, generator: Optional[torch.Generator]
+    ) -> _Run:
+        """Check the prompt against the model, lay out the masked sequence and prefill the prompt's
+        whole blocks into the cache (resets the forward counters)."""
         device = next(self.model.parameters()).device
         prompt = torch.as_tensor(list(prompt_ids) if not torch.is_tensor(prompt_ids) else prompt_ids, dtype=torch.long).to(device)
         if prompt.dim() != 1 or prompt.numel() == 0:
             raise ValueError("prompt_ids must be a non-empty 1-D sequence of token ids")
-        cfg = config
         B = cfg.block_length
         P = prompt.shape[0]
         steps = min(cfg.steps, cfg.gen_length // cfg.minimal_topk)
@@ -214,80 +253,114 @@ class BlockDiffusionSampler:
         schedule = transfer_schedule(B, steps)
         x = torch.full((total,), self.mask_id, dtype=torch.long, device=device)
         x[:P] = prompt
-        br = _Branches(prompt, cfg.cfg, total, self.mask_id)
         adaptive = cfg.cache == "sprint"
         sp = cfg.sprint
-        # prefix confidences are only read when pruning blends them in
-        need_conf = adaptive and sp.keep_ratio < 1.0 and sp.confidence_alpha < 1.0
-        stops = torch.tensor([self.eos_id, *cfg.stop_ids], dtype=torch.long, device=device)
+        run = _Run(
+            cfg=cfg, x=x, br=_Branches(prompt, cfg.cfg, total, self.mask_id), P=P, B=B, nb=nb, steps=steps,
+            schedule=schedule, stops=torch.tensor([self.eos_id, *cfg.stop_ids], dtype=torch.long, device=device),
+            adaptive=adaptive,
+            # prefix confidences are only read when pruning blends them in
+            need_conf=adaptive and sp.keep_ratio < 1.0 and sp.confidence_alpha < 1.0,
+            first_block=P // B, generator=generator,
+        )
         self._forwards = 0
         self._forward_tokens = 0
-        trace: list[StepRecord] = []
+        if cfg.cache != "none" and run.first_block > 0:
+            run.cache, run.conf_prefix = self._extend_cache(
+                None, None, run.br, x, 0, run.first_block * B, B, need_conf=run.need_conf
+            )
+        return run
 
-        first_block = P // B
-        cache: Optional[KVCache] = None
-        conf_prefix: Optional[torch.Tensor] = None  # (R, prefix) max-prob of committed positions (SPRINT)
-        if cfg.cache != "none" and first_block > 0:
-            cache, conf_prefix = self._extend_cache(None, None, br, x, 0, first_block * B, B, need_conf=need_conf)
-
-        stop_at: Optional[int] = None
-        for b in range(first_block, nb):
-            end = (b + 1) * B
-            prefix_len = end - B
-            pruned: Optional[list[tuple[list[torch.Tensor], list[torch.Tensor]]]] = None
-            for step in range(steps):
-                active = x[prefix_len:end]
-                masked = active == self.mask_id
-                if not bool(masked.any()):
-                    break
-                use_pruned = adaptive and step >= cfg.sprint.cache_warmup_steps and prefix_len > 0
-                if use_pruned and pruned is None:
-                    pruned = self._prune(cache, conf_prefix, br, x, prefix_len, cfg.sprint)
-                if cfg.cache == "none":
-                    row_logits = self._window_logits(br, x, end, B)
-                elif use_pruned:
-                    row_logits = self._pruned_logits(br, x, pruned, prefix_len, end)
-                else:
-                    row_logits = self._cached_logits(br, x, cache, prefix_len, end)
-                logits = self._guide(row_logits, cfg)
-                if cfg.image_only:
-                    logits[:, : self.image_token_offset] = float("-inf")
-                if adaptive:
-                    x0, commit = adaptive_transfer(
-                        logits, masked, active, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                        remasking=cfg.sprint.remasking, steps_left=steps - step, minimal_topk=cfg.minimal_topk,
-                        threshold=cfg.threshold, generator=generator,
-                    )
-                    prob = F.softmax(logits, dim=-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1) if cfg.record_trace else None
-                else:
-                    x0, prob = sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
-                    commit = quota_transfer(prob, masked, schedule[step], cfg.threshold)
-                x[prefix_len:end] = torch.where(commit, x0, active)
-                if cfg.record_trace:
-                    idx = torch.nonzero(commit, as_tuple=True)[0]
-                    trace.append(StepRecord(b, step, (idx + prefix_len).tolist(), prob[idx].tolist()))
-                if not cfg.image_only and cfg.eos_early_stop and bool(torch.isin(x0[commit], stops).any()):
-                    eos = self._first_stop(x, P, end, stops)
-                    if eos is not None and not bool((x[P:eos] == self.mask_id).any()):
-                        stop_at = eos
-                        break
-            if progress is not None:
-                progress(b - first_block + 1, nb - first_block)
+    def _denoise_block(self, run: _Run, b: int) -> Optional[int]:
+        """Up to ``run.steps`` steps on block b, fewer once the block has no mask left. Returns the
+        position of the stop token that ends the text early, if one does (no step follows it)."""
+        cfg, x = run.cfg, run.x
+        end = (b + 1) * run.B
+        prefix_len = end - run.B
+        pruned: Optional[list[tuple[list[torch.Tensor], list[torch.Tensor]]]] = None
+        for step in range(run.steps):
+            active = x[prefix_len:end]
+            masked = active == self.mask_id
+            if not bool(masked.any()):
+                break
+            use_pruned = run.adaptive and step >= cfg.sprint.cache_warmup_steps and prefix_len > 0
+            if use_pruned and pruned is None:
+                pruned = self._prune(run.cache, run.conf_prefix, run.br, x, prefix_len, cfg.sprint)
+            logits = self._step_logits(run, pruned if use_pruned else None, prefix_len, end)
+            x0, commit, prob = self._propose(run, logits, masked, active, step)
+            x[prefix_len:end] = torch.where(commit, x0, active)
+            if cfg.record_trace:
+                idx = torch.nonzero(commit, as_tuple=True)[0]
+                run.trace.append(StepRecord(b, step, (idx + prefix_len).tolist(), prob[idx].tolist()))
+            stop_at = self._early_stop(run, x0, commit, end)
             if stop_at is not None:
-                break
-            if not cfg.image_only and self._first_stop(x, P, end, stops) is not None:
-                break
-            if cfg.cache != "none" and b + 1 < nb:
-                cache, conf_prefix = self._extend_cache(cache, conf_prefix, br, x, prefix_len, end, B, need_conf=need_conf)
+                return stop_at
+        return None
 
-        out = x[: P + cfg.gen_length]
+    def _step_logits(self, run: _Run, pruned, prefix_len: int, end: int) -> torch.Tensor:
+        """One step's guided logits (B, V) for the active block: the whole window (cache "none"),
+        the pruned prefixes (``pruned`` given) or the exact cache."""
+        cfg = run.cfg
+        if cfg.cache == "none":
+            row_logits = self._window_logits(run.br, run.x, end, run.B)
+        elif pruned is not None:
+            row_logits = self._pruned_logits(run.br, run.x, pruned, prefix_len, end)
+        else:
+            row_logits = self._cached_logits(run.br, run.x, run.cache, prefix_len, end)
+        logits = self._guide(row_logits, cfg)
+        if cfg.image_only:
+            logits[:, : self.image_token_offset] = float("-inf")
+        return logits
+
+    def _propose(self, run: _Run, logits: torch.Tensor, masked: torch.Tensor, active: torch.Tensor, step: int):
+        """-> (x0, commit, prob): the proposals, which of them to commit, and their probabilities
+        (None for the adaptive rule without a trace)."""
+        cfg = run.cfg
+        if run.adaptive:
+            x0, commit = adaptive_transfer(
+                logits, masked, active, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                remasking=cfg.sprint.remasking, steps_left=run.steps - step, minimal_topk=cfg.minimal_topk,
+                threshold=cfg.threshold, generator=run.generator,
+            )
+            prob = F.softmax(logits, dim=-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1) if cfg.record_trace else None
+        else:
+            x0, prob = sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, run.generator)
+            commit = quota_transfer(prob, masked, run.schedule[step], cfg.threshold)
+        return x0, commit, prob
+
+    def _early_stop(self, run: _Run, x0: torch.Tensor, commit: torch.Tensor, end: int) -> Optional[int]:
+        """Text early stop: the first stop token, once this step has committed one and no mask precedes it."""
+        cfg = run.cfg
+        if not cfg.image_only and cfg.eos_early_stop and bool(torch.isin(x0[commit], run.stops).any()):
+            eos = self._first_stop(run.x, run.P, end, run.stops)
+            if eos is not None and not bool((run.x[run.P:eos] == self.mask_id).any()):
+                return eos
+        return None
+
+    def _block_done(self, run: _Run, b: int) -> bool:
+        """After block b (no early stop): True when a stop token ends generation here; otherwise
+        commit the block to the cache."""
+        cfg = run.cfg
+        end = (b + 1) * run.B
+        if not cfg.image_only and self._first_stop(run.x, run.P, end, run.stops) is not None:
+            return True
+        if cfg.cache != "none" and b + 1 < run.nb:
+            run.cache, run.conf_prefix = self._extend_cache(
+                run.cache, run.conf_prefix, run.br, run.x, end - run.B, end, run.B, need_conf=run.need_conf
+            )
+        return False
+
+    def _result(self, run: _Run, stop_at: Optional[int], t0: float) -> SamplerResult:
+        """Cut the sequence to the prompt and gen_length, and text through its first stop token."""
+        cfg, P = run.cfg, run.P
+        out = run.x[: P + cfg.gen_length]
         if not cfg.image_only:
-            eos = self._first_stop(out, P, out.shape[0], stops) if stop_at is None else stop_at
+            eos = self._first_stop(out, P, out.shape[0], run.stops) if stop_at is None else stop_at
             if eos is not None:
                 out = out[: eos + 1]
         return SamplerResult(
             tokens=out.clone(), prompt_length=P, forwards=self._forwards, forward_tokens=self._forward_tokens,
-            seconds=time.perf_counter() - t0, trace=trace,
+            seconds=time.perf_counter() - t0, trace=run.trace,
         )
 
     # ------------------------------------------------------------------ steps

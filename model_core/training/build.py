@@ -36,7 +36,7 @@ from ..tokenizer import TextTokenizer
 from .corpus import BatchBuilder, texts_for_tokenizer
 from .tasks import TaskOptions
 from .spec import ShapesModelSpec
-from .stages import _init_backbone, encode_scenes, train_backbone, train_decoder, train_image_tokenizer, train_vae
+from .stages import encode_scenes, init_backbone, train_backbone, train_decoder, train_image_tokenizer, train_vae
 from .shapes import PLURAL_STEMS
 from .text_tokenizer import build_compact_tokenizer
 
@@ -85,7 +85,7 @@ def _backbone_stage(spec: ShapesModelSpec, partial: Path, work: Path, progress: 
         raise RuntimeError(f"{partial}: the tokenizer has no <IMAGE0> token")
     config = spec.backbone_config(vocab_size=offset + spec.num_codes, image_token_offset=offset, pad_token_id=tok.special.pad)
     model = LLaDA2Backbone(config)
-    _init_backbone(model, spec.seed)
+    init_backbone(model, spec.seed)
     if init_from is not None:
         src = load_backbone(init_from, device="cpu", dtype=torch.float32)
         if src.config.to_dict() != config.to_dict():
@@ -110,6 +110,23 @@ def _backbone_stage(spec: ShapesModelSpec, partial: Path, work: Path, progress: 
         out["backbone_second"] = summary(log)
     save_backbone(model, partial, dtype=dtype)
     return out
+
+
+def _tokenizer_stage(spec: ShapesModelSpec, partial: Path) -> dict:
+    t0 = time.perf_counter()
+    texts = texts_for_tokenizer(np.random.default_rng([spec.seed, 1]), 6000)
+    layout = build_compact_tokenizer(texts, partial, num_codes=spec.num_codes, grid_sides=(spec.grid,),
+                                     bpe_vocab_size=spec.bpe_vocab_size, model_max_length=spec.max_positions,
+                                     plural_stems=PLURAL_STEMS if spec.split_plurals else ())
+    return {"tokenizer": {"seconds": round(time.perf_counter() - t0, 1), **layout}}
+
+
+def _image_tokenizer_stage(spec: ShapesModelSpec, partial: Path, work: Path, progress: bool, resume: bool,
+                           dtype: torch.dtype) -> dict:
+    net, log = train_image_tokenizer(spec, work, progress=progress, resume=resume)
+    _save_image_tokenizer(net, spec, partial, dtype)
+    return {"image_tokenizer": {**_summary(log), "codes_used_last": log.losses[-1].get("used") if log.losses else None,
+                                "cls_last": log.losses[-1].get("cls") if log.losses else None}}
 
 
 def _vae_stage(spec: ShapesModelSpec, partial: Path, work: Path, progress: bool, resume: bool, dtype: torch.dtype) -> dict:
@@ -161,6 +178,27 @@ def build_shapes_model(
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")
     out = Path(out)
+    partial, work, earlier = _open_partial(out, work_dir)
+    record: dict = {"spec": spec.to_dict(), "stages": earlier}
+    done = record["stages"]
+    if "tokenizer" in stages:
+        done.update(_tokenizer_stage(spec, partial))
+    if "image_tokenizer" in stages:
+        done.update(_image_tokenizer_stage(spec, partial, work, progress, resume, dtype))
+    if "vae" in stages:
+        done.update(_vae_stage(spec, partial, work, progress, resume, dtype))
+    if "backbone" in stages:
+        done.pop("backbone_second", None)  # an earlier build's second schedule no longer applies
+    _decoder_and_backbone_stages(done, spec, stages, partial, work, progress, resume, dtype, init_from, jobs)
+    record["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    record["jobs"] = jobs
+    _publish(spec, record, partial, out)
+    return record
+
+
+def _open_partial(out: Path, work_dir: Optional[str | os.PathLike]) -> tuple[Path, Path, dict]:
+    """Start ``OUT.partial`` afresh (a copy of ``out`` when there is one) and make the work folder.
+    Returns (partial, work, the stage records of the build that wrote ``out``, or {})."""
     partial = out.with_name(out.name + ".partial")
     work = Path(work_dir) if work_dir is not None else out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
@@ -170,27 +208,17 @@ def build_shapes_model(
         shutil.copytree(out, partial)
     else:
         partial.mkdir(parents=True)
-    record: dict = {"spec": spec.to_dict(), "stages": {}}
     old = partial / TRAINING_LOG
     if old.is_file():
-        record["stages"] = json.loads(old.read_text(encoding="utf-8")).get("stages", {})
+        return partial, work, json.loads(old.read_text(encoding="utf-8")).get("stages", {})
+    return partial, work, {}
 
-    if "tokenizer" in stages:
-        t0 = time.perf_counter()
-        texts = texts_for_tokenizer(np.random.default_rng([spec.seed, 1]), 6000)
-        layout = build_compact_tokenizer(texts, partial, num_codes=spec.num_codes, grid_sides=(spec.grid,),
-                                         bpe_vocab_size=spec.bpe_vocab_size, model_max_length=spec.max_positions,
-                                         plural_stems=PLURAL_STEMS if spec.split_plurals else ())
-        record["stages"]["tokenizer"] = {"seconds": round(time.perf_counter() - t0, 1), **layout}
-    if "image_tokenizer" in stages:
-        net, log = train_image_tokenizer(spec, work, progress=progress, resume=resume)
-        _save_image_tokenizer(net, spec, partial, dtype)
-        record["stages"]["image_tokenizer"] = {**_summary(log), "codes_used_last": log.losses[-1].get("used") if log.losses else None,
-                                               "cls_last": log.losses[-1].get("cls") if log.losses else None}
-    if "vae" in stages:
-        record["stages"].update(_vae_stage(spec, partial, work, progress, resume, dtype))
-    if "backbone" in stages:
-        record["stages"].pop("backbone_second", None)  # an earlier build's second schedule no longer applies
+
+def _decoder_and_backbone_stages(done: dict, spec: ShapesModelSpec, stages: Sequence[str], partial: Path, work: Path,
+                                 progress: bool, resume: bool, dtype: torch.dtype,
+                                 init_from: Optional[str | os.PathLike], jobs: int) -> None:
+    """The decoder and backbone stages listed in ``stages``, their records added to ``done``: one after
+    the other, or with ``jobs=2`` (and both listed) the backbone in a second process, one thread each."""
     pending = pool = None
     threads = torch.get_num_threads()
     if jobs == 2 and "backbone" in stages and "decoder" in stages:
@@ -201,12 +229,12 @@ def build_shapes_model(
         torch.set_num_threads(1)
     try:
         if "decoder" in stages:
-            record["stages"].update(_decoder_stage(spec, partial, work, progress, resume, dtype))
+            done.update(_decoder_stage(spec, partial, work, progress, resume, dtype))
         if pool is None:
             if "backbone" in stages:
-                record["stages"].update(_backbone_stage(spec, partial, work, progress, resume, dtype, init_from))
+                done.update(_backbone_stage(spec, partial, work, progress, resume, dtype, init_from))
         else:
-            record["stages"].update(pending.get())
+            done.update(pending.get())
             pool.close()
             pool.join()
     except BaseException:
@@ -215,9 +243,10 @@ def build_shapes_model(
         raise
     finally:
         torch.set_num_threads(threads)
-    record["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-    record["jobs"] = jobs
 
+
+def _publish(spec: ShapesModelSpec, record: dict, partial: Path, out: Path) -> None:
+    """Write the generation defaults and the training record into ``partial``, then put it in ``out``'s place."""
     defaults = {
         "about": "Generation defaults for this checkpoint (read by LLaDAUni when the caller gives none).",
         "image_size": [spec.image_size, spec.image_size],
@@ -229,7 +258,6 @@ def build_shapes_model(
     if out.exists():
         shutil.rmtree(out)
     os.replace(partial, out)
-    return record
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -21,34 +21,33 @@ from .shapes import BACKGROUND, COLORS, GRID, POSITIONS, SHAPES, UNKNOWN, Scene,
 
 @dataclass(frozen=True)
 class CheckerConfig:
-    """Tolerances of the pixel checker. Ratios are of the bounding box; areas are fractions of the canvas.
-
-    work_size: side the image is resized to before reading (any input size works); at least 96, since the
-        smallest shapes must stay ~15 px wide for their geometry to be told apart.
-    ink_threshold: a pixel is foreground when 255 - min(R, G, B) exceeds it (white is 0, palette >= 200).
-    min_area: smallest component kept (smaller ones are noise); the smallest shape is ~0.014.
-    max_aspect: components whose box is more elongated are reported as kind 'unknown'.
-    triangle_centroid: a component whose centroid lies lower than this (fraction of box height from the
-        top) is a triangle (2/3); circles, squares and diamonds are symmetric (1/2).
-    square_fill / circle_fill: for the symmetric ones, fill ratio of the box above which a component is
-        a square / a circle (a square fills 1, a circle pi/4 ~ 0.785, a diamond 0.5).
-    min_fill: fill ratios below it are 'unknown'.
-    core: pixels whose ink is at least this fraction of the component's 95th-percentile ink give the colour.
-    min_saturation: cores less saturated are colour 'unknown'.
-    max_hue_distance: cores further (degrees) from every palette hue are colour 'unknown'.
-    """
+    """Tolerances of the pixel checker. Ratios are of the bounding box; areas are fractions of the canvas."""
 
     work_size: int = 128
+    """Side the image is resized to before reading (any input size works); at least 96, since the smallest
+    shapes must stay ~15 px wide for their geometry to be told apart."""
     ink_threshold: float = 100.0
+    """A pixel is foreground when 255 - min(R, G, B) exceeds it (white is 0, palette >= 200)."""
     min_area: float = 0.003
+    """Smallest component kept (smaller ones are noise); the smallest shape is ~0.014."""
     max_aspect: float = 1.6
+    """Components whose box is more elongated are reported as kind 'unknown'."""
     square_fill: float = 0.855
+    """For the symmetric kinds (circles, squares, diamonds), the fill ratio of the box above which a component
+    is a square (a square fills 1, a circle pi/4 ~ 0.785, a diamond 0.5)."""
     circle_fill: float = 0.705
+    """Likewise, the fill ratio above which a symmetric component (below ``square_fill``) is a circle."""
     min_fill: float = 0.3
+    """Fill ratios below it are 'unknown'."""
     triangle_centroid: float = 0.585
+    """A component whose centroid lies lower than this (fraction of box height from the top) is a triangle
+    (2/3); circles, squares and diamonds are symmetric (1/2)."""
     core: float = 0.8
+    """Pixels whose ink is at least this fraction of the component's 95th-percentile ink give the colour."""
     min_saturation: float = 0.35
+    """Cores less saturated are colour 'unknown'."""
     max_hue_distance: float = 14.0
+    """Cores further (degrees) from every palette hue are colour 'unknown'."""
 
     def __post_init__(self) -> None:
         if self.work_size < 96:

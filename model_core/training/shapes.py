@@ -186,7 +186,8 @@ class Scene:
         return Scene(tuple(shapes))
 
 
-def _sample_shape(rng: np.random.Generator, kind: str, color: str, position: str) -> Shape:
+def sample_shape(rng: np.random.Generator, kind: str, color: str, position: str) -> Shape:
+    """A shape of the given kind, colour and cell, its size and offset drawn from ``rng``."""
     scale = float(rng.uniform(*SCALE_RANGE))
     dx, dy = (float(v) for v in rng.uniform(-JITTER, JITTER, size=2))
     return Shape(kind, color, position, round(scale, 4), round(dx, 4), round(dy, 4))
@@ -201,7 +202,7 @@ def sample_scene(rng: np.random.Generator, min_shapes: int = MIN_SHAPES, max_sha
     colors = rng.choice(len(COLORS), size=n, replace=False)
     color_names = list(COLORS)
     shapes = [
-        _sample_shape(rng, SHAPES[int(rng.integers(len(SHAPES)))], color_names[int(c)], POSITIONS[int(p)])
+        sample_shape(rng, SHAPES[int(rng.integers(len(SHAPES)))], color_names[int(c)], POSITIONS[int(p)])
         for p, c in zip(positions, colors)
     ]
     return Scene(tuple(shapes))
@@ -253,7 +254,8 @@ def render(scene: Scene, size: int | tuple[int, int] = 128, supersample: int = 4
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _join(parts: Sequence[str]) -> str:
+def join_phrases(parts: Sequence[str]) -> str:
+    """'a, b and c': the phrases as one English list ('' for none)."""
     if not parts:
         return ""
     if len(parts) == 1:
@@ -263,7 +265,7 @@ def _join(parts: Sequence[str]) -> str:
 
 def caption(scene: Scene) -> str:
     """'a red circle at the top left and a blue square in the center' (reading order)."""
-    return _join([s.describe() for s in scene.shapes]) if scene.shapes else "an empty white canvas"
+    return join_phrases([s.describe() for s in scene.shapes]) if scene.shapes else "an empty white canvas"
 
 
 _ITEM = re.compile(
@@ -374,7 +376,7 @@ def make_edit(scene: Scene, kind: str, rng: np.random.Generator) -> Edit | None:
         if n >= MAX_SHAPES or not scene.unused_colors():
             return None
         free, colors = scene.free_positions(), scene.unused_colors()
-        new = _sample_shape(
+        new = sample_shape(
             rng,
             SHAPES[int(rng.integers(len(SHAPES)))],
             colors[int(rng.integers(len(colors)))],
@@ -396,48 +398,26 @@ def make_edit(scene: Scene, kind: str, rng: np.random.Generator) -> Edit | None:
         return None
     s = scene.shapes[int(rng.integers(n))]
     others = [o for o in scene.shapes if o is not s]
-    keep = "Keep every other shape as it is."
     if kind == "recolor":
         colors = scene.unused_colors()
-        color = colors[int(rng.integers(len(colors)))]
-        target = scene.with_shapes((*others, replace(s, color=color)))
-        return Edit(
-            "recolor",
-            f"Make the {s.name} {color}.",
-            scene,
-            target,
-            s,
-            color,
-            f"Find the {s.name} in the {s.position} cell.\n1. Change its color to {color}; keep its shape, "
-            f"size and place.\n2. {keep}",
-        )
-    if kind == "move":
+        value = colors[int(rng.integers(len(colors)))]
+        target = scene.with_shapes((*others, replace(s, color=value)))
+        instruction = f"Make the {s.name} {value}."
+        step = f"Change its color to {value}; keep its shape, size and place."
+    elif kind == "move":
         free = scene.free_positions()
-        pos = free[int(rng.integers(len(free)))]
-        target = scene.with_shapes((*others, replace(s, position=pos)))
-        return Edit(
-            "move",
-            f"Move the {s.name} to the {pos}.",
-            scene,
-            target,
-            s,
-            pos,
-            f"Find the {s.name} in the {s.position} cell.\n1. Erase it there and draw it in the {pos} cell.\n"
-            f"2. {keep}",
-        )
-    # remove
-    if n <= MIN_SHAPES:
-        return None
-    target = scene.with_shapes(others)
-    return Edit(
-        "remove",
-        f"Remove the {s.name}.",
-        scene,
-        target,
-        s,
-        "",
-        f"Find the {s.name} in the {s.position} cell.\n1. Paint that cell white.\n2. {keep}",
-    )
+        value = free[int(rng.integers(len(free)))]
+        target = scene.with_shapes((*others, replace(s, position=value)))
+        instruction = f"Move the {s.name} to the {value}."
+        step = f"Erase it there and draw it in the {value} cell."
+    else:  # remove
+        if n <= MIN_SHAPES:
+            return None
+        value, target = "", scene.with_shapes(others)
+        instruction = f"Remove the {s.name}."
+        step = "Paint that cell white."
+    plan_text = f"Find the {s.name} in the {s.position} cell.\n1. {step}\n2. Keep every other shape as it is."
+    return Edit(kind, instruction, scene, target, s, value, plan_text)
 
 
 def edits(scene: Scene, rng: np.random.Generator) -> list[Edit]:

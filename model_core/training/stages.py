@@ -45,6 +45,7 @@ __all__ = [
     "masked_loss",
     "row_lengths",
     "encode_scenes",
+    "init_backbone",
     "train_backbone",
     "train_decoder",
     "train_image_tokenizer",
@@ -293,7 +294,7 @@ def train_decoder(
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _init_backbone(model: LLaDA2Backbone, seed: int) -> None:
+def init_backbone(model: LLaDA2Backbone, seed: int) -> None:
     """Width-scaled normal matrices, unit norms, zero expert biases and unit-variance token embeddings.
 
     The published ``initializer_range`` (0.02) suits the full model's width (0.02 ~ 1 / sqrt(2048)); at
@@ -368,19 +369,8 @@ def train_backbone(
     block-causal mask, and 1.8x faster on a mixed batch than padding every row to the longest."""
     if loss_norm not in LOSS_NORMS:
         raise ValueError(f"loss_norm must be one of {LOSS_NORMS}, not {loss_norm!r}")
-    from ..moe import Router
-
-    routers = [m for m in model.modules() if isinstance(m, Router)]
-    counts: dict[int, torch.Tensor] = {}
-
-    def record(mod, _inp, out) -> None:
-        c = torch.bincount(out[0].reshape(-1), minlength=mod.weight.shape[0]).float()
-        counts[id(mod)] = counts[id(mod)] + c if id(mod) in counts else c
-
-    hooks = [r.register_forward_hook(record) for r in routers]
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embeddings" not in n]
-    other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embeddings" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": other, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
+    routers, counts, hooks = _count_expert_loads(model)
+    opt = _backbone_optimizer(model, lr)
     total = spec.steps.backbone if total is None else total
     sched = cosine_lr(opt, total, warmup=100)
     model.train().requires_grad_(True)
@@ -391,30 +381,13 @@ def train_backbone(
         batch = make_batch(rng, gen)
         ids, labels = batch["input_ids"], batch["labels"]
         counts.clear()
-        # rows of equal length run together, each cut to its own length: a batch padded to its longest row
-        # spends most of its compute on padding when short answers and long edit prompts are mixed
-        lengths = row_lengths(labels, block)
-        ce, rows = [], []
-        for n in sorted(set(lengths.tolist()) - {0}):
-            idx = torch.nonzero(lengths == n).flatten()
-            lab = labels[idx, :n]
-            sel = lab != -100
-            out = model(ids[idx, :n], None, AttentionMask.block_causal(n, block), logits_for=0, check_inputs=False)
-            logits = model.lm_head(out.hidden_states[sel]).float()
-            ce.append(F.cross_entropy(logits, lab[sel], reduction="none"))
-            rows.append(idx.unsqueeze(1).expand_as(sel)[sel])
-        loss = masked_loss(torch.cat(ce), torch.cat(rows), ids.shape[0], loss_norm)
+        loss = _backbone_loss(model, ids, labels, block, loss_norm)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        imbalance = 0.0
-        with torch.no_grad():
-            for r in routers:
-                c = counts[id(r)]
-                r.expert_bias.add_(bias_rate * torch.sign(c.mean() - c))
-                imbalance = max(imbalance, float(c.max() / c.mean().clamp_min(1e-9)))
+        imbalance = _balance_experts(routers, counts, bias_rate)
         return {"loss": float(loss.detach()), "max_load": imbalance}
 
     runner = StageRunner(state_name, work_dir, {"model": model}, opt, total, progress=progress, scheduler=sched)
@@ -424,3 +397,56 @@ def train_backbone(
         for h in hooks:
             h.remove()
     return model.eval().requires_grad_(False), log
+
+
+def _count_expert_loads(model: LLaDA2Backbone) -> tuple[list[nn.Module], dict[int, torch.Tensor], list]:
+    """Hooks on every router that add up how many assignments each expert receives. Returns (routers,
+    the counts by ``id(router)``, which the caller clears before each step, and the hook handles)."""
+    from ..moe import Router
+
+    routers = [m for m in model.modules() if isinstance(m, Router)]
+    counts: dict[int, torch.Tensor] = {}
+
+    def record(mod, _inp, out) -> None:
+        c = torch.bincount(out[0].reshape(-1), minlength=mod.weight.shape[0]).float()
+        counts[id(mod)] = counts[id(mod)] + c if id(mod) in counts else c
+
+    return routers, counts, [r.register_forward_hook(record) for r in routers]
+
+
+def _backbone_optimizer(model: LLaDA2Backbone, lr: float) -> torch.optim.AdamW:
+    """AdamW with weight decay 0.01 on the matrices (embeddings excepted) and none on the rest."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embeddings" not in n]
+    other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embeddings" not in n)]
+    groups = [{"params": decay, "weight_decay": 0.01}, {"params": other, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98))
+
+
+def _backbone_loss(model: LLaDA2Backbone, ids: torch.Tensor, labels: torch.Tensor, block: int,
+                   loss_norm: str) -> torch.Tensor:
+    """The masked-token loss of one batch. Rows of equal length run together, each cut to its own length: a
+    batch padded to its longest row spends most of its compute on padding when short answers and long edit
+    prompts are mixed."""
+    lengths = row_lengths(labels, block)
+    ce, rows = [], []
+    for n in sorted(set(lengths.tolist()) - {0}):
+        idx = torch.nonzero(lengths == n).flatten()
+        lab = labels[idx, :n]
+        sel = lab != -100
+        out = model(ids[idx, :n], None, AttentionMask.block_causal(n, block), logits_for=0, check_inputs=False)
+        logits = model.lm_head(out.hidden_states[sel]).float()
+        ce.append(F.cross_entropy(logits, lab[sel], reduction="none"))
+        rows.append(idx.unsqueeze(1).expand_as(sel)[sel])
+    return masked_loss(torch.cat(ce), torch.cat(rows), ids.shape[0], loss_norm)
+
+
+@torch.no_grad()
+def _balance_experts(routers: list[nn.Module], counts: dict[int, torch.Tensor], bias_rate: float) -> float:
+    """Move every router's expert biases by ``bias_rate`` against the sign of each expert's load minus the
+    mean load (this step's counts). Returns the largest load over mean of any router."""
+    imbalance = 0.0
+    for r in routers:
+        c = counts[id(r)]
+        r.expert_bias.add_(bias_rate * torch.sign(c.mean() - c))
+        imbalance = max(imbalance, float(c.max() / c.mean().clamp_min(1e-9)))
+    return imbalance

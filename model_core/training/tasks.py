@@ -39,14 +39,14 @@ from .shapes import (
     Scene,
     QA,
     Shape,
-    _join,
-    _sample_shape,
     caption,
+    join_phrases,
     make_edit,
     plan,
     position_phrase,
     questions,
     sample_scene,
+    sample_shape,
 )
 
 __all__ = [
@@ -156,7 +156,7 @@ def corrupt_scene(scene: Scene, rng: np.random.Generator, max_errors: int = 2) -
         free = [p for p in POSITIONS if p not in used]
         if k == "extra" and free:
             colors = [c for c in COLORS if c not in {s.color for s in shapes}] or list(COLORS)
-            shapes.append(_sample_shape(rng, SHAPES[int(rng.integers(len(SHAPES)))],
+            shapes.append(sample_shape(rng, SHAPES[int(rng.integers(len(SHAPES)))],
                                         colors[int(rng.integers(len(colors)))], free[int(rng.integers(len(free)))]))
             continue
         if not shapes:
@@ -304,7 +304,7 @@ def sample_task(kind: str, rng: np.random.Generator, options: Optional[TaskOptio
         if counted and options.count_list and rng.random() < options.count_list:
             found = scene.find(kind=counted)
             if found:
-                qa = QA("count", qa.question, f"{len(found)}: {_join([s.describe() for s in found])}.")
+                qa = QA("count", qa.question, f"{len(found)}: {join_phrases([s.describe() for s in found])}.")
         return Task(kind, qa.question, answer=qa.answer, source=scene)
     if kind == "verify":
         # half the images match the request, half are flawed drawings of it
