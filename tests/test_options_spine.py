@@ -424,3 +424,12 @@ def test_the_server_side_reads_both_names_and_says_where_a_problem_is():
     assert coerce_text("edit", "dllm_steps", "8") == 8 and coerce_text("edit", "cfg_text_scale", "1.5") == 1.5
     with pytest.raises(WireError, match="expected bool"):
         coerce_text("image", "use_sprint", "maybe")
+
+
+def test_a_rebuilt_embedded_model_keeps_its_options():
+    """build.py writes the options the shipped lladauni.json holds, so retraining keeps them."""
+    from lladauni.model_core.checkpoint import default_checkpoint
+    from lladauni.model_core.pipeline import read_defaults
+    from lladauni.model_core.training.build import SHAPES_TASK_OPTIONS
+
+    assert read_defaults(default_checkpoint())["options"] == SHAPES_TASK_OPTIONS

@@ -46,6 +46,17 @@ STAGES = ("tokenizer", "image_tokenizer", "vae", "decoder", "backbone")
 TRAINING_LOG = "training.json"
 
 
+
+# the task options the shapes model is run with (written to its lladauni.json): short answers and
+# plans, the steps its evaluation used, and the turbo decoder at 8 steps
+SHAPES_TASK_OPTIONS = {
+    "chat": {"steps": 32, "gen_length": 64},
+    "understand": {"steps": 32, "gen_length": 64},
+    "image": {"steps": 16, "decoder_steps": 8, "thinking_steps": 32, "thinking_gen_length": 128},
+    "edit": {"steps": 16, "decoder_steps": 8},
+    "interleaved": {"text_gen_length": 64, "steps": 32, "image_steps": 16, "decoder_steps": 8},
+}
+
 def _save_image_tokenizer(net: SigLIPVQ, spec: ShapesModelSpec, root: Path, dtype: torch.dtype) -> None:
     d = root / TOKENIZER_DIR
     d.mkdir(parents=True, exist_ok=True)
@@ -248,10 +259,12 @@ def _decoder_and_backbone_stages(done: dict, spec: ShapesModelSpec, stages: Sequ
 def _publish(spec: ShapesModelSpec, record: dict, partial: Path, out: Path) -> None:
     """Write the generation defaults and the training record into ``partial``, then put it in ``out``'s place."""
     defaults = {
-        "about": "Generation defaults for this checkpoint (read by LLaDAUni when the caller gives none).",
+        "about": "Generation defaults for this checkpoint (read by LLaDAUni when the caller gives none): options per "
+                 "task (model_core.options), the image size and the decoder's guidance.",
         "image_size": [spec.image_size, spec.image_size],
         "block_length": spec.block_length,
         "decoder_cfg": {"turbo": spec.decoder_cfg},
+        "options": SHAPES_TASK_OPTIONS,
     }
     (partial / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=2) + "\n", encoding="utf-8")
     (partial / TRAINING_LOG).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
