@@ -35,11 +35,10 @@ def add_agent_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--human-review", action="store_true", help="pause for approval before drawing")
     p.add_argument("--max-iterations", type=int, default=None)
     p.add_argument("--retokenize", choices=["reuse", "roundtrip"], default="reuse")
-    p.add_argument("--size", default=None, help="HxW output pixels, multiples of 32 (default: 1024x1024; "
-                   "96x96 on the embedded default model)")
-    p.add_argument("--steps", type=int, default=None, help="image denoising steps (default: 8; SHAPES_OPTIONS on the default model)")
+    p.add_argument("--size", default=None, help="HxW output pixels, multiples of 32 (default: the checkpoint's size)")
+    p.add_argument("--steps", type=int, default=None, help="image denoising steps (default: the checkpoint's)")
     p.add_argument("--decoder-steps", type=int, default=None)
-    p.add_argument("--gen-length", type=int, default=None, help="text tokens per reply (default: 512; SHAPES_OPTIONS on the default model)")
+    p.add_argument("--gen-length", type=int, default=None, help="most text tokens per reply (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true", help="print JSONL events, then the result, on stdout")
@@ -69,16 +68,12 @@ def _jsonable(x: Any) -> Any:
 
 def _options(args: argparse.Namespace, default_model: bool) -> dict[str, dict[str, Any]]:
     """Model options per call kind: the flags given, over SHAPES_OPTIONS on the embedded default
-    model or the full-size defaults (1024x1024, 8 steps, 512 tokens) otherwise."""
+    model (its lladauni.json) or nothing otherwise: the checkpoint's (or the server's) own defaults."""
     import copy
 
     from .context import SHAPES_OPTIONS
 
-    if default_model:
-        o = copy.deepcopy(SHAPES_OPTIONS)
-    else:
-        o = {"text": {"gen_length": 512}, "image": {"image_h": 1024, "image_w": 1024, "steps": 8},
-             "edit": {"steps": 8}, "interleaved": {"image_h": 1024, "image_w": 1024, "image_steps": 8, "text_gen_length": 512}}
+    o = copy.deepcopy(SHAPES_OPTIONS) if default_model else {"text": {}, "image": {}, "edit": {}, "interleaved": {}}
     if args.size:
         h, w = _size(args.size)
         for k in ("image", "interleaved"):

@@ -91,8 +91,8 @@ def test_agent_cli_options_follow_the_model():
     assert _options(a, default_model=True) == SHAPES_OPTIONS
     a = _args(["agent", "x", "--server", "http://h", "--size", "512x256", "--steps", "3"])
     o = _options(a, default_model=False)
-    assert o["image"] == {"image_h": 512, "image_w": 256, "steps": 3} and o["text"] == {"gen_length": 512}
-    assert o["interleaved"] == {"image_h": 512, "image_w": 256, "image_steps": 3, "text_gen_length": 512}
+    assert o["image"] == {"image_h": 512, "image_w": 256, "steps": 3} and o["text"] == {}  # the rest: the server's own
+    assert o["interleaved"] == {"image_h": 512, "image_w": 256, "image_steps": 3}
 
 
 def test_run_cli_overrides_start_from_shapes_options():
