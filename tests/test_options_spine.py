@@ -433,3 +433,32 @@ def test_a_rebuilt_embedded_model_keeps_its_options():
     from lladauni.model_core.training.build import SHAPES_TASK_OPTIONS
 
     assert read_defaults(default_checkpoint())["options"] == SHAPES_TASK_OPTIONS
+
+
+def test_option_specs_and_takes_options_rebuilt_here():
+    """The declaration readers run at import; rebuilt here so their output is checked directly."""
+    from lladauni.model_core.options import options_help, takes_options
+
+    option_specs.cache_clear()
+    specs = {s.name: s for s in option_specs(ImageOptions)}
+    assert len(specs) == len(dataclasses.fields(ImageOptions))
+    assert (specs["image_h"].type, specs["image_h"].optional, specs["image_h"].choices) == (int, True, None)
+    assert (specs["mode"].type, specs["mode"].optional, specs["mode"].choices) == (str, False, ("normal", "thinking"))
+    assert (specs["steps"].type, specs["steps"].optional, specs["steps"].ge) == (int, False, 1)
+    assert (specs["top_p"].type, specs["top_p"].optional, specs["top_p"].gt) == (float, True, 0)
+
+    def method(self, image, *, options=None, **overrides):
+        """Doc."""
+
+    wrapped = takes_options(EditOptions)(method)
+    params = inspect.signature(wrapped).parameters
+    assert list(params)[:3] == ["self", "image", "options"] and "overrides" not in params
+    assert [p for p in params][3:] == [s.name for s in option_specs(EditOptions)]
+    assert params["cfg_text_scale"].default == 4.0
+    doc = wrapped.__doc__.splitlines()
+    assert doc[0] == "Doc." and doc[2] == "        Options (keyword arguments, or ``options=`` a ``EditOptions``):"
+    lines = doc[4:]
+    assert len(lines) == len(option_specs(EditOptions)) and all(ln.startswith("        ") and ln[8] != " " for ln in lines)
+    assert lines[0] == "        steps = 8 (≥ 1): denoising steps per block"
+    assert options_help(EditOptions).splitlines()[1] == "    block_length = 32 (≥ 1): tokens per denoising block"
+    assert "(≥ 0, ≤ 1)" in options_help(EditOptions) and "('exact' | 'none')" in options_help(EditOptions)

@@ -160,6 +160,17 @@ outputs: {}
 """
 
 
+FANOUT = """\
+version: 1
+name: fanout
+inputs: {img: {type: image}}
+nodes:
+  look: {kind: inspect, image: inputs.img, for_each: "['a', 'b', 'c']", question: "{{ item }}?"}
+edges: [[START, look], [look, END]]
+outputs: {}
+"""
+
+
 def _finishes_within(wf, inputs: dict, limit: int, tmp_path) -> Optional[dict]:
     """Run the compiled graph under ``recursion_limit=limit``: the final state, or None when
     LangGraph stops it for taking more steps than that."""
@@ -180,7 +191,9 @@ def _finishes_within(wf, inputs: dict, limit: int, tmp_path) -> Optional[dict]:
     (_loop_workflow("1"), {}, 1 + 1 + 1 + 1 + 1 * 3 + 1 + 1),
     # outer entry, 2 x (inner entry, 3 x (y, inner__check), x, outer__check)
     (NESTED, {}, 1 + 1 + 1 + 2 * (1 + 3 * 2 + 1 + 1) + 1),
-], ids=["linear", "loop-cap-3", "loop-cap-1", "nested-loops"])
+    # a fan-out is three steps: send, the parallel inspections (one step), gather
+    (FANOUT, {"img": __import__("PIL.Image").Image.new("RGB", (8, 8))}, 1 + 1 + 3 + 1),
+], ids=["linear", "loop-cap-3", "loop-cap-1", "nested-loops", "fan-out"])
 def test_step_bound_is_the_number_of_steps_a_run_at_its_caps_takes(tmp_path, text, inputs, steps):
     wf = _load(text)
     assert _step_bound(wf) == steps
