@@ -68,7 +68,7 @@ def model_options(svc: ToolService, task: str, ig: Any, top: Optional[dict] = No
     limits, over the service's defaults."""
     given = dict(ig) if isinstance(ig, dict) else (ig.model_dump(exclude_none=True) if ig is not None else {})
     size = given.pop("size", None)
-    if size is not None:
+    if size is not None:  # checked now, so a bad "WxH" is reported as a size
         given["image_h"], given["image_w"] = parse_size_checked(size)
         svc.check_size(given["image_h"], given["image_w"])
     where: dict = {}
@@ -81,9 +81,9 @@ def model_options(svc: ToolService, task: str, ig: Any, top: Optional[dict] = No
         for k in names:
             if k in opts and opts[k] > limit:
                 raise InputError(f"{where[k]}={opts[k]} is over this server's limit of {limit}")
-    if "image_h" in opts or "image_w" in opts:
-        size = svc.model.get("default_image_size") or [1024, 1024]
-        svc.check_size(opts.get("image_h", size[0]), opts.get("image_w", size[1]))
+    if size is None and ("image_h" in opts or "image_w" in opts):
+        default = svc.model.get("default_image_size") or [1024, 1024]
+        svc.check_size(opts.get("image_h", default[0]), opts.get("image_w", default[1]))
     return svc.options(KIND[task], **opts)
 
 

@@ -111,8 +111,10 @@ async def _read_edit_form(request: Request, lim: Limits) -> tuple[dict[str, Any]
                 raise InputError("image_generation: not a JSON object") from None
         elif m := re.fullmatch(r"image_generation\[(\w+)\]", key):
             ig[m.group(1)] = value
+        elif key in ("url", "url[]"):  # repeatable: source images by URL
+            fields.setdefault(key, []).append(value)
         elif key in _FORM_FIELDS:
-            fields.setdefault(key, []).append(value) if key in ("url", "url[]") else fields.__setitem__(key, value)
+            fields[key] = value
         else:
             params[key] = value
     ig = {**image_params("edit", params, text=True), **{k: _typed(k, v) for k, v in ig.items()}}
@@ -123,7 +125,7 @@ async def _read_edit_form(request: Request, lim: Limits) -> tuple[dict[str, Any]
     return fields, ig, uploads
 
 
-_FORM_FIELDS = {"prompt", "n", "model", "response_format", "size", "url", "url[]"}
+_FORM_FIELDS = {"prompt", "n", "model", "response_format", "size"}
 
 
 def _typed(name: str, value: Any) -> Any:

@@ -5,6 +5,7 @@ tools are thin shells around ``ToolService``.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import uuid
@@ -66,14 +67,23 @@ class ToolService:
         self.runs_dir = self.out_dir / "runs"
         self.files_dir.mkdir(parents=True, exist_ok=True)
         self.keep_files = keep_files
-        self.model = describe_backend(backend)
-        self.model_name = model_name or self.model["name"]
+        self._model_name = model_name
         self._workflows = {str(k): Path(v) for k, v in (workflows or {}).items()}
         self._files_lock = threading.Lock()
 
     # -- helpers
     def options(self, kind: str, **opts: Any) -> dict:
         return {**self.defaults[kind], **{k: v for k, v in opts.items() if v is not None}}
+
+    @functools.cached_property
+    def model(self) -> dict:
+        """What the backend says of its model (name, image sizes, decoder); asked on first use, so
+        building the service does not load the weights."""
+        return describe_backend(self.backend)
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name or self.model["name"]
 
     @property
     def max_image_side(self) -> int:
