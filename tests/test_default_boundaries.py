@@ -59,7 +59,10 @@ def test_the_http_server_and_client(embedded, tmp_path):
             assert b.generate_image(PROMPT, mode="thinking").image.size == (96, 96)
             assert isinstance(b.chat("hello").text, str)
             assert b.edit_image(b.generate_image(PROMPT).image, "make it blue").image.size == (96, 96)
-            assert b.generate_interleaved(PROMPT).segments is not None
+            story = b.generate_interleaved(PROMPT)
+            local = embedded.generate_interleaved(PROMPT)  # greedy: the same story in-process
+            assert [s if isinstance(s, str) else s.image.size for s in story.segments] == \
+                [s if isinstance(s, str) else s.image.size for s in local.segments]
         finally:
             b.close()
         r = httpx.post(url + "/v1/images/generations", json={"prompt": PROMPT}, timeout=120)

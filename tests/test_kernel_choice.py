@@ -228,15 +228,20 @@ def fresh_choice(monkeypatch):
     monkeypatch.setattr(kc, "_REPORTED", set())
 
 
-def test_a_kernels_import_failure_is_reported_once_with_its_cause(fresh_choice, monkeypatch):
+def _kernels_fail_to_import(monkeypatch, message: str) -> None:
+    """Every ``lladauni.kernels.*`` import raises ImportError(message); other imports work."""
     real = kc.importlib.import_module
 
     def broken(name, *a, **kw):
         if name.startswith("lladauni.kernels."):
-            raise ImportError("libcuda.so.1: cannot open shared object file")
+            raise ImportError(message)
         return real(name, *a, **kw)
 
     monkeypatch.setattr(kc.importlib, "import_module", broken)
+
+
+def test_a_kernels_import_failure_is_reported_once_with_its_cause(fresh_choice, monkeypatch):
+    _kernels_fail_to_import(monkeypatch, "libcuda.so.1: cannot open shared object file")
     q = torch.randn(1, 2, 4, 128)
     with pytest.warns(RuntimeWarning, match=r"lladauni.kernels.attention failed to import \(ImportError: libcuda"):
         assert choose_attention(q, q, q, AttentionMask.full(4, 4), kernel_device=True)[0] == "sdpa"
@@ -273,14 +278,7 @@ def test_kernel_status_reports_each_op_and_the_capabilities(fresh_choice):
 
 
 def test_kernel_status_without_the_kernels_says_no_triton_and_no_flash(fresh_choice, monkeypatch):
-    real = kc.importlib.import_module
-
-    def broken(name, *a, **kw):
-        if name.startswith("lladauni.kernels."):
-            raise ImportError("no kernels here")
-        return real(name, *a, **kw)
-
-    monkeypatch.setattr(kc.importlib, "import_module", broken)
+    _kernels_fail_to_import(monkeypatch, "no kernels here")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         status = kc.kernel_status()
