@@ -13,10 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from lladauni.model_core.options import TASK_OPTIONS, OptionSpec, option_specs
 
-__all__ = ["field_for", "options_model", "task_options_model"]
+__all__ = ["StrictModel", "field_for", "options_model", "task_options_model"]
 
 
 class StrictModel(BaseModel):
+    """A pydantic model that refuses unknown keys (every request and workflow schema)."""
+
     model_config = ConfigDict(extra="forbid")
 
 

@@ -76,6 +76,12 @@ class OptionSpec:
             raise ValueError(f"{self.name}={value!r}: {problem} ({self.help})")
         return value
 
+    def range_text(self, ascii: bool = False) -> str:
+        """The bounds as text, e.g. "≥ 32, multiple of 32" (``ascii``: ">= 32, ...")."""
+        ge, le = (">=", "<=") if ascii else ("≥", "≤")
+        return ", ".join(f"{word} {v:g}" for word, v in ((ge, self.ge), (">", self.gt), (le, self.le),
+                                                         ("multiple of", self.multiple_of)) if v is not None)
+
     def problem(self, value: Any) -> Optional[str]:
         if self.choices is not None and value not in self.choices:
             return "choose one of " + ", ".join(repr(c) for c in self.choices)
@@ -260,8 +266,7 @@ def options_help(cls: type) -> str:
     """One line per option: name, default, range and help (for docstrings and docs)."""
     lines = []
     for s in option_specs(cls):
-        rng = ", ".join(f"{k} {v:g}" for k, v in (("≥", s.ge), (">", s.gt), ("≤", s.le), ("multiple of", s.multiple_of))
-                        if v is not None)
+        rng = s.range_text()
         choices = " | ".join(repr(c) for c in s.choices) if s.choices else ""
         extra = "; ".join(x for x in (choices, rng) if x)
         lines.append(f"    {s.name} = {s.default!r}{f' ({extra})' if extra else ''}: {s.help}")
@@ -301,9 +306,7 @@ def options_markdown() -> str:
                 "| option | type | default | range | what it does |", "| --- | --- | --- | --- | --- |"]
         for s in option_specs(cls):
             kind = " \\| ".join(repr(c) for c in s.choices) if s.choices else s.type.__name__ + (" or None" if s.optional else "")
-            rng = ", ".join(f"{k} {v:g}" for k, v in (("≥", s.ge), (">", s.gt), ("≤", s.le), ("multiple of", s.multiple_of))
-                            if v is not None)
-            out.append(f"| `{s.name}` | {kind} | `{s.default!r}` | {rng} | {s.help} |")
+            out.append(f"| `{s.name}` | {kind} | `{s.default!r}` | {s.range_text()} | {s.help} |")
         out.append("")
     return "\n".join(out)
 

@@ -23,9 +23,8 @@ def flag_of(name: str) -> str:
 
 
 def _help(s: OptionSpec) -> str:
-    bounds = [f"{k} {v:g}" for k, v in ((">=", s.ge), (">", s.gt), ("<=", s.le), ("multiple of", s.multiple_of))
-              if v is not None]
-    return f"{s.help} (default: {s.default!r}{'; ' + ', '.join(bounds) if bounds else ''})".replace("%", "%%")
+    bounds = s.range_text(ascii=True)
+    return f"{s.help} (default: {s.default!r}{'; ' + bounds if bounds else ''})".replace("%", "%%")
 
 
 def add_option_flags(p: argparse.ArgumentParser, task: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lladauni.agent.option_models import options_model
+from lladauni.agent.option_models import StrictModel, options_model
 from lladauni.model_core.options import TASK_OPTIONS, option_specs
 
 from .runtime import Limits
@@ -20,8 +20,7 @@ from .runtime import Limits
 __all__ = ["ChatRequest", "EditImageArgs", "GenerateImageArgs", "ImageGenerationOptions", "ImageItemPart", "ImagePart", "ImagesRequest",
            "ReasonArgs", "TOOL_OPTIONS", "UnderstandArgs", "WorkflowArgs", "WorkflowRunRequest", "parse_size"]
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_Strict = StrictModel  # unknown keys are refused
 
 
 class ImageGenerationOptions(BaseModel):

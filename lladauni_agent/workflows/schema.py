@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from ..option_models import task_options_model
+from ..option_models import StrictModel, task_options_model
 
 __all__ = [
     "WorkflowSpec", "InputSpec", "BackendSpec", "Node", "NODE_KINDS", "NODE_OUTPUTS", "TEMPLATE_FIELDS",
@@ -21,8 +21,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_Strict = StrictModel  # unknown keys are refused
 
 
 InputType = Literal["string", "integer", "number", "boolean", "image", "images", "json"]
