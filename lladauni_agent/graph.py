@@ -165,8 +165,8 @@ def judge(state: AgentState) -> dict:
     errors = [v["error"] for v in mine if v["error"]]
     if errors:
         return {"error": errors[0], "status": "failed"}
-    score = sum(1 for v in mine if v["passed"]) / max(1, len(mine))
-    update: dict = {"timeline": [event("judge", "note", state, text=f"{sum(1 for v in mine if v['passed'])}/{len(mine)} claims pass",
+    passed, score = prompts.verdict_tally([v["passed"] for v in mine])
+    update: dict = {"timeline": [event("judge", "note", state, text=f"{passed}/{len(mine)} claims pass",
                                         data={"score": score})]}
     if score > state.get("best_score", -1.0):
         update.update(best=state["current"], best_score=score)
@@ -187,7 +187,7 @@ def make_refine(strategy: Literal["auto", "edit", "redraw"]) -> Callable:
         it = state["iteration"]
         mine = [v for v in state["verdicts"] if v["iteration"] == it]
         failed = "; ".join(v["claim"] for v in sorted(mine, key=lambda v: v["claim_index"]) if not v["passed"])
-        score = sum(1 for v in mine if v["passed"]) / max(1, len(mine))
+        _, score = prompts.verdict_tally([v["passed"] for v in mine])
         how = strategy if strategy != "auto" else ("edit" if score >= 0.5 else "redraw")
         if how == "edit":
             image, _ = image_input(runtime, state["current"], state["retokenize"])

@@ -8,7 +8,7 @@ per claim, a leading yes/no for a verdict, ``SKETCH:`` / ``ANSWER:`` tags for vi
 from __future__ import annotations
 
 import re
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 PLAN = (
     "Write a short visual plan for an image of: {prompt}\n"
@@ -86,6 +86,12 @@ def parse_action(text: str) -> tuple[Literal["answer", "sketch", "none"], str]:
     if kind == "sketch":
         body = body.split("ANSWER:")[0].strip().splitlines()[0] if body else ""
     return kind, body
+
+
+def verdict_tally(verdicts: Sequence[Optional[bool]]) -> tuple[int, float]:
+    """(how many verdicts are a yes, their share of all); an unclear verdict (None) is not a yes."""
+    passed = sum(1 for v in verdicts if v is True)
+    return passed, passed / max(1, len(verdicts))
 
 
 def notes_block(notes: list[str]) -> str:

@@ -70,8 +70,8 @@ def _parse_action(text: str) -> dict[str, str]:
 def _verdict_score(items: list[Any], verdicts: list[Any]) -> dict[str, Any]:
     if len(items) != len(verdicts):
         raise ValueError(f"verdict_score: {len(items)} items but {len(verdicts)} verdicts")
-    passed = sum(1 for v in verdicts if v is True)
-    return {"score": passed / max(1, len(verdicts)), "passed": passed, "total": len(verdicts),
+    passed, score = prompts.verdict_tally(verdicts)
+    return {"score": score, "passed": passed, "total": len(verdicts),
             "failed": [x for x, v in zip(items, verdicts) if v is not True]}
 
 
