@@ -32,10 +32,14 @@ from .generation.sampler import CFGSpec, SamplerConfig
 from .generation.sprint import SprintConfig
 
 __all__ = [
-    "ChatOptions", "EditOptions", "ImageOptions", "InterleavedOptions", "OptionSpec", "SamplingOptions",
+    "ChatOptions", "EditOptions", "ImageOptions", "InterleavedOptions", "MAX_SEED", "OptionSpec", "SamplingOptions",
     "TASK_OPTIONS", "UnderstandOptions", "make_options", "option", "option_specs", "options_help", "sampler_config",
     "takes_options",
 ]
+
+# the largest seed torch.Generator.manual_seed takes as a non-negative int64; larger seeds are refused
+# by name at every boundary (they used to pass validation and fail inside the run)
+MAX_SEED = 2**63 - 1
 
 
 def option(default: Any, help: str, *, ge: Optional[float] = None, gt: Optional[float] = None,
@@ -79,7 +83,7 @@ class OptionSpec:
     def range_text(self, ascii: bool = False) -> str:
         """The bounds as text, e.g. "≥ 32, multiple of 32" (``ascii``: ">= 32, ...")."""
         ge, le = (">=", "<=") if ascii else ("≥", "≤")
-        return ", ".join(f"{word} {v:g}" for word, v in ((ge, self.ge), (">", self.gt), (le, self.le),
+        return ", ".join(f"{word} {_num(v)}" for word, v in ((ge, self.ge), (">", self.gt), (le, self.le),
                                                          ("multiple of", self.multiple_of)) if v is not None)
 
     def problem(self, value: Any) -> Optional[str]:
@@ -88,14 +92,19 @@ class OptionSpec:
         if self.type is float and not math.isfinite(value):
             return "must be finite"
         if self.ge is not None and value < self.ge:
-            return f"must be >= {self.ge:g}"
+            return f"must be >= {_num(self.ge)}"
         if self.gt is not None and value <= self.gt:
-            return f"must be > {self.gt:g}"
+            return f"must be > {_num(self.gt)}"
         if self.le is not None and value > self.le:
-            return f"must be <= {self.le:g}"
+            return f"must be <= {_num(self.le)}"
         if self.multiple_of is not None and value % self.multiple_of:
             return f"must be a multiple of {self.multiple_of}"
         return None
+
+
+def _num(v: float) -> str:
+    """A bound as text: integers exactly (a seed bound is 9223372036854775807, not 9.22337e+18)."""
+    return str(v) if isinstance(v, int) else f"{v:g}"
 
 
 def _base_type(hint: Any) -> tuple[type, bool, Optional[tuple]]:
@@ -154,7 +163,7 @@ class SamplingOptions(_Checked):
     sprint_legacy_padding: bool = option(False, "SPRINT as the official code keeps visible CFG padding (its defect)")
     eos_early_stop: bool = option(True, "stop text generation at the first settled end of text (False: official full loop)")
     cache: Literal["exact", "none"] = option("exact", "exact: KV cache (same tokens, faster); none: recompute every step")
-    seed: Optional[int] = option(None, "random seed (None: unseeded)", ge=0)
+    seed: Optional[int] = option(None, "random seed (None: unseeded)", ge=0, le=MAX_SEED)
     trace: bool = option(False, "record the positions and confidences committed at every step")
 
 
