@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from .backbone import LLaDA2Backbone
-from .config import BackboneConfig
+from .config import BackboneConfig, ConfigError, brief, check_json_depth, read_json
 
 __all__ = [
     "CheckpointError",
@@ -40,6 +40,9 @@ __all__ = [
     "default_dtype",
     "read_safetensors_header",
     "inspect_checkpoint",
+    "check_fits_memory",
+    "device_memory_bytes",
+    "PARAM_BYTES_ENV",
 ]
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -202,8 +205,9 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], i
         raise CheckpointError(f"weight file missing: {path}") from None
     try:
         header = json.loads(header_bytes)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: corrupt safetensors header ({exc})") from None
+        check_json_depth(header, "header")
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, 4300+ digit integers, deep nesting
+        raise CheckpointError(f"{path}: corrupt safetensors header ({type(exc).__name__}: {brief(str(exc), 200)})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
     header.pop("__metadata__", None)
@@ -213,8 +217,13 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], i
             dtype, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{path}: corrupt safetensors entry for tensor {name!r}") from None
-        if dtype not in _ST_DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
+        if not (isinstance(shape, list) and all(_is_count(v) for v in shape) and _is_count(start) and _is_count(end)):
+            raise CheckpointError(
+                f"{path}: corrupt safetensors entry for tensor {name!r} (shape {brief(shape)} and offsets "
+                f"{brief([start, end])} must be non-negative integers)"
+            )
+        if not isinstance(dtype, str) or dtype not in _ST_DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {brief(dtype)}")
         expected = math.prod(shape) * _ST_DTYPES[dtype][1]
         if end - start != expected or start < 0:
             raise CheckpointError(f"{path}: tensor {name!r} has inconsistent offsets {start}..{end} for {dtype}{shape}")
@@ -224,6 +233,10 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], i
                 f"which has only {data_len}"
             )
     return header, 8 + hlen
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def read_tensor_into(fh, path: Path, name: str, data_start: int, info: dict, dst: torch.Tensor,
@@ -259,21 +272,31 @@ def read_tensor_into(fh, path: Path, name: str, data_start: int, info: dict, dst
 
 
 def read_weight_map(ckpt_dir: Path) -> dict[str, str]:
-    """tensor name -> shard file name, from the index (or a single ``model.safetensors``)."""
+    """tensor name -> shard file name, from the index (or a single ``model.safetensors``).
+
+    With an index, every ``*.safetensors`` file of the folder must be one the index names: a shard
+    listed in no entry would hold tensors that are never loaded (CheckpointError naming it)."""
     index = ckpt_dir / INDEX_NAME
     if index.is_file():
         try:
-            data = json.loads(index.read_text(encoding="utf-8"))
-            weight_map = data["weight_map"]
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{index}: not valid JSON ({exc})") from None
-        except (KeyError, TypeError):
-            raise CheckpointError(f"{index}: no 'weight_map' object") from None
+            data = read_json(index)
+        except ConfigError as exc:
+            raise CheckpointError(str(exc)) from None
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if weight_map is None:
+            raise CheckpointError(f"{index}: no 'weight_map' object")
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise CheckpointError(f"{index}: 'weight_map' must map tensor names to file names")
         for name, fname in weight_map.items():
-            if Path(fname).name != fname:
-                raise CheckpointError(f"{index}: tensor {name!r} points outside the checkpoint ({fname!r})")
+            if Path(fname).name != fname or fname in ("", ".", ".."):
+                raise CheckpointError(f"{index}: tensor {name!r} points outside the checkpoint ({brief(fname)})")
+        listed = set(weight_map.values())
+        unlisted = sorted(p.name for p in ckpt_dir.glob("*.safetensors") if p.name not in listed)
+        if unlisted:
+            raise CheckpointError(
+                f"{ckpt_dir / unlisted[0]}: shard listed in no entry of {INDEX_NAME} (its tensors would never be "
+                f"loaded); remove it or add its tensors to the index" + (f" ({len(unlisted)} such files)" if len(unlisted) > 1 else "")
+            )
         return weight_map
     single = ckpt_dir / SINGLE_FILE_NAME
     if single.is_file():
@@ -312,12 +335,23 @@ def check_weight_files(
     """Check a weight map against the model's expected names and shapes before anything is
     allocated: every name present once, in its file, with the expected shape and a float dtype.
 
+    Every tensor a file holds must also be in the weight map, under that file: a tensor present
+    in a shard but absent from the index would otherwise be silently ignored.
+
     Returns file name -> (safetensors header, data start) for ``fill_weights``. Raises
     CheckpointError naming the tensor and the file.
     """
     _compare_names(expected, weight_map, root)
     if headers is None:
         headers = {fname: read_safetensors_header(root / fname) for fname in sorted(set(weight_map.values()))}
+    for fname, (header, _) in sorted(headers.items()):
+        for name in header:
+            if weight_map.get(name) != fname:
+                where = f"the index places it in {weight_map[name]}" if name in weight_map else "the index does not list it"
+                raise CheckpointError(
+                    f"{root / fname}: tensor {name!r} is in this file but {where}; fix the index "
+                    f"or remove the tensor from the file"
+                )
     for name, fname in weight_map.items():
         header = headers[fname][0]
         if name not in header:
@@ -357,6 +391,62 @@ def fill_weights(
                     read_tensor_into(fh, root / fname, name, data_start, header[name], destination(name))
 
 
+#: Environment variable that replaces the memory limit of ``check_fits_memory`` (bytes).
+PARAM_BYTES_ENV = "LLADAUNI_MAX_PARAM_BYTES"
+
+
+def device_memory_bytes(device: torch.device) -> Optional[int]:
+    """Memory a model loaded on ``device`` can use: the GPU's total memory for CUDA; for the CPU,
+    physical RAM (``os.sysconf``), or the cgroup's memory.max when that is smaller. None when
+    unknown (meta and other devices): no check then."""
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return None
+        try:
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            return int(torch.cuda.get_device_properties(index).total_memory)
+        except (RuntimeError, AssertionError, ValueError):  # no such device: torch says so when loading
+            return None
+    if device.type != "cpu":
+        return None
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+    try:
+        cgroup = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        cgroup = "max"
+    return min(total, int(cgroup)) if cgroup.isdigit() else total
+
+
+def check_fits_memory(
+    model: torch.nn.Module, device: torch.device, dtype: torch.dtype, what: str, max_param_bytes: Optional[int] = None
+) -> None:
+    """Refuse, before anything is allocated, a model (on the meta device) whose parameters and
+    buffers at ``dtype`` need more bytes than ``max_param_bytes``, else ``LLADAUNI_MAX_PARAM_BYTES``,
+    else the memory of ``device`` (``device_memory_bytes``). CheckpointError names the sizes and
+    how to raise the limit."""
+    limit, source = max_param_bytes, "max_param_bytes"
+    if limit is None and os.environ.get(PARAM_BYTES_ENV, "").strip():
+        raw = os.environ[PARAM_BYTES_ENV].strip()
+        if not raw.isdigit():
+            raise CheckpointError(f"{PARAM_BYTES_ENV}={raw!r}: expected a whole number of bytes")
+        limit, source = int(raw), PARAM_BYTES_ENV
+    if limit is None:
+        limit, source = device_memory_bytes(device), f"memory of {device}"
+    if limit is None:
+        return
+    count = sum(t.numel() for t in model.state_dict(keep_vars=True).values())
+    need = count * torch.tensor([], dtype=dtype).element_size()
+    if need > limit:
+        raise CheckpointError(
+            f"{what}: {count:,} parameters need {need / 2**30:,.1f} GiB at {str(dtype).replace('torch.', '')}, over "
+            f"the {limit / 2**30:,.1f} GiB limit ({source}); load in a smaller dtype or on a larger device, or, if the "
+            f"memory is really there, raise the limit with max_param_bytes= or {PARAM_BYTES_ENV}=<bytes>"
+        )
+
+
 def load_backbone(
     path_or_repo: str | os.PathLike,
     *,
@@ -366,10 +456,14 @@ def load_backbone(
     moe_backend: str = "auto",
     revision: Optional[str] = None,
     progress: bool = False,
+    max_param_bytes: Optional[int] = None,
 ) -> LLaDA2Backbone:
     """Load the published backbone (or a checkpoint in its layout) without trust_remote_code.
 
     device defaults to CUDA when available, else CPU; dtype to bf16 on CUDA and fp32 on CPU.
+    config.json's sizes are checked against hard caps first (``model_core.config``), then the
+    weights' bytes at ``dtype`` against ``max_param_bytes`` (default: ``LLADAUNI_MAX_PARAM_BYTES``,
+    else the device's memory, see ``check_fits_memory``); both before anything is allocated.
     """
     ckpt = resolve_checkpoint(
         path_or_repo, revision=revision, allow_patterns=["config.json", "*.safetensors", INDEX_NAME, "tokenizer*", "special_tokens_map.json"]
@@ -382,6 +476,7 @@ def load_backbone(
         raise CheckpointError(f"{ckpt}: no {CONFIG_NAME}") from None
     weight_map = read_weight_map(ckpt)
     model = build_meta_backbone(config, dtype)
+    check_fits_memory(model, device, dtype, str(ckpt / CONFIG_NAME), max_param_bytes)
     headers = check_weight_files(ckpt, weight_map, published_shapes(model))
     model = model.to_empty(device=device)
     targets = model.state_dict(keep_vars=True)
@@ -447,7 +542,10 @@ def inspect_checkpoint(path: str | os.PathLike, *, meta: bool = True, device: st
     integrity too). Returns a JSON-able report with ``ok``; loading problems raise CheckpointError.
     """
     ckpt = resolve_checkpoint(path, allow_download=False)
-    config = BackboneConfig.from_json_file(ckpt / CONFIG_NAME)
+    try:
+        config = BackboneConfig.from_json_file(ckpt / CONFIG_NAME)
+    except FileNotFoundError:
+        raise CheckpointError(f"{ckpt}: no {CONFIG_NAME}") from None
     weight_map = read_weight_map(ckpt)
     model = build_meta_backbone(config)
     expected = published_shapes(model)

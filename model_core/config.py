@@ -13,10 +13,25 @@ import dataclasses
 import json
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-__all__ = ["BackboneConfig", "ConfigError", "PRESETS"]
+__all__ = [
+    "BACKBONE_SIZE_CAPS",
+    "BackboneConfig",
+    "ConfigError",
+    "JSON_BYTES_ENV",
+    "MAX_EXPERT_TENSORS",
+    "MAX_JSON_DEPTH",
+    "PRESETS",
+    "SIZE_SCALE_ENV",
+    "brief",
+    "check_json_depth",
+    "check_size_cap",
+    "check_type",
+    "read_json",
+]
 
 
 class ConfigError(ValueError):
@@ -26,6 +41,66 @@ class ConfigError(ValueError):
 # Fields that only describe the file (no effect on the network); typed but not validated
 # beyond their type.
 _META_FIELDS = ("architectures", "auto_map", "model_type", "torch_dtype", "transformers_version")
+
+# ---------------------------------------------------------------------------------- size caps
+#: Environment variable that multiplies every size cap of every config (a number >= 1).
+SIZE_SCALE_ENV = "LLADAUNI_CONFIG_SIZE_SCALE"
+
+#: Hard sanity caps on the backbone's sizes, checked before anything is built: generous multiples
+#: (16x to 128x) of the published values, so a corrupt or hostile config.json (``num_experts:
+#: 1000000000``) fails at once instead of hanging. Raise them all with ``LLADAUNI_CONFIG_SIZE_SCALE``.
+BACKBONE_SIZE_CAPS = {
+    "vocab_size": 1 << 22,  # published 173,568
+    "hidden_size": 1 << 16,  # 2,048
+    "intermediate_size": 1 << 18,  # 5,120
+    "moe_intermediate_size": 1 << 16,  # 512
+    "num_hidden_layers": 1024,  # 20
+    "num_attention_heads": 1024,  # 16
+    "num_key_value_heads": 1024,  # 4
+    "head_dim": 1 << 14,  # 128
+    "max_position_embeddings": 1 << 22,  # 8,192
+    "num_experts": 1 << 14,  # 256
+    "num_shared_experts": 64,  # 1
+}
+#: Cap on the routed-expert matrices of the published layout, (num_hidden_layers -
+#: first_k_dense_replace) x num_experts x 3 (14,592 published): each is one tensor name to check.
+MAX_EXPERT_TENSORS = 1 << 18
+
+
+def size_scale() -> float:
+    """The factor of ``LLADAUNI_CONFIG_SIZE_SCALE`` (1 when unset)."""
+    raw = os.environ.get(SIZE_SCALE_ENV, "").strip()
+    if not raw:
+        return 1.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 1):
+        raise ConfigError(f"{SIZE_SCALE_ENV}={raw!r}: expected a number >= 1 (the factor every config size cap is multiplied by)")
+    return value
+
+
+def check_size_cap(name: str, value: int, cap: int) -> None:
+    """Raise ``ConfigError`` when ``value`` is over ``cap`` times ``LLADAUNI_CONFIG_SIZE_SCALE``."""
+    limit = int(cap * size_scale())
+    if value > limit:
+        raise ConfigError(
+            f"{name}={brief(value)}: over the sanity limit of {limit:,} (a guard against corrupt or hostile "
+            f"configs); if the model really is this large, set {SIZE_SCALE_ENV} to a factor > 1 "
+            f"(every config size limit is multiplied by it)"
+        )
+
+
+def brief(value: Any, width: int = 80) -> str:
+    """``repr(value)`` cut to ``width`` characters (a huge integer is described by its size)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"<an integer of {value.bit_length()} bits>"
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        return f"<a {type(value).__name__}>"
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 @dataclass
@@ -126,10 +201,7 @@ class BackboneConfig:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        for f in dataclasses.fields(self):
-            if f.name in ("extra", "source_keys"):
-                continue
-            check_type(f.name, getattr(self, f.name), f.type)
+        self._validate_types_and_caps()
         if self.model_type != "llada2_moe":
             raise ConfigError(f"model_type={self.model_type!r}: expected 'llada2_moe' (a LLaDA2.0-Uni backbone config)")
         positive = (
@@ -159,15 +231,35 @@ class BackboneConfig:
             )
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ConfigError(f"pad_token_id={self.pad_token_id}: outside the vocabulary (vocab_size={self.vocab_size})")
+        self._validate_rope()
+        self._validate_moe()
+
+    def _validate_types_and_caps(self) -> None:
+        """Every field of its type, every size under its cap (``BACKBONE_SIZE_CAPS``)."""
+        for f in dataclasses.fields(self):
+            if f.name in ("extra", "source_keys"):
+                continue
+            check_type(f.name, getattr(self, f.name), f.type)
+        for name, cap in BACKBONE_SIZE_CAPS.items():
+            check_size_cap(name, getattr(self, name), cap)
+        moe_layers = max(0, self.num_hidden_layers - max(0, self.first_k_dense_replace))
+        check_size_cap(
+            f"routed expert tensors ({moe_layers} MoE layers x num_experts={self.num_experts} x 3)",
+            moe_layers * max(0, self.num_experts) * 3,
+            MAX_EXPERT_TENSORS,
+        )
+
+    def _validate_rope(self) -> None:
         rp = self.rope_parameters
         for key in ("rope_type", "rope_theta"):
             if key not in rp:
-                raise ConfigError(f"rope_parameters={rp!r}: missing key {key!r}")
+                raise ConfigError(f"rope_parameters={brief(rp)}: missing key {key!r}")
+        check_type("rope_parameters.rope_theta", rp["rope_theta"], "float")
         if rp["rope_type"] != "default":
-            raise ConfigError(f"rope_parameters.rope_type={rp['rope_type']!r}: only 'default' RoPE is supported")
+            raise ConfigError(f"rope_parameters.rope_type={brief(rp['rope_type'])}: only 'default' RoPE is supported")
         prf = rp.get("partial_rotary_factor", 1.0)
         if not isinstance(prf, (int, float)) or isinstance(prf, bool) or not 0 < prf <= 1:
-            raise ConfigError(f"rope_parameters.partial_rotary_factor={prf!r}: must be in (0, 1]")
+            raise ConfigError(f"rope_parameters.partial_rotary_factor={brief(prf)}: must be in (0, 1]")
         if not math.isclose(prf, self.partial_rotary_factor):
             raise ConfigError(
                 f"partial_rotary_factor={self.partial_rotary_factor!r} disagrees with "
@@ -182,6 +274,8 @@ class BackboneConfig:
             raise ConfigError(
                 f"partial_rotary_factor={prf!r}: head_dim={self.head_dim} × factor must be an even integer"
             )
+
+    def _validate_moe(self) -> None:
         if not 0 <= self.first_k_dense_replace <= self.num_hidden_layers:
             raise ConfigError(
                 f"first_k_dense_replace={self.first_k_dense_replace}: must be in [0, num_hidden_layers={self.num_hidden_layers}]"
@@ -209,6 +303,7 @@ class BackboneConfig:
     def from_dict(cls, data: dict) -> "BackboneConfig":
         if not isinstance(data, dict):
             raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
+        check_json_depth(data, "config")
         known = {f.name for f in dataclasses.fields(cls)} - {"extra", "source_keys"}
         kwargs = {k: copy.deepcopy(v) for k, v in data.items() if k in known}
         extra = {k: copy.deepcopy(v) for k, v in data.items() if k not in known}
@@ -303,16 +398,75 @@ class BackboneConfig:
 PRESETS = {"full": BackboneConfig.full, "tiny": BackboneConfig.tiny}
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """A JSON file's content; FileNotFoundError or ConfigError naming the file."""
+#: Environment variable that raises the size limit of a JSON file read by ``read_json`` (bytes).
+JSON_BYTES_ENV = "LLADAUNI_MAX_JSON_BYTES"
+#: Largest JSON file ``read_json`` reads by default (the published weight index is 1.3 MB).
+MAX_JSON_BYTES = 64 * 1024 * 1024
+#: Deepest nesting of arrays and objects accepted in a config or index file (the published files have 3).
+MAX_JSON_DEPTH = 32
+
+
+def json_byte_limit(max_bytes: Optional[int] = None) -> int:
+    """``max_bytes``, else ``LLADAUNI_MAX_JSON_BYTES``, else ``MAX_JSON_BYTES``."""
+    if max_bytes is not None:
+        return max_bytes
+    raw = os.environ.get(JSON_BYTES_ENV, "").strip()
+    if not raw:
+        return MAX_JSON_BYTES
+    if not raw.isdigit():
+        raise ConfigError(f"{JSON_BYTES_ENV}={raw!r}: expected a whole number of bytes")
+    return int(raw)
+
+
+def read_json(path: str | os.PathLike, *, max_bytes: Optional[int] = None) -> Any:
+    """A JSON file's content; FileNotFoundError, or ConfigError naming the file when it is not a
+    regular file, is over ``max_bytes`` (default ``MAX_JSON_BYTES``, or ``LLADAUNI_MAX_JSON_BYTES``),
+    is not UTF-8 JSON, or nests deeper than ``MAX_JSON_DEPTH``."""
     path = os.fspath(path)
+    limit = json_byte_limit(max_bytes)
     try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+        info = os.stat(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"config file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    except (OSError, ValueError) as exc:  # a loop of links, a name too long, a NUL in the name
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"{path}: cannot be read ({reason})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"{path}: not a regular file")
+    if info.st_size > limit:
+        raise ConfigError(
+            f"{path}: {info.st_size:,} bytes, over the {limit:,}-byte limit for a JSON file (set {JSON_BYTES_ENV} to raise it)"
+        )
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if len(raw) > limit:
+        raise ConfigError(f"{path}: over the {limit:,}-byte limit for a JSON file (set {JSON_BYTES_ENV} to raise it)")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, 4300+ digit integers
+        raise ConfigError(f"{path}: not valid JSON ({type(exc).__name__}: {brief(str(exc), 200)})") from None
+    check_json_depth(data, path)
+    return data
+
+
+def check_json_depth(data: Any, what: str, limit: int = MAX_JSON_DEPTH) -> None:
+    """Raise ``ConfigError`` naming ``what`` when lists and dicts nest deeper than ``limit``
+    (iterative, so a structure that contains itself is refused too)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children = list(value.values())
+        elif isinstance(value, (list, tuple)):
+            children = list(value)
+        else:
+            continue
+        if depth > limit:
+            raise ConfigError(f"{what}: JSON nested deeper than {limit} levels; a config file needs a few")
+        stack.extend((child, depth + 1) for child in children)
 
 
 def read_config_file(path: str | os.PathLike, from_dict: Any) -> Any:
@@ -334,7 +488,7 @@ def check_type(name: str, value: Any, annotation: Any) -> None:
         ann = ann[len("Optional["):-1]
     ok = {
         "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool) and finite(value),
         "bool": isinstance(value, bool),
         "str": isinstance(value, str),
         "list": isinstance(value, list),
@@ -343,4 +497,13 @@ def check_type(name: str, value: Any, annotation: Any) -> None:
     if ok is None:
         raise AssertionError(f"unhandled annotation {ann} for {name}")
     if not ok:
-        raise ConfigError(f"{name}={value!r}: expected {ann}, got {type(value).__name__}")
+        got = "a non-finite or out-of-range number" if ann == "float" and isinstance(value, (int, float)) else type(value).__name__
+        raise ConfigError(f"{name}={brief(value)}: expected {ann}, got {got}")
+
+
+def finite(value: float) -> bool:
+    """Whether a number is finite and fits a float (a JSON integer of 400 digits does not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False

@@ -16,9 +16,17 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar
 
-from .config import ConfigError, check_type, read_config_file
+from .config import ConfigError, brief, check_json_depth, check_size_cap, check_type, finite, read_config_file
 
-__all__ = ["ImageTokenizerConfig", "PreprocessorConfig", "VisionConfig", "VQConfig"]
+__all__ = [
+    "ImageTokenizerConfig",
+    "PREPROCESSOR_SIZE_CAPS",
+    "PreprocessorConfig",
+    "VISION_SIZE_CAPS",
+    "VQ_SIZE_CAPS",
+    "VisionConfig",
+    "VQConfig",
+]
 
 _NOT_FIELDS = ("extra", "source_keys")
 _T = TypeVar("_T")
@@ -28,6 +36,7 @@ def _from_dict(cls: type[_T], data: Any, **converted: Any) -> _T:
     """Build a file-backed config: known keys become fields, the rest goes to ``extra``."""
     if not isinstance(data, dict):
         raise ConfigError(f"expected a JSON object, got {type(data).__name__}")
+    check_json_depth(data, "config")
     known = {f.name for f in dataclasses.fields(cls)} - set(_NOT_FIELDS)
     kwargs = {k: copy.deepcopy(v) for k, v in data.items() if k in known and k not in converted}
     kwargs.update({k: v for k, v in converted.items() if k in data})
@@ -71,6 +80,36 @@ def _check_types(cfg: Any) -> None:
         check_type(f.name, getattr(cfg, f.name), f.type)
 
 
+#: Hard sanity caps (generous multiples of the published values, in the comments), checked before
+#: anything is built; ``LLADAUNI_CONFIG_SIZE_SCALE`` multiplies them all (``model_core.config``).
+VISION_SIZE_CAPS = {
+    "depth": 1024,  # 40
+    "hidden_size": 1 << 16,  # 1,536
+    "image_size": 1 << 16,  # 2,048
+    "intermediate_size": 1 << 18,  # 6,144
+    "num_heads": 1024,  # 16
+    "patch_size": 1024,  # 16
+}
+#: Cap on the side of the learned position table, image_size / patch_size (128 published).
+MAX_POSITION_GRID = 1024
+VQ_SIZE_CAPS = {
+    "embed_dim": 1 << 16,  # 2,048
+    "latent_channels": 1 << 16,  # 1,536
+    "num_embeddings": 1 << 22,  # 16,384
+}
+PREPROCESSOR_SIZE_CAPS = {
+    "patch_size": 1024,  # 16
+    "fixed_size": 8192,  # each side, in pixels (not in the published file)
+}
+
+
+def _check_caps(cfg: Any, caps: dict) -> None:
+    for name, cap in caps.items():
+        value = getattr(cfg, name)
+        for item in value if isinstance(value, list) else [] if value is None else [value]:
+            check_size_cap(name, item, cap)
+
+
 def _positive(cfg: Any, *names: str) -> None:
     for name in names:
         if not getattr(cfg, name) > 0:
@@ -105,7 +144,9 @@ class VisionConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
+        _check_caps(self, VISION_SIZE_CAPS)
         _positive(self, "depth", "hidden_size", "image_size", "intermediate_size", "num_heads", "patch_size", "layer_norm_eps")
+        check_size_cap("position grid side (image_size / patch_size)", self.image_size // self.patch_size, MAX_POSITION_GRID)
         if self.model_type != "glm_image_vision":
             raise ConfigError(f"model_type={self.model_type!r}: expected 'glm_image_vision'")
         if self.hidden_act != "gelu":
@@ -159,6 +200,7 @@ class VQConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
+        _check_caps(self, VQ_SIZE_CAPS)
         _positive(self, "embed_dim", "latent_channels", "num_embeddings")
         if self.model_type != "glm_image_vqmodel":
             raise ConfigError(f"model_type={self.model_type!r}: expected 'glm_image_vqmodel'")
@@ -276,18 +318,19 @@ class PreprocessorConfig:
             raise ConfigError(f"temporal_patch_size={self.temporal_patch_size!r}: must be 1 (single images, 2-D patches)")
         for name in ("image_mean", "image_std"):
             value = getattr(self, name)
-            if len(value) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-                raise ConfigError(f"{name}={value!r}: expected three numbers (R, G, B)")
+            if len(value) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and finite(v) for v in value):
+                raise ConfigError(f"{name}={brief(value)}: expected three numbers (R, G, B), each finite")
         if not all(s > 0 for s in self.image_std):
             raise ConfigError(f"image_std={self.image_std!r}: every value must be > 0")
         if self.fixed_size is not None:
             fs = self.fixed_size
             if len(fs) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in fs):
-                raise ConfigError(f"fixed_size={fs!r}: expected [height, width], two positive ints (pixels)")
+                raise ConfigError(f"fixed_size={brief(fs)}: expected [height, width], two positive ints (pixels)")
             if any(v % self.patch_size for v in fs):
                 raise ConfigError(
                     f"fixed_size={fs!r}: height and width must be multiples of patch_size={self.patch_size}"
                 )
+        _check_caps(self, PREPROCESSOR_SIZE_CAPS)
 
     @classmethod
     def from_dict(cls, data: dict) -> "PreprocessorConfig":

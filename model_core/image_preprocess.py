@@ -8,7 +8,11 @@ Three steps, each a plain function so callers and tests can use them alone:
    palette, 1-bit and grey images are converted to RGB. Animated files give their first frame.
    EXIF orientation is not applied, as in the official code. The caller's object is never
    modified. Every problem (unreadable, truncated, non-image bytes, zero-sized, too small, over
-   the pixel cap, unsupported mode) raises ``ValueError`` naming it.
+   the pixel cap, unsupported mode) raises ``ValueError`` naming it. Encoded bytes and files are
+   decoded only in the formats of ``IMAGE_FORMATS`` (PNG, JPEG, GIF, WebP, BMP, TIFF, AVIF), and
+   a JPEG with more than ``MAX_JPEG_SCANS`` scans is refused before decoding (each scan is a
+   pass over the whole image, so a small file of many scans would take minutes): with the pixel
+   cap, decoding time and memory are bounded.
 2. A resize policy per purpose:
    - ``understand``: Qwen2.5-VL smart resize with factor 32 (one image: 128²..800² pixels;
      several images: 128²..448² each), bicubic, then a centred 32-aligned crop.
@@ -39,6 +43,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Any, Union
@@ -51,6 +56,8 @@ from .image_config import PreprocessorConfig
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
+    "IMAGE_FORMATS",
+    "MAX_JPEG_SCANS",
     "MIN_IMAGE_SIDE",
     "PURPOSES",
     "ImageInput",
@@ -75,6 +82,10 @@ PURPOSES = ("understand", "edit", "none")
 DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192
 #: Sources with a side below this many pixels are rejected as too small to tokenize.
 MIN_IMAGE_SIDE = 8
+#: The PIL formats encoded bytes and files may be in (JPEG includes MPO, a camera JPEG of several pictures).
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
+#: Most scans (SOS markers) a JPEG may have; encoders write 1 to about 20.
+MAX_JPEG_SCANS = 128
 
 FACTOR = 32  # patch 16 x merge 2 of the official resizers (even grid sides)
 SINGLE_PIXELS = (128 * 128, 800 * 800)
@@ -103,14 +114,35 @@ def load_image(
         return _open_and_convert(io.BytesIO(data), "image bytes", max_pixels, min_side)
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
-        if not path.is_file():
-            raise ValueError(f"image file not found: {path}" if not path.exists() else f"not a file: {path}")
-        with open(path, "rb") as fh:
-            return _open_and_convert(fh, f"image file {path}", max_pixels, min_side)
+        _check_regular_file(path)
+        try:
+            with open(path, "rb") as fh:
+                return _open_and_convert(fh, f"image file {_shown(path)}", max_pixels, min_side)
+        except OSError as exc:  # unreadable (permissions, I/O error)
+            raise ValueError(f"image file {_shown(path)}: cannot be read ({exc.strerror or exc})") from None
     raise TypeError(
         f"unsupported image input of type {type(image).__name__}; pass a PIL image, a file path, "
         f"encoded bytes or a numpy array"
     )
+
+
+def _shown(text: Any) -> str:
+    """``str(text)`` for a message: lone surrogates and other unencodable characters escaped."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _check_regular_file(path: Path) -> None:
+    """ValueError unless ``path`` names a regular file (not a directory, FIFO or device, not a
+    loop of links, not a name the OS refuses)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise ValueError(f"image file not found: {_shown(path)}") from None
+    except (OSError, ValueError) as exc:  # ELOOP, ENAMETOOLONG, a NUL or lone surrogate in the name
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _shown(exc)
+        raise ValueError(f"image file {_shown(path)[:300]}: cannot be opened ({reason})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"not a file: {_shown(path)}")
 
 
 def _check_size(size: tuple[int, int], max_pixels: int, min_side: int, what: str) -> None:
@@ -131,24 +163,49 @@ def _open_and_convert(fh: Any, what: str, max_pixels: int, min_side: int) -> Ima
         with warnings.catch_warnings():
             # Our own cap decides; PIL's warning threshold is a fixed global.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(fh)
+            img = Image.open(fh, formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ValueError(f"{what}: refused by PIL as a decompression bomb ({exc})") from None
     except UnidentifiedImageError:
-        raise ValueError(f"{what}: not an image PIL can read (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"{what}: corrupt image header ({exc})") from None
+        raise ValueError(
+            f"{what}: not an image PIL can read (unknown or corrupt format; accepted: {', '.join(IMAGE_FORMATS)})"
+        ) from None
+    except Exception as exc:  # a parser on hostile bytes raises more than OSError (struct.error, ...)
+        raise ValueError(f"{what}: corrupt image header ({type(exc).__name__}: {exc})") from None
     with img:
         _check_size(img.size, max_pixels, min_side, what)
+        if img.format in ("JPEG", "MPO"):
+            _check_jpeg_scans(fh, what)
         return _to_rgb(_loaded(img, what))
+
+
+def _check_jpeg_scans(fh: Any, what: str, chunk: int = 1 << 20) -> None:
+    """Refuse a JPEG with more than MAX_JPEG_SCANS start-of-scan markers (FF DA). Entropy-coded
+    data never holds FF DA (an FF there is followed by 00 or a restart marker), so the count is
+    exact but for markers inside metadata (an embedded thumbnail), which only over-counts."""
+    pos = fh.tell()
+    fh.seek(0)
+    count, prev = 0, b""
+    while count <= MAX_JPEG_SCANS:
+        block = fh.read(chunk)
+        if not block:
+            break
+        count += (prev + block).count(b"\xff\xda")
+        prev = block[-1:] if block[-1:] == b"\xff" else b""
+    fh.seek(pos)
+    if count > MAX_JPEG_SCANS:
+        raise ValueError(
+            f"{what}: a JPEG with more than {MAX_JPEG_SCANS} scans (each is a pass over the whole image); "
+            f"re-encode it (encoders write at most about 20)"
+        )
 
 
 def _loaded(img: Image.Image, what: str) -> Image.Image:
     """Decode lazily opened pixel data, turning decoder errors into ValueError."""
     try:
         img.load()
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{what}: corrupt or truncated image data ({exc})") from None
+    except Exception as exc:  # decoders on hostile data raise OSError, EOFError, struct.error, ...
+        raise ValueError(f"{what}: corrupt or truncated image data ({type(exc).__name__}: {exc})") from None
     return img
 
 

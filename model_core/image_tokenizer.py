@@ -22,7 +22,6 @@ for a purpose (``model_core.image_preprocess``), and returns ``ImageTokens``.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -36,13 +35,14 @@ from torch import nn
 
 from .checkpoint import (
     CheckpointError,
+    check_fits_memory,
     check_weight_files,
     default_dtype,
     fill_weights,
     read_safetensors_header,
     resolve_checkpoint,
 )
-from .config import ConfigError
+from .config import ConfigError, read_json
 from .image_config import ImageTokenizerConfig, PreprocessorConfig, VisionConfig, VQConfig
 from .image_preprocess import (
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -305,8 +305,8 @@ def _weight_files(tok_dir: Path) -> dict[str, str]:
         raise CheckpointError(f"{tok_dir}: several weight indexes ({[p.name for p in indexes]}); keep one")
     if indexes:
         try:
-            wm = json.loads(indexes[0].read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+            wm = read_json(indexes[0])["weight_map"]
+        except (ConfigError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{indexes[0]}: not a weight index ({type(exc).__name__}: {exc})") from None
         if not isinstance(wm, dict) or not all(isinstance(v, str) and Path(v).name == v for v in wm.values()):
             raise CheckpointError(f"{indexes[0]}: 'weight_map' must map tensor names to file names in {tok_dir}")
@@ -345,6 +345,7 @@ def load_image_tokenizer_network(
     with torch.device("meta"):
         model = SigLIPVQ(config)
     headers = check_weight_files(tok_dir, weight_map, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+    check_fits_memory(model, torch.device(device), dtype, str(tok_dir / CONFIG_NAME))
     model = model.to_empty(device=device).to(dtype)
     targets = model.state_dict(keep_vars=True)
     fill_weights(tok_dir, weight_map, headers, lambda name: targets[name].detach())
@@ -552,10 +553,7 @@ class ImageTokenizer:
 
 
 def _read_offset(path: Path) -> tuple[int, Optional[int]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json(path)  # ConfigError naming the file: bad JSON, too large or too deep
     if not isinstance(data, dict) or "image_token_offset" not in data:
         raise ConfigError(f"{path}: no image_token_offset (is this the backbone config.json?)")
     offset, vocab = data["image_token_offset"], data.get("vocab_size")

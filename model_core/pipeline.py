@@ -17,7 +17,6 @@ global RNG; weights load once.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from . import tasks
 from .backbone import LLaDA2Backbone
 from .checkpoint import CheckpointError, load_backbone, resolve_checkpoint
+from .config import read_json
 from .generation.prompts import ChatMessage, ImageCodes, PromptBuilder
 from .generation.results import GenerationError, GenerationStats, ImageResult, InterleavedResult, TextResult
 from .generation.sampler import BlockDiffusionSampler
@@ -52,10 +52,7 @@ def read_defaults(checkpoint_dir: Union[str, os.PathLike]) -> dict:
     path = Path(checkpoint_dir) / DEFAULTS_FILE
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json(path)  # ConfigError (a ValueError) naming the file: bad JSON, too large or too deep
     if not isinstance(data, dict):
         return {}
     for key, check in (("image_size", _check_image_size), ("decoder_cfg", _check_decoder_cfg), ("options", _check_options)):

@@ -17,9 +17,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..config import ConfigError, check_type, read_config_file
+from ..config import ConfigError, brief, check_json_depth, check_size_cap, check_type, read_config_file
 
-__all__ = ["DiTConfig", "OFFICIAL_AXES_LENS", "ADALN_DIM", "SEQ_MULTIPLE"]
+__all__ = ["DiTConfig", "DIT_SIZE_CAPS", "OFFICIAL_AXES_LENS", "ADALN_DIM", "SEQ_MULTIPLE"]
 
 # What the official loader (decoder/decode.py) forces regardless of the file.
 OFFICIAL_AXES_LENS = [32768, 1024, 1024]
@@ -27,6 +27,17 @@ OFFICIAL_AXES_LENS = [32768, 1024, 1024]
 ADALN_DIM = 256
 # Image and caption token runs are each padded to a multiple of this with a learned token.
 SEQ_MULTIPLE = 32
+#: Hard sanity caps (generous multiples of the published values, in the comments), checked before
+#: anything is built; ``LLADAUNI_CONFIG_SIZE_SCALE`` multiplies them all (``model_core.config``).
+DIT_SIZE_CAPS = {
+    "in_channels": 1024,  # 16
+    "dim": 1 << 16,  # 3,840
+    "n_layers": 1024,  # 30
+    "n_refiner_layers": 1024,  # 2
+    "n_heads": 1024,  # 30
+    "n_kv_heads": 1024,  # 30
+    "cap_feat_dim": 1 << 16,  # 4,096
+}
 
 
 @dataclass
@@ -88,6 +99,8 @@ class DiTConfig:
         for f in dataclasses.fields(self):
             if f.name != "extra":
                 check_type(f.name, getattr(self, f.name), f.type)
+        for name, cap in DIT_SIZE_CAPS.items():
+            check_size_cap(name, getattr(self, name), cap)
         if self._class_name != "ZImageTransformer2DModel":
             raise ConfigError(f"_class_name={self._class_name!r}: expected 'ZImageTransformer2DModel'")
         for name in ("in_channels", "dim", "n_layers", "n_heads", "n_kv_heads", "cap_feat_dim"):
@@ -100,7 +113,7 @@ class DiTConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must be > 0")
         if self.all_patch_size != [2] or self.all_f_patch_size != [1]:
             raise ConfigError(
-                f"all_patch_size={self.all_patch_size!r}, all_f_patch_size={self.all_f_patch_size!r}: "
+                f"all_patch_size={brief(self.all_patch_size)}, all_f_patch_size={brief(self.all_f_patch_size)}: "
                 "only the published [2] / [1] patching is supported"
             )
         if self.siglip_feat_dim is not None:
@@ -113,11 +126,12 @@ class DiTConfig:
             # The Z-Image block has no grouped-query attention; the official code ignores the field.
             raise ConfigError(f"n_kv_heads={self.n_kv_heads}: must equal n_heads={self.n_heads} (no GQA in Z-Image)")
         if len(self.axes_dims) != 3 or len(self.axes_lens) != 3:
-            raise ConfigError(f"axes_dims={self.axes_dims!r}, axes_lens={self.axes_lens!r}: need three axes each")
+            raise ConfigError(f"axes_dims={brief(self.axes_dims)}, axes_lens={brief(self.axes_lens)}: need three axes each")
         for name in ("axes_dims", "axes_lens"):
             for v in getattr(self, name):
                 if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                    raise ConfigError(f"{name}={getattr(self, name)!r}: entries must be positive integers")
+                    raise ConfigError(f"{name}={brief(getattr(self, name))}: entries must be positive integers")
+                check_size_cap(name + " entry", v, 1 << 22)  # axes_lens: 32,768 in the official loader
         if any(d % 2 for d in self.axes_dims):
             raise ConfigError(f"axes_dims={self.axes_dims!r}: every axis needs an even number of dims")
         if sum(self.axes_dims) != self.head_dim:
@@ -130,6 +144,7 @@ class DiTConfig:
     def from_dict(cls, data: dict) -> "DiTConfig":
         if not isinstance(data, dict):
             raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
+        check_json_depth(data, "config")
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         kwargs = {k: copy.deepcopy(v) for k, v in data.items() if k in known}
         extra = {k: copy.deepcopy(v) for k, v in data.items() if k not in known}

@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from ..checkpoint import CheckpointError, check_weight_files, fill_weights, read_safetensors_header
+from ..checkpoint import CheckpointError, check_fits_memory, check_weight_files, fill_weights, read_safetensors_header
 from ..config import ConfigError
 from .config import OFFICIAL_AXES_LENS, DiTConfig
 from .dit import ZImageDiT
@@ -91,6 +91,7 @@ def load_dit(
     with torch.device("meta"):
         model = ZImageDiT(config)
     model = model.to(dtype)
+    check_fits_memory(model, torch.device(device), dtype, str(d / CONFIG_NAME))
     weight_map = {name: weights.name for name in header}
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     headers = check_weight_files(d, weight_map, expected, headers={weights.name: (header, data_start)})

@@ -9,7 +9,6 @@ image code.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,9 @@ import torch
 from PIL import Image
 
 from ..checkpoint import CheckpointError
+from ..config import ConfigError, brief, check_size_cap, check_type, read_json
 
-__all__ = ["VAEDecoder", "VAE_SPATIAL_FACTOR", "pixels_to_pil"]
+__all__ = ["VAEDecoder", "VAE_SIZE_CAPS", "VAE_SPATIAL_FACTOR", "check_vae_config", "pixels_to_pil"]
 
 VAE_SPATIAL_FACTOR = 8
 
@@ -28,6 +28,48 @@ def pixels_to_pil(px: torch.Tensor) -> list[Image.Image]:
     """(B, 3, H, W) float in [0, 1] -> RGB images; values are scaled by 255 and truncated."""
     arr = (px.float() * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
     return [Image.fromarray(np.ascontiguousarray(a), mode="RGB") for a in arr]
+
+
+#: Hard sanity caps on the VAE config (published: channels up to 512, 2 layers per block, 16
+#: latent channels, 32 groups), checked before diffusers builds it; ``LLADAUNI_CONFIG_SIZE_SCALE``
+#: multiplies them (``model_core.config``).
+VAE_SIZE_CAPS = {
+    "block_out_channels": 1 << 14,
+    "layers_per_block": 64,
+    "latent_channels": 1024,
+    "in_channels": 64,
+    "out_channels": 64,
+    "norm_num_groups": 1024,
+}
+
+
+def check_vae_config(cfg_path: Path) -> dict:
+    """``vae/config.json`` read and checked: an AutoencoderKL object whose sizes are positive
+    integers under ``VAE_SIZE_CAPS`` and whose four blocks give the 8x factor. CheckpointError
+    naming the file and the field otherwise."""
+    try:
+        cfg = read_json(cfg_path)
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"expected a JSON object, got {type(cfg).__name__}")
+        if cfg.get("_class_name") != "AutoencoderKL":
+            raise ConfigError(f"_class_name={brief(cfg.get('_class_name'))}, expected 'AutoencoderKL'")
+        for name, cap in VAE_SIZE_CAPS.items():
+            value = cfg.get(name, 1)
+            for item in value if isinstance(value, list) and name == "block_out_channels" else [value]:
+                check_type(name, item, "int")
+                if item <= 0:
+                    raise ConfigError(f"{name}={brief(value)}: must be > 0")
+                check_size_cap(name, item, cap)
+    except ConfigError as exc:
+        raise CheckpointError(str(exc) if str(exc).startswith(str(cfg_path)) else f"{cfg_path}: {exc}") from None
+    blocks = cfg.get("block_out_channels")
+    factor = 2 ** (len(blocks) - 1) if isinstance(blocks, list) and blocks else None
+    if factor != VAE_SPATIAL_FACTOR:
+        raise CheckpointError(
+            f"{cfg_path}: block_out_channels={brief(blocks)} does not give a {VAE_SPATIAL_FACTOR}x VAE "
+            f"(four blocks; 32 pixels per image code)"
+        )
+    return cfg
 
 
 class VAEDecoder:
@@ -66,18 +108,7 @@ class VAEDecoder:
         cfg_path = vae_dir / "config.json"
         if not cfg_path.is_file():
             raise CheckpointError(f"{vae_dir}: no config.json; is this the model's vae/ folder?")
-        try:
-            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from None
-        if cfg.get("_class_name") != "AutoencoderKL":
-            raise CheckpointError(f"{cfg_path}: _class_name={cfg.get('_class_name')!r}, expected 'AutoencoderKL'")
-        factor = 2 ** (len(cfg.get("block_out_channels", [])) - 1)
-        if factor != VAE_SPATIAL_FACTOR:
-            raise CheckpointError(
-                f"{cfg_path}: block_out_channels={cfg.get('block_out_channels')} gives a {factor}x VAE; "
-                f"the decoder needs {VAE_SPATIAL_FACTOR}x (32 pixels per image code)"
-            )
+        check_vae_config(cfg_path)
         weights = vae_dir / "diffusion_pytorch_model.safetensors"
         if not weights.is_file():
             raise CheckpointError(f"weight file missing: {weights}")
