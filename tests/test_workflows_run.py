@@ -78,8 +78,9 @@ def test_bad_inputs_and_failures_are_readable(tmp_path):
     b = ScriptedBackend()
     with pytest.raises(ValueError, match="unknown input 'promt'"):
         run_workflow("draw-check-refine", {"promt": "x"}, b, run_dir=tmp_path / "a")
-    r = run_workflow("draw-check-refine", {}, b, run_dir=tmp_path / "b")
-    assert r.status == "failed" and "input 'prompt' (string) is required" in r.error
+    with pytest.raises(ValueError, match=r"input 'prompt' \(string\) is required"):  # refused before anything runs
+        run_workflow("draw-check-refine", {}, b, run_dir=tmp_path / "b")
+    assert not (tmp_path / "b" / "run.json").exists() and b.calls == []
     failing = ScriptedBackend(fail_on={"generate_image": 1})
     r = run_workflow("draw-check-refine", {"prompt": "x"}, failing, run_dir=tmp_path / "c")
     assert r.status == "failed" and r.error.startswith("draw failed: BackendError") and r.report_path.is_file()

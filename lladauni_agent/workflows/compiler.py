@@ -14,6 +14,11 @@ A node that fails goes to ``_finish`` instead of onwards (``Command(goto="_finis
 ``L`` (set the counter) -> body... -> ``L__check`` (until? cap?) -> body again, or onwards; a
 router in the body goes to a later member or to ``L__check``. An ``inspect`` node ``N`` with
 ``for_each`` becomes ``N`` (one ``Send`` per item) -> ``N__each`` (in parallel) -> ``N__gather``.
+
+Every template and expression runs under the workflow's ``WorkflowLimits``; one that fails raises
+``TemplateRunError`` whose message starts with where it is written (``file:line:col: key:``, the
+line of the template itself when jinja tells it), so the node's error names the file, the step
+and the place.
 """
 
 from __future__ import annotations
@@ -37,8 +42,8 @@ from ..nodes import (add_step, call_model, event, finished_status, guarded, imag
                      make_finish, make_start, seed_for, store_image)
 from ..state import ImageRef, Status, TimelineEvent
 from . import schema as S
-from .loader import Workflow, did_you_mean
-from .templates import evaluate, is_template, render
+from .loader import FALSE_WORDS, TRUE_WORDS, Workflow, check_inputs
+from .templates import TemplateRunError, evaluate, is_template, render, template_line
 
 __all__ = ["WorkflowState", "WorkflowContext", "compile_workflow", "coerce_inputs", "MAX_LOOP_ITERATIONS", "NODE_BUILDERS",
            "Build", "make_node"]
@@ -83,21 +88,50 @@ def _scope(state: Any) -> dict[str, Any]:
     return {"inputs": state.get("inputs", {}), "nodes": state.get("nodes", {}), "loops": state.get("loops", {})}
 
 
-def _value(v: Any, state: Any) -> Any:
+Where = tuple  # the path of a value in the workflow file, e.g. ("nodes", "draw", "prompt")
+
+
+def _run_template(wf: Workflow, path: Where, text: str, scope: Any, *, expression: bool) -> Any:
+    """Render the template (or evaluate the expression) written at ``path`` of ``wf``, under its
+    limits; any error becomes a ``TemplateRunError`` that starts with the place."""
+    try:
+        return evaluate(text, scope, limits=wf.limits) if expression else render(text, scope, limits=wf.limits)
+    except Exception as exc:  # noqa: BLE001 - any error of a template is reported with its place
+        line = template_line(exc) if not expression or is_template(text) else None
+        raise TemplateRunError(f"{wf.where(path, line)}: {type(exc).__name__}: {exc}") from exc
+
+
+def _text(wf: Workflow, path: Where, template: str, scope: Any) -> str:
+    return _run_template(wf, path, template, scope, expression=False)
+
+
+def _expr(wf: Workflow, path: Where, expr: str, scope: Any) -> Any:
+    return _run_template(wf, path, expr, scope, expression=True)
+
+
+def _value(wf: Workflow, path: Where, v: Any, state: Any) -> Any:
     """A value field: templates render to text, other strings are expressions, the rest literals."""
     if not isinstance(v, str):
         return v
-    return render(v, _scope(state)) if is_template(v) else evaluate(v, _scope(state))
+    return _run_template(wf, path, v, _scope(state), expression=not is_template(v))
 
 
 def _is_ref(x: Any) -> bool:
     return isinstance(x, dict) and "sha256" in x and "png" in x
 
 
-def _images(exprs: list[str], state: Any, what: str, scope: Optional[dict[str, Any]] = None) -> list[ImageRef]:
+def _image_fields(name: str, node: Any) -> list[tuple[Where, str]]:
+    """The image expressions of a node with where each is written (``image``, or ``images``)."""
+    if isinstance(getattr(node, "image", None), str):
+        return [(("nodes", name, "image"), node.image)]
+    return [(("nodes", name, "images", j), e) for j, e in enumerate(getattr(node, "images", None) or [])]
+
+
+def _images(wf: Workflow, exprs: list[tuple[Where, str]], state: Any, what: str,
+            scope: Optional[dict[str, Any]] = None) -> list[ImageRef]:
     out: list[ImageRef] = []
-    for e in exprs:
-        v = evaluate(e, scope if scope is not None else _scope(state))
+    for path, e in exprs:
+        v = _expr(wf, path, e, scope if scope is not None else _scope(state))
         for x in (v if isinstance(v, (list, tuple)) else [v]):
             if not _is_ref(x):
                 raise ValueError(f"{what}: {e!r} gave {type(x).__name__} {str(x)[:60]!r}, not an image")
@@ -130,22 +164,14 @@ def _positive_int(v: Any, what: str, limit: int) -> int:
 
 
 # ------------------------------------------------------------------------------------ inputs
-_TRUE = {"true", "yes", "1", "on"}
-_FALSE = {"false", "no", "0", "off"}
-
-
 def coerce_inputs(wf: Workflow, raw: dict[str, Any], store: Any) -> dict[str, Any]:
     """Check and convert the run's inputs against the declared types (strings from ``--set``
     are parsed; image paths are copied into the run directory). ValueError names the input."""
     spec = wf.spec
-    for k in raw:
-        if k not in spec.inputs:
-            raise ValueError(f"unknown input {k!r} for workflow {spec.name!r}; {did_you_mean(k, list(spec.inputs))}")
+    check_inputs(wf, raw)
     out: dict[str, Any] = {}
     for name, inp in spec.inputs.items():
         if name not in raw:
-            if "default" not in inp.model_fields_set:
-                raise ValueError(f"input {name!r} ({inp.type}) is required: pass --set {name}=...")
             out[name] = inp.default
             continue
         v, t = raw[name], inp.type
@@ -162,8 +188,8 @@ def coerce_inputs(wf: Workflow, raw: dict[str, Any], store: Any) -> dict[str, An
                 if isinstance(v, bool) or not isinstance(v, (int, float)):
                     raise TypeError
             elif t == "boolean":
-                if isinstance(v, str) and v.lower() in _TRUE | _FALSE:
-                    v = v.lower() in _TRUE
+                if isinstance(v, str) and v.lower() in TRUE_WORDS | FALSE_WORDS:
+                    v = v.lower() in TRUE_WORDS
                 if not isinstance(v, bool):
                     raise TypeError
             elif t == "json":
@@ -206,9 +232,9 @@ def _inputs_of(runtime: Runtime, refs: list[ImageRef], retokenize: str) -> list[
 
 def build_think(bc: Build, name: str, node: S.ThinkNode) -> Callable:
     def run(state, runtime):
-        text = render(node.prompt, _scope(state))
-        system = render(node.system, _scope(state)) if node.system else None
-        ims = _inputs_of(runtime, _images(node.images, state, name), bc.retokenize)
+        text = _text(bc.wf, ("nodes", name, "prompt"), node.prompt, _scope(state))
+        system = _text(bc.wf, ("nodes", name, "system"), node.system, _scope(state)) if node.system else None
+        ims = _inputs_of(runtime, _images(bc.wf, _image_fields(name, node), state, name), bc.retokenize)
         r, s = call_model(runtime, name, "chat", text, images=ims, system=system,
                           seed=seed_for(runtime, state.get("iteration", 0)), **_options(runtime, "text", node.options))
         out = prompts.clean(r.text)
@@ -219,7 +245,7 @@ def build_think(bc: Build, name: str, node: S.ThinkNode) -> Callable:
 
 def build_draw(bc: Build, name: str, node: S.DrawNode) -> Callable:
     def run(state, runtime):
-        text = render(node.prompt, _scope(state))
+        text = _text(bc.wf, ("nodes", name, "prompt"), node.prompt, _scope(state))
         r, s = call_model(runtime, name, "generate_image", text, mode=node.mode,
                           seed=seed_for(runtime, state.get("iteration", 0)), **_options(runtime, "image", node.options))
         ref = store_image(runtime, name, r, "generate")
@@ -232,9 +258,9 @@ def build_draw(bc: Build, name: str, node: S.DrawNode) -> Callable:
 
 def build_edit(bc: Build, name: str, node: S.EditNode) -> Callable:
     def run(state, runtime):
-        refs = _images([node.image], state, name)
+        refs = _images(bc.wf, _image_fields(name, node), state, name)
         ims = _inputs_of(runtime, refs, bc.retokenize)
-        text = render(node.instruction, _scope(state))
+        text = _text(bc.wf, ("nodes", name, "instruction"), node.instruction, _scope(state))
         r, s = call_model(runtime, name, "edit_image", ims[0] if len(ims) == 1 else ims, text,
                           seed=seed_for(runtime, state.get("iteration", 0)), **_options(runtime, "edit", node.options))
         ref = store_image(runtime, name, r, "edit")
@@ -261,9 +287,9 @@ def _read_verdict(node: S.InspectNode, reply: str, text: str) -> tuple[Optional[
 def _inspect_once(bc: Build, name: str, node: S.InspectNode, state: Any, runtime: Runtime,
                   scope: dict[str, Any]) -> tuple[dict[str, Any], list[TimelineEvent]]:
     """One inspection (its output and events); ``scope``: what image and question see."""
-    (ref,) = _images([node.image], state, name, scope)[:1] or (None,)
+    (ref,) = _images(bc.wf, _image_fields(name, node), state, name, scope)[:1] or (None,)
     image, path = image_input(runtime, ref, bc.retokenize)
-    q = render(node.question, scope)
+    q = _text(bc.wf, ("nodes", name, "question"), node.question, scope)
     r, s = call_model(runtime, name, "understand", image, q, seed=seed_for(runtime, 0),
                       **_options(runtime, "text", node.options))
     text = prompts.clean(r.text)
@@ -283,7 +309,7 @@ def build_inspect(bc: Build, name: str, node: S.InspectNode) -> Callable:
 
 def build_decode(bc: Build, name: str, node: S.DecodeNode) -> Callable:
     def run(state, runtime):
-        (ref,) = _images([node.image], state, name)
+        (ref,) = _images(bc.wf, _image_fields(name, node), state, name)
         if not ref.get("codes"):
             raise ValueError(f"image {ref['sha256'][:12]} has no codes to decode (it came as pixels)")
         store = runtime.context.store()
@@ -301,7 +327,7 @@ def build_decode(bc: Build, name: str, node: S.DecodeNode) -> Callable:
 
 def build_encode(bc: Build, name: str, node: S.EncodeNode) -> Callable:
     def run(state, runtime):
-        (ref,) = _images([node.image], state, name)
+        (ref,) = _images(bc.wf, _image_fields(name, node), state, name)
         store = runtime.context.store()
         pil = store.load_image(ref)
         c = runtime.context.get_backend().encode_image(pil)
@@ -313,9 +339,9 @@ def build_encode(bc: Build, name: str, node: S.EncodeNode) -> Callable:
 
 def build_interleave(bc: Build, name: str, node: S.InterleaveNode) -> Callable:
     def run(state, runtime):
-        text = render(node.prompt, _scope(state))
-        frames = _positive_int(_value(node.max_frames, state), f"{name}.max_frames", 16)
-        ims = _inputs_of(runtime, _images(node.images, state, name), bc.retokenize)
+        text = _text(bc.wf, ("nodes", name, "prompt"), node.prompt, _scope(state))
+        frames = _positive_int(_value(bc.wf, ("nodes", name, "max_frames"), node.max_frames, state), f"{name}.max_frames", 16)
+        ims = _inputs_of(runtime, _images(bc.wf, _image_fields(name, node), state, name), bc.retokenize)
         r, s = call_model(runtime, name, "generate_interleaved", text, images=ims, max_frames=frames,
                           seed=seed_for(runtime, state.get("iteration", 0)), **_options(runtime, "interleaved", node.options))
         refs, ev, texts = interleaved_segments(runtime, name, state, r, s, stream=False)
@@ -328,7 +354,8 @@ def build_interleave(bc: Build, name: str, node: S.InterleaveNode) -> Callable:
 
 def build_router(bc: Build, name: str, node: S.RouterNode) -> Callable:
     def run(state, runtime):
-        to = next((r.to for r in node.routes if evaluate(r.when, _scope(state))), node.default)
+        to = next((r.to for j, r in enumerate(node.routes)
+                   if _expr(bc.wf, ("nodes", name, "routes", j, "when"), r.when, _scope(state))), node.default)
         return _done(name, {"route": to}, [event(name, "note", state, text=f"route -> {to}")])
 
     return run
@@ -338,7 +365,7 @@ def build_call(bc: Build, name: str, node: S.CallNode) -> Callable:
     fn = bc.wf.functions[node.function]
 
     def run(state, runtime):
-        args = {k: _value(v, state) for k, v in node.args.items()}
+        args = {k: _value(bc.wf, ("nodes", name, "args", k), v, state) for k, v in node.args.items()}
         value = fn(**args)
         try:
             value = json.loads(json.dumps(value))
@@ -355,7 +382,7 @@ def build_subworkflow(bc: Build, name: str, node: S.SubworkflowNode) -> Callable
     child_graph = bc.children[name]
 
     def run(state, runtime):
-        raw = {k: _value(v, state) for k, v in node.inputs.items()}
+        raw = {k: _value(bc.wf, ("nodes", name, "inputs", k), v, state) for k, v in node.inputs.items()}
         child = child_graph.invoke({"inputs": raw}, context=runtime.context)
         if child.get("error"):
             raise RuntimeError(f"sub-workflow {node.workflow!r}: {child['error']}")
@@ -382,10 +409,11 @@ def make_node(bc: Build, name: str, node: Any) -> Callable:
     return guarded(name)(run)
 
 
-def _loop_nodes(name: str, node: S.LoopNode) -> tuple[Callable, Callable]:
+def _loop_nodes(bc: Build, name: str, node: S.LoopNode) -> tuple[Callable, Callable]:
     @guarded(name)
     def enter(state, runtime):
-        cap = _positive_int(_value(node.max_iterations, state), f"{name}.max_iterations", MAX_LOOP_ITERATIONS)
+        cap = _positive_int(_value(bc.wf, ("nodes", name, "max_iterations"), node.max_iterations, state),
+                            f"{name}.max_iterations", MAX_LOOP_ITERATIONS)
         info = {"iteration": 1, "max": cap, "capped": False, "next": "body"}
         # every pass, the first included, draws with a seed of its own: a first pass at the seed of the
         # nodes before the loop would redo their draw (a fix that yields the same codes decodes to the
@@ -398,7 +426,7 @@ def _loop_nodes(name: str, node: S.LoopNode) -> tuple[Callable, Callable]:
     def check(state, runtime):
         info = dict(state["loops"][name])
         n = info["iteration"]
-        done = bool(evaluate(node.until, _scope(state))) if node.until else False
+        done = bool(_expr(bc.wf, ("nodes", name, "until"), node.until, _scope(state))) if node.until else False
         if done:
             info["next"], text = "exit", f"until is true after pass {n}"
         elif n >= info["max"]:
@@ -436,7 +464,7 @@ def _fanout_nodes(bc: Build, name: str, node: S.InspectNode) -> tuple[Callable, 
 
     @guarded(name)
     def dispatch(state, runtime):
-        items = evaluate(node.for_each or "[]", _scope(state))
+        items = _expr(bc.wf, ("nodes", name, "for_each"), node.for_each or "[]", _scope(state))
         if not isinstance(items, (list, tuple)):
             raise ValueError(f"for_each gave {type(items).__name__} {str(items)[:60]!r}, not a list")
         out = {"for_each": json.loads(json.dumps(list(items))), "token": len(state.get("fanout", [])),
@@ -483,7 +511,7 @@ def _finish_node(wf: Workflow, write_files: bool) -> Callable:
         notes = []
         for k, v in wf.spec.outputs.items():
             try:
-                outputs[k] = json.loads(json.dumps(_value(v, state)))
+                outputs[k] = json.loads(json.dumps(_value(wf, ("outputs", k), v, state)))
             except Exception as exc:  # noqa: BLE001 - an output of a branch that did not run
                 outputs[k] = None
                 notes.append(event(FINISH, "note", state, text=f"output {k!r} is empty: {type(exc).__name__}: {exc}"))
@@ -520,7 +548,7 @@ def _target(name: str) -> str:
 
 def _wire_loop(b: StateGraph, bc: Build, name: str, node: S.LoopNode, succ: str) -> None:
     """``name`` (set the counter) -> body... -> ``name__check`` -> the body again, or ``succ``."""
-    enter, check = _loop_nodes(name, node)
+    enter, check = _loop_nodes(bc, name, node)
     first = node.body[0]
     add_step(b, name, enter, first, finish=FINISH)
     for i, member in enumerate(node.body):
@@ -563,8 +591,16 @@ def compile_workflow(wf: Workflow, *, checkpointer: Any = None, write_files: boo
     Run it with ``{"inputs": {...}}`` as the input and a ``WorkflowContext`` as the context (or
     use ``run_workflow``). ``write_files=False`` (sub-workflows) skips trace.json/report.html.
     """
+    return _compile(wf, checkpointer, write_files, {})
+
+
+def _compile(wf: Workflow, checkpointer: Any, write_files: bool, done: dict[int, Any]) -> Any:
+    """``compile_workflow``; ``done``: the sub-workflows compiled so far (a file used twice, by id, is compiled once)."""
     spec = wf.spec
-    bc = Build(wf, {n: compile_workflow(c, write_files=False) for n, c in wf.children.items()})
+    for child in wf.children.values():
+        if id(child) not in done:
+            done[id(child)] = _compile(child, None, False, done)
+    bc = Build(wf, {n: done[id(c)] for n, c in wf.children.items()})
     b = StateGraph(WorkflowState, context_schema=WorkflowContext)
     succ = {a: _target(z) for a, z in spec.edges}
     b.add_edge(START, INPUTS)

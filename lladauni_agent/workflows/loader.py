@@ -1,6 +1,12 @@
 """Load a workflow file: parse YAML with positions, validate with pydantic, then check the graph
 and every template. Problems come back together as ``WorkflowError`` whose lines read
 ``file:line:column: key: message (hint: ...)``; nothing runs when there is one.
+
+The work a file can ask for is bounded (``WorkflowLimits``): its size (checked before it is
+read), its nesting depth and the number of values once aliases are expanded (counted while
+PyYAML parses, so a billion-laughs file or one nested 20,000 deep stops at the limit), and an
+alias inside the collection it names is refused. A file that is not UTF-8 text is refused where
+its first bad byte is. ``check_inputs`` checks a run's inputs against the declared types.
 """
 
 from __future__ import annotations
@@ -8,6 +14,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,10 +26,11 @@ from pydantic import BaseModel, ValidationError
 
 from . import schema as S
 from .functions import registered_functions
+from .schema import WorkflowLimitError, WorkflowLimits
 from .templates import check as check_template, is_template
 
 __all__ = ["Issue", "WorkflowError", "Workflow", "load_workflow", "loads_workflow", "bundled_dir", "bundled_workflows",
-           "did_you_mean"]
+           "did_you_mean", "check_inputs", "TRUE_WORDS", "FALSE_WORDS"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -66,17 +74,32 @@ class WorkflowError(ValueError):
 
 @dataclass
 class Workflow:
-    """A validated workflow: the spec, where it came from, and its loaded sub-workflows."""
+    """A validated workflow: the spec, where it came from, and its loaded sub-workflows;
+    ``limits`` bound its templates when it runs; ``positions`` and ``blocks`` say where each
+    value is written (line, column) and, for a ``|`` block, the column its lines start at."""
 
     spec: S.WorkflowSpec
     source: str
     base_dir: Path
     children: dict[str, "Workflow"] = field(default_factory=dict)
     functions: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    limits: WorkflowLimits = field(default_factory=WorkflowLimits)
+    positions: dict[Path_, Pos] = field(default_factory=dict)
+    blocks: dict[Path_, int] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def where(self, path: Path_, template_line: Optional[int] = None) -> str:
+        """``file:line:col: key`` of the value at ``path`` (of line ``template_line`` of its template)."""
+        line, col = template_position(self.positions, self.blocks, path, template_line)
+        exact = template_line is None or template_line <= 1 or path in self.blocks
+        return f"{self.source}:{line}:{col}: {_dotted(path)}" + ("" if exact else f" (template line {template_line})")
+
+    def check_inputs(self, inputs: Optional[Mapping[str, Any]]) -> None:
+        """Check a run's inputs against this workflow's declared inputs (``check_inputs``)."""
+        check_inputs(self, inputs)
 
 
 def bundled_workflows() -> dict[str, Path]:
@@ -85,36 +108,139 @@ def bundled_workflows() -> dict[str, Path]:
 
 
 # ---------------------------------------------------------------------------------- positions
-class _Doc:
-    """Parsed YAML plus the line:column of every value and mapping key (1-based)."""
+def template_position(positions: Mapping[Path_, Pos], blocks: Mapping[Path_, int], path: Path_,
+                      template_line: Optional[int]) -> Pos:
+    """Where line ``template_line`` of the template at ``path`` is in the file: exact in a ``|``
+    block (its lines are the template's), else where the value starts."""
+    p = tuple(path)
+    while p and p not in positions:
+        p = p[:-1]
+    line, col = positions.get(p, (1, 1))
+    if template_line and p == tuple(path) and p in blocks:
+        return line + template_line, blocks[p]
+    return line, col
 
-    def __init__(self, text: str, label: str) -> None:
+
+class _YamlLimit(Exception):
+    def __init__(self, mark: Any, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.mark, self.message, self.hint = mark, message, hint
+
+
+class _CountingLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, counting the events as the composer takes them: nesting depth,
+    values once every alias is expanded, and aliases to a collection still open (recursive).
+    It stops at the first limit passed, before the composer (which recurses) goes deeper."""
+
+    def __init__(self, text: str, limits: WorkflowLimits) -> None:
+        super().__init__(text)
+        self.limits = limits
+        self.open: list[list] = []  # [anchor, values inside] of each collection being read
+        self.sizes: dict[str, int] = {}  # anchor -> values it stands for, expanded
+        self.total = 0
+
+    def _stop(self, event: Any, exc: WorkflowLimitError) -> None:
+        raise _YamlLimit(event.start_mark, exc.problem, exc.hint)
+
+    def get_event(self) -> Any:
+        event = super().get_event()
+        if isinstance(event, yaml.CollectionEndEvent) and self.open:
+            anchor, size = self.open.pop()
+            if anchor is not None:
+                self.sizes[anchor] = size
+            if self.open:
+                self.open[-1][1] += size
+        elif isinstance(event, (yaml.ScalarEvent, yaml.AliasEvent, yaml.CollectionStartEvent)):
+            n = 1
+            if isinstance(event, yaml.AliasEvent):
+                if any(a == event.anchor for a, _ in self.open):
+                    raise _YamlLimit(event.start_mark, f"recursive alias '*{event.anchor}': it stands for a collection "
+                                                       "that contains it", "an alias may only repeat a finished value")
+                n = self.sizes.get(event.anchor, 1)
+            self.total += n
+            if self.total > self.limits.max_nodes:
+                self._stop(event, self.limits.exceeded("max_nodes", self.total, "values once aliases are expanded"))
+            if isinstance(event, yaml.CollectionStartEvent):
+                self.open.append([event.anchor, 1])
+                if len(self.open) > self.limits.max_depth:
+                    self._stop(event, self.limits.exceeded("max_depth", len(self.open), "levels of nesting"))
+            elif self.open:
+                self.open[-1][1] += n
+            if isinstance(event, yaml.ScalarEvent) and event.anchor is not None:
+                self.sizes[event.anchor] = 1
+        return event
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """PyYAML's, with a value it cannot construct (``!!int abc``, a 5,000-digit integer, a
+        timestamp with no such month) reported where it is, as a YAML error."""
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - PyYAML's constructors raise what their parsing raises
+            raise yaml.constructor.ConstructorError(None, None, f"cannot read this value as {node.tag.rsplit(':', 1)[-1]}: "
+                                                    f"{type(exc).__name__}: {str(exc)[:120]}", node.start_mark) from None
+
+
+def _text_issue(label: str, text: str, index: int, message: str, hint: str) -> Issue:
+    """An issue at character ``index`` of ``text``."""
+    before = text[:index]
+    line = before.count("\n") + 1
+    return Issue(label, line, index - (before.rfind("\n") + 1) + 1, "", message, hint)
+
+
+class _Doc:
+    """Parsed YAML plus the line:column of every value and mapping key (1-based), and the column
+    where the lines of each ``|`` block start."""
+
+    def __init__(self, text: str, label: str, limits: WorkflowLimits) -> None:
         self.label = label
         self.values: dict[Path_, Pos] = {}
         self.keys: dict[Path_, Pos] = {}
+        self.blocks: dict[Path_, int] = {}
         self.issues: list[Issue] = []
         self.data: Any = None
-        loader = yaml.SafeLoader(text)
+        self.lines = text.splitlines()
+        if "\x00" in text:
+            self.issues.append(_text_issue(label, text, text.index("\x00"), "the file holds NUL bytes: a binary file, "
+                                           "not YAML text", "a workflow is a UTF-8 YAML text file"))
+            return
+        node = self._compose(text, limits)
+        if node is not None:
+            self._walk(node, ())
+
+    def _compose(self, text: str, limits: WorkflowLimits) -> Optional[yaml.Node]:
+        label = self.label
+        loader = None
         try:
+            loader = _CountingLoader(text, limits)  # PyYAML checks the characters here
             node = loader.get_single_node()
             if node is None:
                 self.issues.append(Issue(label, 1, 1, "", "the file is empty", "start with 'version: 1'"))
-                return
+                return None
             self.data = loader.construct_document(node)
+            return node
+        except _YamlLimit as exc:
+            self.issues.append(Issue(label, exc.mark.line + 1, exc.mark.column + 1, "", exc.message, exc.hint))
+        except yaml.reader.ReaderError as exc:
+            self.issues.append(_text_issue(label, text, exc.position, f"control character #x{exc.character:04x} in the "
+                                           "text (a binary file?)", "remove it, or write it as an escape in a quoted string"))
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
             self.issues.append(Issue(label, line, col, "", f"YAML syntax error: {exc.problem or exc}", exc.context or ""))
-            return
         except yaml.YAMLError as exc:
             self.issues.append(Issue(label, 1, 1, "", f"YAML error: {exc}"))
-            return
         finally:
-            loader.dispose()
-        self._walk(node, ())
+            if loader is not None:
+                loader.dispose()
+        return None
 
     def _walk(self, node: yaml.Node, path: Path_) -> None:
         self.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.ScalarNode) and node.style == "|" and node.start_mark.line + 1 < len(self.lines):
+            first = self.lines[node.start_mark.line + 1]
+            self.blocks[path] = len(first) - len(first.lstrip(" ")) + 1
         if isinstance(node, yaml.MappingNode):
             seen: set = set()
             for k, v in node.value:
@@ -142,8 +268,10 @@ class _Doc:
             p = p[:-1]
             key = bool(p) and p in self.keys
 
-    def issue(self, path: Path_, message: str, hint: str = "", *, key: bool = False) -> Issue:
+    def issue(self, path: Path_, message: str, hint: str = "", *, key: bool = False, template_line: Optional[int] = None) -> Issue:
         line, col = self.at(path, key=key)
+        if template_line is not None and not key:
+            line, col = template_position(self.values, self.blocks, path, template_line)
         return Issue(self.label, line, col, _dotted(path), message, hint)
 
 
@@ -467,12 +595,14 @@ def _check_templates(wf: Workflow, doc: _Doc, issues: list[Issue]) -> None:
         node = spec.nodes.get(str(path[1])) if path[0] == "nodes" else None
         if getattr(node, "for_each", None) and path[2] in S.ITEM_FIELDS:
             text, expr = _with_item(text, expr), False
-        problem = check_template(text, expression=expr, inputs=list(spec.inputs), node_fields=fields, loops=loops)
+        problem = check_template(text, expression=expr, inputs=list(spec.inputs), node_fields=fields, loops=loops,
+                                 limits=wf.limits, input_types={k: v.type for k, v in spec.inputs.items()})
         if problem:
-            issues.append(doc.issue(path, problem.message, problem.hint))
+            issues.append(doc.issue(path, problem.message, problem.hint, template_line=problem.line))
 
 
-def _check_calls_and_children(wf: Workflow, doc: _Doc, issues: list[Issue], stack: tuple[Path, ...]) -> None:
+def _check_calls_and_children(wf: Workflow, doc: _Doc, issues: list[Issue], stack: tuple[Path, ...],
+                              memo: dict[Path, Union[Workflow, WorkflowError]]) -> None:
     for name, node in wf.spec.nodes.items():
         if isinstance(node, S.CallNode) and node.function not in wf.functions:
             hint = (did_you_mean(node.function, list(wf.functions)) + "; " if wf.functions else "") + \
@@ -493,7 +623,7 @@ def _check_calls_and_children(wf: Workflow, doc: _Doc, issues: list[Issue], stac
             issues.append(doc.issue(p, f"sub-workflow cycle: {' -> '.join(s.name for s in stack + (target,))}"))
             continue
         try:
-            child = _load_path(target, dict(wf.functions), stack)
+            child = _load_path(target, dict(wf.functions), wf.limits, stack, memo)
         except WorkflowError as exc:
             issues.append(doc.issue(p, f"sub-workflow '{node.workflow}' is invalid ({len(exc.issues)} problem(s) below)"))
             issues.extend(exc.issues)
@@ -509,8 +639,8 @@ def _check_calls_and_children(wf: Workflow, doc: _Doc, issues: list[Issue], stac
 
 
 def _validate(text: str, label: str, base_dir: Path, functions: Mapping[str, Callable[..., Any]],
-              stack: tuple[Path, ...]) -> Workflow:
-    doc = _Doc(text, label)
+              limits: WorkflowLimits, stack: tuple[Path, ...], memo: dict[Path, Union[Workflow, WorkflowError]]) -> Workflow:
+    doc = _Doc(text, label, limits)
     if doc.issues and doc.data is None:
         raise WorkflowError(doc.issues)
     if not isinstance(doc.data, dict):
@@ -520,27 +650,61 @@ def _validate(text: str, label: str, base_dir: Path, functions: Mapping[str, Cal
         spec = S.WorkflowSpec.model_validate(doc.data)
     except ValidationError as exc:
         raise WorkflowError(issues + _pydantic_issues(doc, exc)) from None
-    wf = Workflow(spec, label, base_dir, functions=dict(functions))
+    wf = Workflow(spec, label, base_dir, functions=dict(functions), limits=limits, positions=doc.values, blocks=doc.blocks)
     _check_inputs(spec, doc, issues)
     _check_graph(spec, doc, issues)
     _check_templates(wf, doc, issues)
-    _check_calls_and_children(wf, doc, issues, stack)
+    _check_calls_and_children(wf, doc, issues, stack, memo)
     if issues:
         raise WorkflowError(issues)
     return wf
 
 
-def _load_path(path: Path, functions: Mapping[str, Callable[..., Any]], stack: tuple[Path, ...] = ()) -> Workflow:
+def _label(path: Path) -> str:
+    return os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)
+
+
+def _read(path: Path, label: str, limits: WorkflowLimits) -> str:
+    """The file's text: at most ``max_bytes`` (checked before reading), UTF-8 (else an issue where it breaks)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        data = f.read(limits.max_bytes + 1)
+    if max(size, len(data)) > limits.max_bytes:
+        exc = limits.exceeded("max_bytes", max(size, len(data)), "bytes in this file")
+        raise WorkflowError([Issue(label, 1, 1, "", exc.problem, exc.hint)])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = data[:exc.start].decode("utf-8", "replace")
+        issue = _text_issue(label, before + "?", len(before),
+                            f"not UTF-8 text: byte 0x{data[exc.start]:02x} cannot be decoded (a binary file, or another encoding?)",
+                            "save the workflow as UTF-8 text")
+        raise WorkflowError([issue]) from None
+
+
+def _load_path(path: Path, functions: Mapping[str, Callable[..., Any]], limits: WorkflowLimits,
+               stack: tuple[Path, ...] = (), memo: Optional[dict[Path, Union[Workflow, WorkflowError]]] = None) -> Workflow:
+    """Load ``path`` (each file once per top-level load: ``memo`` keeps what it gave)."""
     path = path.resolve()
-    text = path.read_text(encoding="utf-8")
-    label = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)
-    return _validate(text, label, path.parent, functions, stack + (path,))
+    memo = {} if memo is None else memo
+    if path not in memo:
+        label = _label(path)
+        try:
+            memo[path] = _validate(_read(path, label, limits), label, path.parent, functions, limits, stack + (path,), memo)
+        except WorkflowError as exc:
+            memo[path] = exc
+    got = memo[path]
+    if isinstance(got, WorkflowError):
+        raise WorkflowError(got.issues)
+    return got
 
 
-def load_workflow(source: Union[str, os.PathLike], *, functions: Optional[Mapping[str, Callable[..., Any]]] = None) -> Workflow:
+def load_workflow(source: Union[str, os.PathLike], *, functions: Optional[Mapping[str, Callable[..., Any]]] = None,
+                  limits: Optional[WorkflowLimits] = None) -> Workflow:
     """Load and validate a workflow file, or a bundled one by name (``"draw-check-refine"``).
 
-    ``functions`` adds to the registered functions that ``call`` nodes may use. Raises
+    ``functions`` adds to the registered functions that ``call`` nodes may use; ``limits``
+    (default ``WorkflowLimits()``) bounds the file and, when it runs, its templates. Raises
     ``WorkflowError`` listing every problem, ``FileNotFoundError`` when there is no such file.
     """
     p = Path(source)
@@ -551,10 +715,96 @@ def load_workflow(source: Union[str, os.PathLike], *, functions: Optional[Mappin
         else:
             raise FileNotFoundError(f"no workflow file {str(source)!r} and no bundled workflow of that name "
                                     f"(bundled: {', '.join(bundled) or 'none'})")
-    return _load_path(p, registered_functions(functions))
+    return _load_path(p, registered_functions(functions), limits or WorkflowLimits())
 
 
 def loads_workflow(text: str, *, label: str = "<string>", base_dir: Union[str, os.PathLike, None] = None,
-                   functions: Optional[Mapping[str, Callable[..., Any]]] = None) -> Workflow:
+                   functions: Optional[Mapping[str, Callable[..., Any]]] = None,
+                   limits: Optional[WorkflowLimits] = None) -> Workflow:
     """Validate a workflow given as YAML text (sub-workflows resolve against ``base_dir``, default cwd)."""
-    return _validate(text, label, Path(base_dir or ".").resolve(), registered_functions(functions), ())
+    limits = limits or WorkflowLimits()
+    size = len(text) if len(text) > limits.max_bytes else len(text.encode("utf-8", "surrogatepass"))
+    if size > limits.max_bytes:
+        exc = limits.exceeded("max_bytes", size, "bytes in this text")
+        raise WorkflowError([Issue(label, 1, 1, "", exc.problem, exc.hint)])
+    return _validate(text, label, Path(base_dir or ".").resolve(), registered_functions(functions), limits, (), {})
+
+
+# ------------------------------------------------------------------------------- run inputs
+TRUE_WORDS = frozenset({"true", "yes", "1", "on"})  # what a boolean input given as text may say
+FALSE_WORDS = frozenset({"false", "no", "0", "off"})
+_TYPE_WORDS = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "a boolean",
+               "json": "JSON", "image": "an image", "images": "images"}
+
+
+def _image_problem(v: Any) -> Optional[str]:
+    """Why ``v`` is not an image input (a PIL image, a stored image reference, a path to a file)."""
+    if hasattr(v, "convert") or (isinstance(v, dict) and "sha256" in v and "png" in v):
+        return None
+    if isinstance(v, (str, os.PathLike)):
+        return None if os.path.isfile(v) else f"no file {os.fspath(v)[:200]!r}"
+    return f"got {type(v).__name__} {repr(v)[:80]}"
+
+
+def _input_problem(t: str, v: Any) -> Optional[str]:
+    """Why ``v`` is not a value of the input type ``t`` as a run takes them (text from ``--set``
+    is parsed), or None."""
+    got = f"got {type(v).__name__} {repr(v)[:80]}"
+    if t == "string":
+        if not isinstance(v, str):
+            return got
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"it holds a lone surrogate at index {exc.start}, which is not valid Unicode text"
+        return None
+    if t in ("integer", "number"):
+        parse, ok = (int, (int,)) if t == "integer" else (float, (int, float))
+        if isinstance(v, str):
+            try:
+                v = parse(v)
+            except ValueError:
+                return got
+        if not isinstance(v, ok) or isinstance(v, bool):
+            return got
+        if t == "integer" and not -2**63 <= v < 2**63:  # a run's checkpoints store 64-bit integers
+            return f"{len(str(abs(v)))} digits is beyond the 64-bit range (-2**63 to 2**63-1)"
+        return None
+    if t == "boolean":
+        return None if isinstance(v, bool) or (isinstance(v, str) and v.lower() in TRUE_WORDS | FALSE_WORDS) else \
+            f"{got} (text may say {', '.join(sorted(TRUE_WORDS | FALSE_WORDS))})"
+    if t == "json":
+        try:
+            json.loads(v) if isinstance(v, str) else json.dumps(v)
+        except (TypeError, ValueError, RecursionError) as exc:
+            return f"{exc} ({got})"
+        return None
+    items = v.split(",") if t == "images" and isinstance(v, str) else list(v) if isinstance(v, (list, tuple)) else [v]
+    if t == "image" and len(items) != 1:
+        return f"one image, {got}"
+    for i, x in enumerate(items):
+        problem = _image_problem(x)
+        if problem:
+            return f"item {i}: {problem}" if t == "images" else problem
+    return None
+
+
+def check_inputs(wf: Workflow, inputs: Optional[Mapping[str, Any]]) -> None:
+    """Check a run's inputs before anything runs: no unknown input, every required one given,
+    each of its declared type (as ``run_workflow`` and ``--set`` accept them). ``ValueError``
+    names the input, the type it expects and what was given."""
+    given = dict(inputs or {})
+    spec = wf.spec
+    for k in given:
+        if k not in spec.inputs:
+            raise ValueError(f"unknown input {k!r} for workflow {spec.name!r}; {did_you_mean(k, list(spec.inputs))}")
+    for name, inp in spec.inputs.items():
+        if name not in given:
+            if "default" not in inp.model_fields_set:
+                raise ValueError(f"input {name!r} ({inp.type}) is required: pass --set {name}=... "
+                                 f"(or inputs={{{name!r}: ...}}); given: {', '.join(map(repr, given)) or 'no inputs'}")
+            continue
+        problem = _input_problem(inp.type, given[name])
+        if problem:
+            sep = ", " if problem.startswith("got ") else ": "
+            raise ValueError(f"input {name!r} expects {_TYPE_WORDS[inp.type]}{sep}{problem}")

@@ -3,19 +3,29 @@
 A workflow declares typed ``inputs``, model ``backend`` settings, ``nodes`` (one of the kinds in
 ``NODE_KINDS``), ``edges`` between them (``START`` and ``END`` are the entry and the exit) and
 ``outputs``. ``workflow_json_schema()`` exports the JSON Schema editors use.
+
+``WorkflowLimits`` bounds the work a workflow file and its templates can ask for (the YAML's
+size, depth and alias expansion; each template's output, loops, calls and values); a limit that
+is passed raises ``WorkflowLimitError`` naming the limit, the value found and how to raise it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import Field
+
+from lladauni.model_core.options import MAX_SEED
 
 from ..option_models import StrictModel, task_options_model
 
 __all__ = [
     "WorkflowSpec", "InputSpec", "BackendSpec", "Node", "NODE_KINDS", "NODE_OUTPUTS", "TEMPLATE_FIELDS",
-    "EXPRESSION_FIELDS", "ITEM_FIELDS", "workflow_json_schema", "SCHEMA_VERSION",
+    "EXPRESSION_FIELDS", "ITEM_FIELDS", "workflow_json_schema", "SCHEMA_VERSION", "WorkflowLimits", "WorkflowLimitError",
+    "MAX_WORKFLOW_BYTES", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "MAX_TEMPLATE_OUTPUT", "MAX_TEMPLATE_RANGE",
+    "MAX_TEMPLATE_LOOP_ITERATIONS", "MAX_TEMPLATE_CALLS", "MAX_TEMPLATE_BUILT", "MAX_INT_DIGITS", "MAX_TEMPLATE_SECONDS",
 ]
 
 SCHEMA_VERSION = 1
@@ -51,7 +61,7 @@ class BackendSpec(_Strict):
     """Model settings for every call of a kind; a node's ``options`` override them, and the
     caller's (``run_workflow(..., image_options=...)``, the CLI's ``--size``/``--steps``) override both."""
 
-    seed: Optional[int] = 0
+    seed: Optional[int] = Field(0, ge=0, le=MAX_SEED)
     retokenize: Literal["reuse", "roundtrip"] = "reuse"
     text: TextOptions = Field(default_factory=TextOptions)
     image: ImageOptions = Field(default_factory=ImageOptions)
@@ -215,3 +225,68 @@ def workflow_json_schema() -> dict[str, Any]:
     schema["$id"] = "https://github.com/lladauni/lladauni/workflows/schema.json"
     schema["title"] = "lladauni workflow (schema v1)"
     return schema
+
+
+# ----------------------------------------------------------------------------------- limits
+# Defaults of ``WorkflowLimits`` (read when a ``WorkflowLimits()`` is made, so setting one of these
+# constants raises the limit for every later load).
+MAX_WORKFLOW_BYTES = 65_536  # a workflow file (the bundled ones are under 4 KB)
+MAX_YAML_DEPTH = 64  # nested mappings and sequences
+MAX_YAML_NODES = 100_000  # values in the file once every alias is expanded
+MAX_TEMPLATE_OUTPUT = 1_000_000  # characters one render writes (text captured by set blocks and macros too)
+MAX_TEMPLATE_RANGE = 100_000  # items of a range(), and of a list that * or + builds
+MAX_TEMPLATE_LOOP_ITERATIONS = 100_000  # passes of all {% for %} loops of one render together
+MAX_TEMPLATE_CALLS = 20_000  # function, method and macro calls of one render
+MAX_TEMPLATE_BUILT = 20_000_000  # characters one render builds, plus what filters and methods read (an item counts 10)
+MAX_INT_DIGITS = 4_300  # digits of an integer that * or ** makes (Python's own str() limit)
+MAX_TEMPLATE_SECONDS = 5.0  # wall-clock time of one render, the backstop for whatever the counts miss
+
+_CONSTANTS = {"max_bytes": "MAX_WORKFLOW_BYTES", "max_depth": "MAX_YAML_DEPTH", "max_nodes": "MAX_YAML_NODES",
+              "max_output_chars": "MAX_TEMPLATE_OUTPUT", "max_range": "MAX_TEMPLATE_RANGE",
+              "max_loop_iterations": "MAX_TEMPLATE_LOOP_ITERATIONS", "max_calls": "MAX_TEMPLATE_CALLS",
+              "max_built": "MAX_TEMPLATE_BUILT", "max_int_digits": "MAX_INT_DIGITS",
+              "max_seconds": "MAX_TEMPLATE_SECONDS"}
+
+
+def _constant(name: str) -> Any:
+    return dataclasses.field(default_factory=lambda: globals()[name])
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkflowLimits:
+    """What one workflow may ask of the loader and of each template render. Pass
+    ``limits=WorkflowLimits(max_depth=200)`` to ``load_workflow``/``loads_workflow`` (the loaded
+    workflow keeps them for its runs), or set the module constant named in each field's comment."""
+
+    max_bytes: int = _constant("MAX_WORKFLOW_BYTES")
+    max_depth: int = _constant("MAX_YAML_DEPTH")
+    max_nodes: int = _constant("MAX_YAML_NODES")
+    max_output_chars: int = _constant("MAX_TEMPLATE_OUTPUT")
+    max_range: int = _constant("MAX_TEMPLATE_RANGE")
+    max_loop_iterations: int = _constant("MAX_TEMPLATE_LOOP_ITERATIONS")
+    max_calls: int = _constant("MAX_TEMPLATE_CALLS")
+    max_built: int = _constant("MAX_TEMPLATE_BUILT")
+    max_int_digits: int = _constant("MAX_INT_DIGITS")
+    max_seconds: float = _constant("MAX_TEMPLATE_SECONDS")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or not math.isfinite(v):
+                raise ValueError(f"WorkflowLimits.{f.name} = {v!r}: expected a positive number")
+
+    def exceeded(self, limit: str, found: Any, what: str) -> "WorkflowLimitError":
+        """The error for ``what`` (found: ``found``) passing the limit ``limit``."""
+        return WorkflowLimitError(limit, getattr(self, limit), found, what)
+
+
+class WorkflowLimitError(ValueError):
+    """A workflow or template passed one of its ``WorkflowLimits``: ``limit`` (the field), ``value``
+    (the limit in force), ``found`` (what was asked for), ``problem`` and ``hint`` (how to raise it)."""
+
+    def __init__(self, limit: str, value: Any, found: Any, what: str) -> None:
+        self.limit, self.value, self.found = limit, value, found
+        self.problem = f"{what}: {found} is over the limit {limit}={value}"
+        self.hint = (f"raise it with limits=WorkflowLimits({limit}=...) on load_workflow/loads_workflow, "
+                     f"or set lladauni.agent.workflows.schema.{_CONSTANTS[limit]}")
+        super().__init__(f"{self.problem} ({self.hint})")
