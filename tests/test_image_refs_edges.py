@@ -71,6 +71,16 @@ def test_decode_refuses_a_truncated_image_as_unreadable():
     assert exc.value.status == 400 and "not a readable image" in str(exc.value)
 
 
+def test_decode_refuses_a_png_with_a_broken_chunk_as_unreadable():
+    """PIL raises SyntaxError ("broken PNG file") for a damaged chunk name after IDAT: a 400, not a 500."""
+    data = bytes.fromhex(
+        "89504e470d0a1a0a0000000d494844520000001400000014080200000002eb8a5a0000001d49444154789c6364646266"
+        "20173091ad7354f3a8e651cda39a3ea21900809e002ea0312c280000000057451844ae426082")
+    with pytest.raises(InputError) as exc:
+        decode_image_bytes(data, Limits())
+    assert exc.value.status == 400 and "not a readable image" in str(exc.value)
+
+
 # ------------------------------------------------------------------------------------ data URLs
 def test_data_url_decoding_to_exactly_the_cap_is_accepted_and_one_byte_more_is_refused():
     cap = 3000  # a multiple of 3, so the payload has no padding and its length says the size exactly

@@ -1,7 +1,9 @@
-"""Edges of the server's front door: which hosts count as loopback, and the body limit exactly at
+"""Edges of the server's front door: which hosts count as loopback, the body limit exactly at
 ``max_bytes`` (declared by Content-Length or streamed without one), one byte over it, and a
-Content-Length that is not a number. The ASGI app is driven directly with hand-made messages,
-so the headers and chunking are exactly what each test says."""
+Content-Length that is not a number; the JSON nesting limit exactly at and one past
+``max_json_depth`` with the body split at every byte; a stalled body; how ``Guard`` ends a
+request whose app fails before, during or after its response. The ASGI app is driven directly
+with hand-made messages, so the headers and chunking are exactly what each test says."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from typing import Optional
 import pytest
 
 from lladauni.agent import ScriptedBackend
+from lladauni.tools.http_auth import Guard
+from lladauni.tools.http_limits import ConnectionLimits
 from lladauni.tools.runtime import Limits
 from lladauni.tools.server import create_app, is_loopback
 from lladauni.tools.service import ToolService
@@ -57,11 +61,14 @@ def _body(size: int) -> bytes:
     return raw
 
 
-def _post(app, chunks: list[bytes], content_length: Optional[bytes]) -> tuple[int, dict]:
-    """POST ``chunks`` (one http.request message each) to the app; returns (status, JSON reply)."""
+def _exchange(app, chunks: list[bytes], content_length: Optional[bytes], stalled: bool = False,
+              content_type: bytes = b"application/json", path: str = PATH) -> tuple[int, dict, bytes]:
+    """POST ``chunks`` (one http.request message each; ``stalled``: the last one says more is
+    coming, and nothing comes) to the app; returns (status, headers, body) of the reply."""
 
-    async def go() -> tuple[int, dict]:
-        pending = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+    async def go() -> tuple[int, dict, bytes]:
+        pending = [{"type": "http.request", "body": c, "more_body": stalled or i < len(chunks) - 1}
+                   for i, c in enumerate(chunks)]
         sent: list[dict] = []
 
         async def receive() -> dict:
@@ -73,20 +80,26 @@ def _post(app, chunks: list[bytes], content_length: Optional[bytes]) -> tuple[in
         async def send(message: dict) -> None:
             sent.append(message)
 
-        headers = [(b"host", b"test"), (b"content-type", b"application/json")]
+        headers = [(b"host", b"test"), (b"content-type", content_type)]
         if content_length is not None:
             headers.append((b"content-length", content_length))
         scope = {
             "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-            "path": PATH, "raw_path": PATH.encode(), "root_path": "", "query_string": b"", "headers": headers,
+            "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"", "headers": headers,
             "client": ("127.0.0.1", 5000), "server": ("test", 80),
         }
         await asyncio.wait_for(app(scope, receive, send), timeout=10)
         start = next(m for m in sent if m["type"] == "http.response.start")
         body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-        return start["status"], json.loads(body)
+        return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
 
     return asyncio.run(go())
+
+
+def _post(app, chunks: list[bytes], content_length: Optional[bytes], **kw) -> tuple[int, dict]:
+    """POST ``chunks`` to the app; returns (status, JSON reply)."""
+    status, _, body = _exchange(app, chunks, content_length, **kw)
+    return status, json.loads(body)
 
 
 def _refused(status: int, reply: dict) -> bool:
@@ -134,3 +147,97 @@ def test_a_streamed_body_one_byte_over_the_limit_is_refused(app):
 def test_small_bodies_pass_with_or_without_a_length(app):
     assert _read_and_parsed(*_post(app, [_body(3)], b"3"))
     assert _read_and_parsed(*_post(app, [_body(10)], None))
+
+
+# ---------------------------------------------------------------------------------- JSON depth
+DEPTH = 8
+
+
+@pytest.fixture(scope="module")
+def deep_app(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("deep")
+    svc = ToolService(ScriptedBackend(size=32), limits=Limits(max_body_bytes=4096), out_dir=tmp / "out", model_name="m")
+    return create_app(svc, limits=ConnectionLimits(max_json_depth=DEPTH, body_timeout_s=0.2))
+
+
+def _too_deep(status: int, reply: dict) -> bool:
+    return status == 400 and f"max_json_depth={DEPTH}" in reply["error"]["message"]
+
+
+# strings full of brackets, escaped quotes and escaped backslashes (the last closes its string),
+# then real nesting: the outer array plus ``n`` more levels
+_TRICKY = rb'["[{[{", "\"[[[", "\\", "a\\\"]]", '
+
+
+def _nested(levels: int) -> bytes:
+    return _TRICKY + b"[" * levels + b"]" * levels + b"]"
+
+
+def test_json_exactly_at_the_depth_limit_passes_at_every_split(deep_app):
+    body = _nested(DEPTH - 1)
+    json.loads(body)  # valid JSON, DEPTH deep
+    for cut in range(len(body) + 1):
+        assert _read_and_parsed(*_post(deep_app, [body[:cut], body[cut:]], None)), cut
+
+
+def test_json_one_level_past_the_limit_is_refused_at_every_split(deep_app):
+    body = _nested(DEPTH)
+    json.loads(body)
+    for cut in range(len(body) + 1):
+        assert _too_deep(*_post(deep_app, [body[:cut], body[cut:]], None)), cut
+    assert _too_deep(*_post(deep_app, [bytes([b]) for b in body], None))  # a byte at a time
+
+
+def test_objects_count_as_deep_as_arrays(deep_app):
+    assert _too_deep(*_post(deep_app, [b'{"a":' * (DEPTH + 1) + b"1" + b"}" * (DEPTH + 1)], None))
+    assert _too_deep(*_post(deep_app, [b"[" * 2000 + b"]" * 2000], None))
+    assert _read_and_parsed(*_post(deep_app, [b'["' + b"[" * 3000 + b'"]'], None))  # inside a string: not nesting
+
+
+def test_a_utf16_body_is_refused_naming_utf8(deep_app):
+    for encoding in ("utf-16", "utf-16-le", "utf-32"):
+        status, reply = _post(deep_app, ['{"prompt": "x"}'.encode(encoding)], None)
+        assert status == 400 and "not UTF-8" in reply["error"]["message"], encoding
+    assert _read_and_parsed(*_post(deep_app, ["\ufeff[1]".encode("utf-8")], None))  # a UTF-8 BOM is UTF-8
+
+
+def test_a_multipart_body_is_not_read_as_json(deep_app):
+    body = b"--x\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\n" + b"[" * 100 + b"\r\n--x--\r\n"
+    status, reply = _post(deep_app, [body], None, content_type=b"multipart/form-data; boundary=x",
+                          path="/v1/images/edits")
+    assert status == 400 and "needs an image" in reply["error"]["message"]
+
+
+def test_a_stalled_body_gets_408_and_closes_the_connection(deep_app):
+    status, headers, body = _exchange(deep_app, [b'{"prom'], b"40", stalled=True)
+    err = json.loads(body)["error"]
+    assert status == 408 and headers["connection"] == "close" and err["code"] == "request_timeout"
+    assert "6 of 40 bytes" in err["message"] and "body_timeout_s" in err["message"]
+
+
+# ---------------------------------------------------------------------------------- failures
+def _failing_app(when: str):
+    """An ASGI app that raises RuntimeError before, in the middle of, or after its response."""
+
+    async def app(scope, receive, send):
+        if when == "before":
+            raise RuntimeError("broke before answering")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"part", "more_body": when == "during"})
+        raise RuntimeError(f"broke {when} answering")
+
+    return Guard(app, 1024)
+
+
+def test_a_failure_before_the_response_is_a_500_in_the_openai_shape():
+    status, reply = _post(_failing_app("before"), [b"{}"], b"2")
+    assert status == 500 and reply["error"]["code"] == "internal_error" and "RuntimeError" in reply["error"]["message"]
+
+
+def test_a_failure_after_a_whole_response_keeps_the_connection():
+    assert _exchange(_failing_app("after"), [b"{}"], b"2")[::2] == (200, b"part")  # no exception reaches uvicorn
+
+
+def test_a_failure_in_the_middle_of_a_response_still_closes_it():
+    with pytest.raises(RuntimeError, match="broke during"):
+        _exchange(_failing_app("during"), [b"{}"], b"2")

@@ -226,7 +226,10 @@ def _demo(args: argparse.Namespace) -> int:
     import time
 
     import lladauni.model_core.checkpoint as mc
+    from lladauni.agent.workflows import run_workflow
+    from lladauni.agent.workflows.cli import check_seed, event_printer, report_failure
 
+    check_seed(args.seed)
     try:
         mc.default_checkpoint()
     except mc.CheckpointError:
@@ -234,9 +237,6 @@ def _demo(args: argparse.Namespace) -> int:
               f"({mc.DEFAULT_CHECKPOINT_DIR} has no config.json); build it with `python -m lladauni.model_core.training.build`",
               file=sys.stderr)
         return 2
-    from lladauni.agent.workflows import run_workflow
-    from lladauni.agent.workflows.cli import event_printer
-
     out = _demo_dir(Path(args.out))
     backend = _demo_backend(args)
     t0 = time.perf_counter()
@@ -249,7 +249,10 @@ def _demo(args: argparse.Namespace) -> int:
     t2 = time.perf_counter()
     print(file=sys.stderr)
     print("\n".join(_demo_summary(result, args.prompt, t1 - t0, t2 - t1)))
-    return 0 if result.status in ("done", "capped") else 1
+    if result.status in ("done", "capped"):
+        return 0
+    report_failure(result.status, result.error)
+    return 1
 
 
 def _tool_service(args: argparse.Namespace):
@@ -280,8 +283,18 @@ def _serve(args: argparse.Namespace) -> int:
 
     if not is_loopback(args.host) and not _api_key(args):  # refuse before loading the model
         raise ValueError(f"--host {args.host} is reachable from other machines: set --api-key or LLADAUNI_API_KEY")
-    serve(_tool_service(args), host=args.host, port=args.port, api_key=_api_key(args))
+    serve(_tool_service(args), host=args.host, port=args.port, api_key=_api_key(args), limits=_connection_limits(args))
     return 0
+
+
+def _connection_limits(args: argparse.Namespace):
+    """The front door's limits from the flags (``http_limits.ConnectionLimits``; 0 = no per-client cap,
+    for a server behind a reverse proxy, where every client has the proxy's address)."""
+    from lladauni.tools.http_limits import ConnectionLimits
+
+    per_client = args.max_connections_per_client
+    return ConnectionLimits(header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+                            max_connections_per_client=per_client or None)
 
 
 def _mcp(args: argparse.Namespace) -> int:
@@ -291,7 +304,7 @@ def _mcp(args: argparse.Namespace) -> int:
     if args.transport == "http" and not is_loopback(args.host) and not _api_key(args):
         raise ValueError(f"--host {args.host} is reachable from other machines: set --api-key or LLADAUNI_API_KEY")
     run_mcp(_tool_service(args), transport="stdio" if args.transport == "stdio" else "streamable-http",
-            host=args.host, port=args.port, api_key=_api_key(args))
+            host=args.host, port=args.port, api_key=_api_key(args), limits=_connection_limits(args))
     return 0
 
 
@@ -362,6 +375,12 @@ def _add_servers(sub) -> None:
         p.add_argument("--queue-size", type=int, default=4, help="requests waiting behind the running one (then 429)")
         p.add_argument("--timeout", type=float, default=600.0, help="seconds per request, queue wait included")
         p.add_argument("--max-body-mb", type=int, default=32)
+        p.add_argument("--header-timeout", type=float, default=10.0,
+                       help="seconds a connection may take to send a request head (then closed)")
+        p.add_argument("--body-timeout", type=float, default=30.0,
+                       help="longest pause while a request body arrives (then 408)")
+        p.add_argument("--max-connections-per-client", type=int, default=128,
+                       help="open connections per client address (0: no cap, e.g. behind a reverse proxy)")
         p.add_argument("--max-image-side", type=int, default=2048,
                        help="largest output side a request may ask for (at most what the checkpoint's size tokens allow)")
         p.add_argument("--model-name", default=None, help="the model id clients send (default: the checkpoint's name)")
@@ -402,12 +421,30 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _check_texts(args: argparse.Namespace) -> None:
+    """The texts given to the model (prompt, instruction, question) must be UTF-8: bytes that are
+    not arrive as lone surrogates, which no tokenizer takes (refused before the model loads)."""
+    from lladauni.model_core.tokenizer import lone_surrogate
+
+    for name in ("prompt", "instruction", "question"):
+        value = getattr(args, name, None)
+        where = lone_surrogate(value) if isinstance(value, str) else None
+        if where is not None:
+            raise ValueError(f"{name}: not valid UTF-8 text ({where}); pass the text in UTF-8")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from lladauni.model_core.generation.results import GenerationError
+
     args = build_parser().parse_args(argv)
     try:
+        _check_texts(args)
         return int(args.func(args))
-    except (ValueError, FileNotFoundError) as exc:  # bad input: say what, no traceback
+    except (ValueError, OSError) as exc:  # bad input (a missing or unreadable file too): say what, no traceback
         return _fail(str(exc))
+    except GenerationError as exc:  # the model ran and could not give what was asked
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except ModuleNotFoundError as exc:  # a missing extra: one line naming it
         hint = missing_extra_message(exc, f"lladauni {args.command}")
         if hint is None:

@@ -8,11 +8,13 @@ import contextlib
 from typing import Annotated, Any, Callable, Optional
 
 from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
 
-from .runtime import Cancelled, png_b64
+from .http_errors import error_body
+from .runtime import Cancelled, RunFailed, png_b64
 from .service import ToolService
 
-__all__ = ["Service", "get_service", "image_part", "image_urls", "run_job", "until_done_or_gone"]
+__all__ = ["Service", "get_service", "image_part", "image_urls", "run_failed_response", "run_job", "until_done_or_gone"]
 
 
 def get_service(request: Request) -> ToolService:
@@ -51,6 +53,14 @@ def image_urls(svc: ToolService, request: Request, images: list, fmt: str) -> li
         base = str(request.base_url).rstrip("/")
         return [f"{base}/v1/files/{svc.save(im).name}" for im in images]
     return ["data:image/png;base64," + png_b64(im) for im in images]
+
+
+def run_failed_response(exc: RunFailed) -> JSONResponse:
+    """A run that ended without its result: 422 ``run_failed``, an OpenAI-style error body with the
+    run's error, its status and its thread id (the server keeps its trace under that id)."""
+    body = error_body(422, str(exc), "run_failed")
+    body["error"].update(status=exc.status, thread_id=exc.thread_id)
+    return JSONResponse(body, status_code=422)
 
 
 def image_part(url: str) -> dict:

@@ -18,8 +18,8 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import CallToolResult, ImageContent, TextContent
 from pydantic import BaseModel
 
-from .runtime import Busy, Cancelled, InputError, png_bytes
-from .service import TOOLS, ToolResult, ToolService
+from .runtime import Busy, Cancelled, InputError, RunFailed, png_bytes
+from .service import TOOLS, ToolResult, ToolService, tool_args
 
 __all__ = ["TOOLS", "build_mcp_server", "run_mcp"]
 
@@ -63,10 +63,26 @@ def _typed(model: type[BaseModel], impl: Callable) -> Callable:
     return tool
 
 
+class _CheckedServer(MCPServer):
+    """An ``MCPServer`` that checks a call's arguments against the tool's typed model before the
+    SDK does (the SDK's own model, built from the signature, drops unknown keys silently): an
+    unknown argument (with a did-you-mean), a wrong type or a lone surrogate is a tool error
+    naming it, and nothing runs."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        if name in TOOLS:
+            try:
+                tool_args(TOOLS[name][0], arguments)
+            except InputError as exc:
+                return _error(f"bad input: {exc}")
+        return await super().call_tool(name, arguments, context)
+
+
 def build_mcp_server(service: ToolService, *, inline_limit: int = 2 * 1024 * 1024) -> MCPServer:
-    """An ``MCPServer`` with the five tools over ``service``."""
+    """An ``MCPServer`` with the five tools over ``service``. A run that fails (an agent or
+    workflow run that ends "failed", a model error) is a tool error with its text, never a success."""
     size = service.model.get("default_image_size")
-    mcp = MCPServer("lladauni", instructions=f"{service.model_name} (LLaDA2.0-Uni): generate, edit and understand images; "
+    mcp = _CheckedServer("lladauni", instructions=f"{service.model_name} (LLaDA2.0-Uni): generate, edit and understand images; "
                     "visual reasoning; workflows. Images in: data URLs or local paths under the server's allowed roots. "
                     f"Image sides: multiples of 32 up to {service.max_image_side} px"
                     + (f"; default size {size[1]}x{size[0]}." if size else "."))
@@ -77,8 +93,7 @@ def build_mcp_server(service: ToolService, *, inline_limit: int = 2 * 1024 * 102
                 loop = asyncio.get_running_loop()
                 events: asyncio.Queue = asyncio.Queue()
                 try:
-                    args = model.model_validate({k: v for k, v in kw.items() if v is not None})  # None: not given
-                    job = getattr(service, job_name)(args)
+                    job = getattr(service, job_name)(tool_args(model, kw))  # None: not given
                 except (InputError, ValueError) as exc:
                     return _error(f"bad input: {exc}")
 
@@ -99,6 +114,8 @@ def build_mcp_server(service: ToolService, *, inline_limit: int = 2 * 1024 * 102
                     return _error(str(exc))
                 except (TimeoutError, Cancelled) as exc:
                     return _error(f"stopped: {exc}")
+                except RunFailed as exc:
+                    return _error(f"{exc} (trace: {exc.trace})")
                 except ValueError as exc:
                     return _error(f"bad input: {exc}")
                 except Exception as exc:  # noqa: BLE001 - a failure the calling model should read
@@ -115,22 +132,30 @@ def build_mcp_server(service: ToolService, *, inline_limit: int = 2 * 1024 * 102
 
 
 def run_mcp(service: ToolService, *, transport: str = "stdio", host: str = "127.0.0.1", port: int = 8000,
-            api_key: Optional[str] = None) -> None:
-    """Serve over stdio, or streamable HTTP at ``/mcp`` (loopback unless ``api_key`` is set)."""
+            api_key: Optional[str] = None, limits: Any = None) -> None:
+    """Serve over stdio, or streamable HTTP at ``/mcp`` (loopback unless ``api_key`` is set) behind
+    the OpenAI server's front door: ``limits`` is an ``http_limits.ConnectionLimits`` (head and
+    body timeouts, connection caps, JSON depth), its defaults when None."""
     mcp = build_mcp_server(service)
     if transport == "stdio":
         mcp.run("stdio")
         return
     import uvicorn
 
-    uvicorn.run(mcp_http_app(service, mcp, host=host, api_key=api_key), host=host, port=port, log_level="warning")
+    from .http_limits import ConnectionLimits, uvicorn_config
+
+    limits = limits or ConnectionLimits()
+    app = mcp_http_app(service, mcp, host=host, api_key=api_key, limits=limits)
+    uvicorn.Server(uvicorn_config(app, limits, host=host, port=port, log_level="warning")).run()
 
 
-def mcp_http_app(service: ToolService, mcp: MCPServer, *, host: str = "127.0.0.1", api_key: Optional[str] = None) -> Any:
-    """The streamable HTTP app at ``/mcp`` behind the same guard as the OpenAI server."""
+def mcp_http_app(service: ToolService, mcp: MCPServer, *, host: str = "127.0.0.1", api_key: Optional[str] = None,
+                 limits: Any = None) -> Any:
+    """The streamable HTTP app at ``/mcp`` behind the same guard as the OpenAI server (``limits``:
+    its ``ConnectionLimits``, for the JSON depth and body timeouts)."""
     from .http_auth import Guard, is_loopback
 
     if not is_loopback(host) and not api_key:
         raise ValueError(f"host={host!r} is reachable from other machines: set an API key to bind beyond 127.0.0.1")
     app = mcp.streamable_http_app(max_request_body_size=service.limits.max_body_bytes, host=host)
-    return Guard(app, service.limits.max_body_bytes, api_key, protected="/mcp")
+    return Guard(app, service.limits.max_body_bytes, api_key, protected="/mcp", limits=limits)

@@ -10,36 +10,41 @@ from typing import Any, Optional
 from fastapi import Request
 from pydantic import ValidationError
 
-from .runtime import InputError, load_image_ref
+from .runtime import MAX_REQUEST_DEPTH, InputError, check_request_data, load_image_ref
 from lladauni.agent.wire import WireError, decode_options
 
-from .schemas import ChatRequest
+from .schemas import ChatRequest, validation_message
 from .service import ToolService, parse_size_checked
 
-__all__ = ["KIND", "check_model", "json_body", "model_options", "reasoner_name", "split_messages",
+__all__ = ["KIND", "check_model", "json_body", "model_options", "parse_json", "reasoner_name", "split_messages",
            "validation_message"]
 
 
-def validation_message(exc: ValidationError) -> str:
-    parts = []
-    for e in exc.errors()[:5]:
-        loc = ".".join(str(x) for x in e["loc"])
-        parts.append(f"{loc}: {e['msg']}" if loc else e["msg"])
-    return "; ".join(parts)
+def parse_json(raw: Any, where: str = "") -> Any:
+    """The request body (or the JSON text of the form field ``where``) as JSON, checked (nesting,
+    lone surrogates) before anything reads it; ``InputError`` (400) saying what is wrong and where."""
+    what = where or "the body"
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as exc:
+        raise InputError(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{where or 'body'}: the request nests deeper than {MAX_REQUEST_DEPTH} levels of objects and "
+                         "arrays; flatten it (this limit is MAX_REQUEST_DEPTH in lladauni.tools.runtime)") from None
+    except ValueError as exc:  # e.g. an integer literal longer than Python converts
+        raise InputError(f"{what} is not usable JSON: {exc}") from None
+    check_request_data(data, where)
+    return data
 
 
 async def json_body(request: Request, model: type) -> Any:
-    raw = await request.body()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"the body is not valid JSON: {exc}") from None
+    data = parse_json(await request.body())
     if not isinstance(data, dict):
         raise InputError("the body must be a JSON object")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise InputError(validation_message(exc)) from None
+        raise InputError(validation_message(exc, model)) from None
 
 
 def reasoner_name(svc: ToolService) -> str:

@@ -17,9 +17,9 @@ from fastapi.responses import StreamingResponse
 
 from lladauni.model_core.generation.results import GenerationError
 
-from .http_deps import Service, image_part, image_urls, run_job
+from .http_deps import Service, image_part, image_urls, run_failed_response, run_job
 from .openai_requests import check_model, json_body, model_options, reasoner_name, split_messages
-from .runtime import Busy, InputError, png_bytes
+from .runtime import Busy, InputError, RunFailed, png_bytes
 from .schemas import ChatRequest, ReasonArgs
 from .service import ToolService
 
@@ -137,7 +137,10 @@ async def chat_completions(request: Request, svc: Service) -> Any:
     job, kind = await asyncio.to_thread(chat_job, svc, req)  # image decoding stays off the event loop
     head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": svc.model_name}
     if not req.stream:
-        result = await run_job(svc, request, job)
+        try:
+            result = await run_job(svc, request, job)
+        except RunFailed as exc:  # the agent graph ended without its answer: not a 200 with the error as content
+            return run_failed_response(exc)
         return {**head, "object": "chat.completion", "system_fingerprint": None,
                 "choices": [{"index": 0, "message": message_of(svc, request, result, kind, head["id"]), "finish_reason": "stop",
                              "logprobs": None}], "usage": usage(result, kind)}
@@ -157,13 +160,15 @@ def _chunk(head: dict, delta: dict, finish: Optional[str] = None) -> str:
 
 
 def _sse_error(exc: Exception) -> str:
-    """A failure after the 200 was sent, as an SSE error event."""
+    """A failure after the 200 was sent, as an SSE error event (a failed agent run: code 422, with
+    its thread id)."""
     status = 429 if isinstance(exc, Busy) else 504 if isinstance(exc, TimeoutError) else \
         400 if isinstance(exc, ValueError) else 422 if isinstance(exc, GenerationError) else 500
     if status == 500:
         log.exception("stream failed")
     message = str(exc) if status < 500 else f"internal error ({type(exc).__name__})"
-    return _sse({"error": {"message": message, "type": "server_error", "code": status}})
+    extra = {"thread_id": exc.thread_id, "status": exc.status} if isinstance(exc, RunFailed) else {}
+    return _sse({"error": {"message": message, "type": "server_error", "code": status, **extra}})
 
 
 def _result_chunks(svc: ToolService, request: Request, req: ChatRequest, result: Any, kind: str,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from typing import Any
@@ -12,8 +11,9 @@ from fastapi import APIRouter, Request
 
 from .http_deps import Service, image_urls, run_job
 from lladauni.agent.wire import WireError, coerce_text, wire_names
+from lladauni.model_core.options import MAX_SEED
 
-from .openai_requests import check_model, json_body, model_options
+from .openai_requests import check_model, json_body, model_options, parse_json
 from .runtime import InputError, Limits, decode_image_bytes, load_image_ref
 from .schemas import ImagesRequest
 from .service import ToolService, parse_size_checked
@@ -26,6 +26,14 @@ router = APIRouter(prefix="/v1/images")
 def _seeded(opts: dict, i: int) -> dict:
     """The options of the ``i``-th of ``n`` images: consecutive seeds when a seed is given."""
     return dict(opts, seed=opts["seed"] + i) if opts.get("seed") is not None else opts
+
+
+def _check_seeds(opts: dict, n: int) -> None:
+    """The ``n`` consecutive seeds must all be valid seeds (refused now, not inside the run)."""
+    seed = opts.get("seed")
+    if seed is not None and seed + n - 1 > MAX_SEED:
+        raise InputError(f"seed={seed} with n={n}: the images take seeds {seed} to {seed + n - 1}, and a seed must be "
+                         f"<= {MAX_SEED}; choose a seed <= {MAX_SEED - n + 1}")
 
 
 def _payloads(urls: list[str], fmt: str) -> list[dict]:
@@ -48,7 +56,10 @@ def image_params(task: str, given: dict[str, Any], *, text: bool = False) -> dic
     known = set(wire_names(task).values()) | set(wire_names(task)) | set(_ALIASES) | {"width", "height", "decode_mode", "seed", "mode"}
     bad = sorted(k for k in given if k not in known and k not in _OPENAI_ONLY)
     if bad:
-        raise InputError(f"unsupported image parameters: {', '.join(bad)}")
+        from lladauni.agent.workflows.loader import did_you_mean
+
+        choices = sorted(known | {"prompt", "n", "size", "response_format", "model"})
+        raise InputError("unsupported image parameters: " + ", ".join(f"{k} ({did_you_mean(k, choices)})" for k in bad))
     out: dict[str, Any] = {}
     for k, v in given.items():
         if k in _OPENAI_ONLY:
@@ -78,6 +89,7 @@ async def images_generations(request: Request, svc: Service) -> dict:
             raise InputError(f"size={req.size!r} disagrees with image_h={ig.get('image_h')}, image_w={ig.get('image_w')}")
         ig["size"] = req.size
     opts = model_options(svc, "image", ig)
+    _check_seeds(opts, req.n)
 
     def job(b: Any) -> list:
         return [b.generate_image(req.prompt, **_seeded(opts, i)) for i in range(req.n)]
@@ -105,10 +117,10 @@ async def _read_edit_form(request: Request, lim: Limits) -> tuple[dict[str, Any]
             else:
                 raise InputError("mask is not supported: LLaDA2.0-Uni edits from the instruction alone")
         elif key == "image_generation":
-            try:
-                ig.update(json.loads(value))
-            except (json.JSONDecodeError, TypeError):
-                raise InputError("image_generation: not a JSON object") from None
+            obj = parse_json(value, "image_generation")
+            if not isinstance(obj, dict):
+                raise InputError("image_generation: not a JSON object")
+            ig.update(obj)
         elif m := re.fullmatch(r"image_generation\[(\w+)\]", key):
             ig[m.group(1)] = value
         elif key in ("url", "url[]"):  # repeatable: source images by URL
@@ -167,6 +179,7 @@ async def images_edits(request: Request, svc: Service) -> dict:
                                      + [load_image_ref(u, lim, f"url[{i}]") for i, u in enumerate(urls)])
     ig, n, fmt = _edit_params(svc, fields, ig)
     opts = model_options(svc, "edit", ig)
+    _check_seeds(opts, n)
     src = images if len(images) > 1 else images[0]
     prompt = fields["prompt"]
 

@@ -9,15 +9,23 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures
+import errno
 import io
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-__all__ = ["Busy", "Cancelled", "InputError", "Limits", "ModelWorker", "decode_image_bytes", "load_image_ref", "png_bytes",
-           "png_b64"]
+from lladauni.model_core.generation.results import GenerationError
+from lladauni.model_core.tokenizer import lone_surrogate
+
+__all__ = ["MAX_REQUEST_DEPTH", "Busy", "Cancelled", "InputError", "Limits", "ModelWorker", "RunFailed", "check_request_data",
+           "decode_image_bytes", "load_image_ref", "png_bytes", "png_b64"]
+
+# how deeply a request's JSON may nest (objects and arrays); OpenAI bodies need about 5 levels
+MAX_REQUEST_DEPTH = 64
 
 
 class InputError(ValueError):
@@ -40,6 +48,59 @@ class Cancelled(Exception):
     """Raised inside a model call whose client left or whose deadline passed."""
 
 
+class RunFailed(GenerationError):
+    """An agent or workflow run that ended without its result (status "failed", or any status but
+    done / capped): every surface reports it as a failure (HTTP 422 ``run_failed``, MCP
+    ``is_error``, a LangChain tool error), with the run's error and thread id."""
+
+    def __init__(self, kind: str, status: str, error: Optional[str], thread_id: str, trace: str = "") -> None:
+        reason = error or f"the run ended with status {status!r} and no error message (see its trace)"
+        super().__init__(f"the {kind} run {thread_id} {status}: {reason}")
+        self.status, self.error, self.thread_id, self.trace = status, reason, thread_id, trace
+
+
+# ------------------------------------------------------------------------------ request data
+def _text_problem(text: str, where: str, kind: str) -> Optional[str]:
+    at = lone_surrogate(text)
+    if at is None:
+        return None
+    return (f"{where}: the {kind} holds a lone surrogate ({at}), which is not valid Unicode and cannot reach the "
+            "model; send UTF-8 text (in JSON, a \\ud800-style escape must be one half of a pair)")
+
+
+def check_request_data(data: Any, where: str = "", max_depth: int = MAX_REQUEST_DEPTH) -> None:
+    """Refuse (``InputError`` naming the field) request data that nests deeper than ``max_depth``,
+    holds a string or key with a lone surrogate (JSON can carry one; no tokenizer, file or
+    response can) or an integer beyond 64 bits (no option takes one, and a run's checkpoints
+    cannot store one). Iterative, so hostile nesting cannot exhaust the stack."""
+    stack: list[tuple[Any, str, int]] = [(data, where, 0)]
+    while stack:
+        value, at, depth = stack.pop()
+        if isinstance(value, str):
+            problem = _text_problem(value, at or "body", "text")
+            if problem:
+                raise InputError(problem)
+            continue
+        if isinstance(value, int) and not -2**63 <= value < 2**63:
+            shown = str(value) if abs(value) < 10**30 else f"an integer of {len(str(abs(value)))} digits"
+            raise InputError(f"{at or 'body'}: {shown} is beyond the 64-bit integers this server takes "
+                             f"({-2**63} to {2**63 - 1})")
+        if not isinstance(value, (dict, list, tuple)):
+            continue
+        if depth >= max_depth:
+            raise InputError(f"{at or 'body'}: the request nests deeper than {max_depth} levels of objects and arrays; "
+                             "flatten it (this limit is MAX_REQUEST_DEPTH in lladauni.tools.runtime)")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                name = str(k)
+                problem = _text_problem(name, at or "body", "key " + ascii(name))
+                if problem:
+                    raise InputError(problem)
+                stack.append((v, f"{at}.{name}" if at else name, depth + 1))
+        else:
+            stack.extend((v, f"{at}[{i}]", depth + 1) for i, v in enumerate(value))
+
+
 @dataclass
 class Limits:
     """Safety limits. ``allowed_roots``: local image paths must resolve under one of them
@@ -59,21 +120,25 @@ class Limits:
 
 # ------------------------------------------------------------------------------------ images
 def decode_image_bytes(data: bytes, limits: Limits, what: str = "image"):
-    """Bytes -> RGB PIL image, refusing oversized files and decompression bombs before decoding."""
-    from PIL import Image, UnidentifiedImageError
+    """Bytes -> RGB PIL image, refusing oversized files and decompression bombs (413) before
+    decoding; the decoding itself is model_core's ``load_image`` (its formats, scan cap, alpha
+    and 16-bit handling), whose ``ValueError`` for anything unreadable becomes a 400."""
+    from PIL import Image
+
+    from lladauni.model_core.image_preprocess import load_image
 
     if len(data) > limits.max_image_bytes:
         raise InputError(f"{what}: {len(data):,} bytes is over the {limits.max_image_bytes:,}-byte limit", 413)
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data)) as im:  # reads the header only
             w, h = im.size
-            if w * h > limits.max_image_pixels:
-                raise InputError(f"{what}: {w}x{h} pixels is over the {limits.max_image_pixels:,}-pixel limit", 413)
-            im.load()
-            return im.convert("RGB")
-    except InputError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds (SyntaxError, struct.error ...) on bad headers
+        raise InputError(f"{what}: not a readable image ({type(exc).__name__}: {exc})") from None
+    if w * h > limits.max_image_pixels:
+        raise InputError(f"{what}: {w}x{h} pixels is over the {limits.max_image_pixels:,}-pixel limit", 413)
+    try:
+        return load_image(data, max_pixels=limits.max_image_pixels, min_side=1)
+    except ValueError as exc:
         raise InputError(f"{what}: not a readable image ({exc})") from None
 
 
@@ -85,7 +150,8 @@ def load_image_ref(ref: str, limits: Limits, what: str = "image"):
     """A data URL (``data:image/...;base64,...``), ``file://`` URL or local path under an allowed
     root -> PIL image. Remote URLs are refused (the server fetches nothing)."""
     if not isinstance(ref, str) or not ref:
-        raise InputError(f"{what}: expected a data URL or a local path, got {type(ref).__name__}")
+        got = "str (an empty one)" if ref == "" else type(ref).__name__
+        raise InputError(f"{what}: expected a data URL or a local path, got {got}")
     if ref.startswith("data:"):
         head, _, payload = ref.partition(",")
         if not head.endswith(";base64") or not head[5:].startswith("image/"):
@@ -100,17 +166,41 @@ def load_image_ref(ref: str, limits: Limits, what: str = "image"):
         return decode_image_bytes(data, limits, what)
     if ref.startswith(("http://", "https://")):
         raise InputError(f"{what}: remote URLs are not fetched; send a data URL or upload the file")
-    path = Path(ref[7:] if ref.startswith("file://") else ref)
     if not limits.allowed_roots:
         raise InputError(f"{what}: local paths are disabled on this server (start it with --allow-path DIR)", 403)
+    if "\x00" in ref:
+        raise InputError(f"{what}: a path cannot hold a NUL character")
+    try:
+        data = _read_local(ref, limits, what)
+    except OSError as exc:  # the OS refused the path: a symlink loop, a name too long, no permission ...
+        reason = "does not exist" if exc.errno == errno.ENOENT else f"cannot be read: {exc.strerror or exc}"
+        raise InputError(f"{what}: {_short(ref)} {reason}", _OS_STATUS.get(exc.errno, 400)) from None
+    except RuntimeError as exc:  # pathlib (Python < 3.13) reports a symlink loop met while resolving this way
+        raise InputError(f"{what}: {_short(ref)} cannot be read: Too many levels of symbolic links ({exc})") from None
+    return decode_image_bytes(data, limits, what)
+
+
+# errno -> the status of a local path the OS refused (any other errno: 400)
+_OS_STATUS = {errno.ENOENT: 404, errno.EACCES: 403, errno.EPERM: 403}
+
+
+def _short(ref: str) -> str:
+    """``ref`` for a message: quoted, and cut to its first and last 60 characters when longer."""
+    return repr(ref if len(ref) <= 130 else ref[:60] + "..." + ref[-60:])
+
+
+def _read_local(ref: str, limits: Limits, what: str) -> bytes:
+    """The bytes of an absolute local path that resolves under an allowed root; OSError as the OS says."""
+    path = Path(ref[7:] if ref.startswith("file://") else ref)
     resolved = path.resolve()  # follows symlinks, so a link cannot point out of the roots
     if not path.is_absolute() or not _under(resolved, limits.allowed_roots):
-        raise InputError(f"{what}: {ref!r} is not an absolute path under an allowed root", 403)
-    if not resolved.is_file():
-        raise InputError(f"{what}: {ref!r} does not exist", 404)
-    if resolved.stat().st_size > limits.max_image_bytes:
-        raise InputError(f"{what}: {ref!r} is over the {limits.max_image_bytes:,}-byte limit", 413)
-    return decode_image_bytes(resolved.read_bytes(), limits, what)
+        raise InputError(f"{what}: {_short(ref)} is not an absolute path under an allowed root", 403)
+    info = resolved.stat()  # FileNotFoundError (404), ENAMETOOLONG, ELOOP ... as OSError
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{what}: {_short(ref)} is not a file" + (" (a directory)" if stat.S_ISDIR(info.st_mode) else ""))
+    if info.st_size > limits.max_image_bytes:
+        raise InputError(f"{what}: {_short(ref)} is over the {limits.max_image_bytes:,}-byte limit", 413)
+    return resolved.read_bytes()
 
 
 def png_bytes(image: Any) -> bytes:

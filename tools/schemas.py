@@ -8,19 +8,58 @@ Model options travel in ``image_generation`` as SGLang-Omni names them (``dllm_s
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lladauni.agent.option_models import StrictModel, options_model
-from lladauni.model_core.options import TASK_OPTIONS, option_specs
+from lladauni.model_core.options import MAX_SEED, TASK_OPTIONS, option_specs
 
 from .runtime import Limits
 
 __all__ = ["ChatRequest", "EditImageArgs", "GenerateImageArgs", "ImageGenerationOptions", "ImageItemPart", "ImagePart", "ImagesRequest",
-           "ReasonArgs", "TOOL_OPTIONS", "UnderstandArgs", "WorkflowArgs", "WorkflowRunRequest", "parse_size"]
+           "OPENAI_UNSUPPORTED", "REPLY_FIELDS", "ReasonArgs", "TOOL_OPTIONS", "UnderstandArgs", "WorkflowArgs", "WorkflowRunRequest", "parse_size",
+           "unknown_names", "validation_message"]
 
 _Strict = StrictModel  # unknown keys are refused
+_SEED = {"ge": 0, "le": MAX_SEED, "description": f"random seed, 0 to {MAX_SEED}"}
+
+
+# ---------------------------------------------------------------------------- error messages
+def _where(loc: tuple) -> str:
+    """A pydantic location as the request writes it: ``messages[0].content[1].text`` (the tags
+    pydantic adds for union members, such as ``list[...]``, left out)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif "[" not in str(part) and str(part) not in ("str", "function-after", "function-before"):
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def validation_message(exc: ValidationError, model: Optional[type] = None) -> str:
+    """The first errors of ``exc`` as "field: problem"; an unknown key is named as one, with the
+    closest field of ``model`` (for keys at its top level) as a did-you-mean."""
+    parts = []
+    for e in exc.errors()[:5]:
+        where = _where(e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden" and model is not None and len(e["loc"]) == 1:
+            parts.append(unknown_names([e["loc"][0]], list(model.model_fields)))
+            continue
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)
+
+
+def unknown_names(names: list, choices: list[str], what: str = "field") -> str:
+    """"unknown field 'promt' (did you mean 'prompt'?)", one clause per name, the hint from the
+    workflow loader's ``did_you_mean``."""
+    from lladauni.agent.workflows.loader import did_you_mean
+
+    return "; ".join(f"unknown {what} {n!r} ({did_you_mean(n, choices)})" for n in names)
 
 
 class ImageGenerationOptions(BaseModel):
@@ -47,7 +86,7 @@ class TextPart(_Strict):
     text: str
 
 
-class ImageURL(BaseModel):
+class ImageURL(_Strict):
     url: str
     detail: Optional[str] = None
 
@@ -75,22 +114,53 @@ class ImageItemPart(_Strict):
         return self.image
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+Part = Annotated[Union[TextPart, ImagePart, ImageItemPart], Field(discriminator="type")]
+
+# the fields of an assistant reply (OpenAI's and this server's own) that a client sends back with
+# the conversation; earlier output, so they change nothing and are dropped
+REPLY_FIELDS = ("refusal", "annotations", "audio", "tool_calls", "function_call", "images", "image", "segments", "trace")
+
+
+class Message(_Strict):
+    """One chat message. An assistant message may carry the reply's other fields (``REPLY_FIELDS``,
+    dropped); any other unknown field is refused by name."""
+
     role: Literal["system", "user", "assistant", "developer"]
-    content: Union[str, list[Union[TextPart, ImagePart, ImageItemPart]], None] = None
+    content: Union[str, list[Part], None] = None
+    name: Optional[str] = Field(default=None, description="OpenAI's participant name (changes nothing here)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replayed_reply(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("role") == "assistant":
+            return {k: v for k, v in data.items() if k not in REPLY_FIELDS}
+        return data
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(_Strict):
     include_usage: bool = False
 
 
-class ChatRequest(BaseModel):
+# OpenAI chat fields this server cannot honour -> what they would ask for. Each is accepted only
+# at its neutral value (null, false, 0, empty), which is what some clients always send.
+OPENAI_UNSUPPORTED = {
+    "tools": "tool calling", "tool_choice": "tool calling", "functions": "function calling",
+    "function_call": "function calling", "parallel_tool_calls": "tool calling", "response_format": "structured output",
+    "stop": "stop sequences", "logprobs": "log probabilities", "top_logprobs": "log probabilities",
+    "logit_bias": "logit bias", "presence_penalty": "a presence penalty", "frequency_penalty": "a frequency penalty",
+    "audio": "audio output", "prediction": "predicted outputs", "reasoning_effort": "a reasoning effort",
+    "web_search_options": "web search", "verbosity": "a verbosity level",
+}
+
+
+class ChatRequest(_Strict):
     """``POST /v1/chat/completions``. ``modalities`` ["text"] answers in text (with images: image
     understanding); ["image"] draws (with an input image: edits); ["text", "image"] thinks then
-    draws, or writes interleaved text and images with ``image_generation.mode="interleaved"``."""
+    draws, or writes interleaved text and images with ``image_generation.mode="interleaved"``.
+    An unknown field is refused by name; OpenAI's bookkeeping fields (``user``, ``metadata``,
+    ``store``, ``service_tier``) change nothing; the ones in ``OPENAI_UNSUPPORTED`` are accepted
+    only at their neutral value."""
 
-    model_config = ConfigDict(extra="ignore")  # OpenAI fields we do not use (user, logprobs ...)
     model: Optional[str] = None
     messages: list[Message] = Field(min_length=1)
     modalities: list[Literal["text", "image"]] = ["text"]
@@ -101,10 +171,26 @@ class ChatRequest(BaseModel):
     temperature: Optional[float] = None  # ranges: the task's options (model_core.options)
     top_p: Optional[float] = None
     top_k: Optional[int] = None
-    seed: Optional[int] = Field(default=None, ge=0)
+    seed: Optional[int] = Field(default=None, **_SEED)
     n: int = Field(default=1, ge=1, le=1)
     images: Optional[list[str]] = Field(default=None, description="SGLang-Omni's top-level input images (URLs or paths)")
     image_generation: Optional[ImageGenerationOptions] = None
+    user: Optional[str] = None
+    metadata: Optional[dict[str, str]] = None
+    store: Optional[bool] = None
+    service_tier: Optional[str] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _neutral_only(cls, data: Any) -> Any:
+        """Drop the ``OPENAI_UNSUPPORTED`` fields sent at their neutral value; refuse the others by name."""
+        if not isinstance(data, dict):
+            return data
+        asked = sorted(k for k in OPENAI_UNSUPPORTED if k in data and data[k] not in (None, False, 0, "", [], {}))
+        if asked:
+            raise ValueError("; ".join(f"{k}={data[k]!r}"[:120] + f": this server has no {OPENAI_UNSUPPORTED[k]} "
+                                       f"(LLaDA2.0-Uni); leave {k} unset" for k in asked))
+        return {k: v for k, v in data.items() if k not in OPENAI_UNSUPPORTED}
 
     def top_level(self) -> dict:
         """The OpenAI fields that carry task options."""
@@ -129,11 +215,11 @@ class ImagesRequest(BaseModel):
 
 
 class WorkflowRunRequest(_Strict):
-    """``POST /v1/workflows/{name}/runs``: image inputs are data URLs or allowed local paths."""
+    """``POST /v1/workflows/{name}/runs``: image inputs are data URLs or allowed local paths. Each
+    run gets a new thread id (the reply's ``id``); one cannot be chosen."""
 
     inputs: dict[str, Any] = {}
-    thread_id: Optional[str] = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(default=None, **_SEED)
     response_format: Literal["b64_json", "url"] = "b64_json"
 
 
@@ -190,10 +276,10 @@ class ReasonArgs(_Strict):
     max_rounds: int = Field(default=3, ge=1, le=8)
     mode: Literal["sketch", "refine", "interleaved"] = Field(
         default="sketch", description="sketch: visual_reasoning; refine: draw_inspect_refine; interleaved: interleaved_story")
-    seed: Optional[int] = Field(default=None, ge=0)
+    seed: Optional[int] = Field(default=None, **_SEED)
 
 
 class WorkflowArgs(_Strict):
     name: str = Field(description="a bundled or registered workflow name")
     inputs: dict[str, Any] = Field(default={}, description="workflow inputs; images as data URLs or allowed paths")
-    seed: Optional[int] = Field(default=None, ge=0)
+    seed: Optional[int] = Field(default=None, **_SEED)

@@ -12,10 +12,13 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Union
 
-from .runtime import InputError, Limits, ModelWorker, load_image_ref
-from .schemas import TOOL_OPTIONS, EditImageArgs, GenerateImageArgs, ReasonArgs, UnderstandArgs, WorkflowArgs, parse_size
+from pydantic import ValidationError
 
-__all__ = ["REASON_GRAPHS", "TOOLS", "ToolResult", "ToolService"]
+from .runtime import InputError, Limits, ModelWorker, RunFailed, check_request_data, load_image_ref
+from .schemas import (TOOL_OPTIONS, EditImageArgs, GenerateImageArgs, ReasonArgs, UnderstandArgs, WorkflowArgs, parse_size,
+                      validation_message)
+
+__all__ = ["REASON_GRAPHS", "TOOLS", "ToolResult", "ToolService", "tool_args"]
 
 REASON_GRAPHS = {"sketch": "visual_reasoning", "refine": "draw_inspect_refine", "interleaved": "interleaved_story"}
 _KINDS = ("text", "image", "edit", "interleaved")
@@ -176,7 +179,7 @@ class ToolService:
         def job(backend: Any) -> ToolResult:
             r = self._agent(backend, a.seed).run(a.task, images=images, graph=REASON_GRAPHS[a.mode],
                                                  max_iterations=a.max_rounds)
-            return _run_result(r)
+            return _run_result(r, "agent")
 
         return job
 
@@ -203,11 +206,25 @@ class ToolService:
             r = run_workflow(wf, inputs, backend, run_dir=self.runs_dir / thread, thread_id=thread, seed=seed,
                              text_options=self.defaults["text"], image_options=self.defaults["image"],
                              edit_options=self.defaults["edit"], interleaved_options=self.defaults["interleaved"])
-            out = _run_result(r)
+            out = _run_result(r, "workflow")
             out["outputs"] = r.state.get("outputs", {})
             return out
 
         return job
+
+
+def tool_args(model: type, raw: Any) -> Any:
+    """A tool call's arguments (MCP, LangChain) -> ``model``, or ``InputError`` naming each bad
+    field: an unknown one (with a did-you-mean), a wrong type or range, a lone surrogate. None
+    values are "not given" (tool-calling models send them for optional fields)."""
+    if not isinstance(raw, dict):
+        raise InputError(f"the arguments must be an object, got {type(raw).__name__}")
+    given = {k: v for k, v in raw.items() if v is not None}
+    check_request_data(given)
+    try:
+        return model.model_validate(given)
+    except ValidationError as exc:
+        raise InputError(validation_message(exc, model)) from None
 
 
 def tool_options(a: Any) -> dict:
@@ -230,9 +247,13 @@ def parse_size_checked(size: str) -> tuple[int, int]:
         raise InputError(str(exc)) from None
 
 
-def _run_result(r: Any) -> ToolResult:
+def _run_result(r: Any, kind: str) -> ToolResult:
+    """A finished run -> its ``ToolResult``; a run that did not finish (failed, or any status but
+    done / capped) raises ``RunFailed`` with its error and thread id."""
     from PIL import Image
 
+    if r.status not in ("done", "capped"):
+        raise RunFailed(kind, r.status, r.error, r.thread_id, str(r.trace_path))
     paths = [str(p) for p in r.images]
     best = r.best_image
     images = []

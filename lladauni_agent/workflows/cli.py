@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any, Callable, Optional
 
-__all__ = ["add_workflow_commands", "event_printer"]
+__all__ = ["add_workflow_commands", "check_seed", "check_text", "event_printer", "report_failure"]
 
 
 def add_workflow_commands(subparsers: Any) -> None:
@@ -42,6 +42,30 @@ def add_workflow_commands(subparsers: Any) -> None:
     p = subparsers.add_parser("schema", help="print the workflow JSON Schema (for editors)")
     p.add_argument("--out", help="write to this file instead of stdout")
     p.set_defaults(func=_schema)
+
+
+def check_seed(seed: Optional[int], flag: str = "--seed") -> None:
+    """ValueError naming ``flag`` unless ``seed`` is None or a seed the model takes (0 to 2**63-1)."""
+    from lladauni.model_core.options import MAX_SEED
+
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{flag} {seed}: a seed must be between 0 and {MAX_SEED} (2**63-1)")
+
+
+def check_text(text: str, what: str) -> None:
+    """ValueError naming ``what`` when a command-line text holds bytes that are not UTF-8 (Python
+    keeps them as lone surrogates, which no tokenizer or report can take)."""
+    from lladauni.model_core.tokenizer import lone_surrogate
+
+    where = lone_surrogate(text)
+    if where is not None:
+        raise ValueError(f"{what}: not valid UTF-8 text ({where}); pass the text in UTF-8")
+
+
+def report_failure(status: str, error: Optional[str]) -> None:
+    """One line on stderr for a run that did not finish: its status and error (or that it gave none)."""
+    reason = error or "no error message (see the run's trace.json and report.html)"
+    print(f"error: the run ended with status {status!r}: {reason}", file=sys.stderr)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -109,11 +133,13 @@ def _run(args: argparse.Namespace) -> int:
     from .loader import WorkflowError
     from .runner import resume_workflow, run_workflow
 
+    check_seed(args.seed)
     inputs: dict[str, str] = {}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        check_text(item, f"--set {key.strip()}")
         inputs[key.strip()] = value
 
     on_event = event_printer(args.json)
@@ -143,7 +169,10 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print(file=sys.stderr)
         print(json.dumps(summary, indent=2, default=str))
-    return 0 if result.status in ("done", "capped") else 1
+    if result.status in ("done", "capped"):
+        return 0
+    report_failure(result.status, result.error)
+    return 1
 
 
 def _schema(args: argparse.Namespace) -> int:
