@@ -91,10 +91,13 @@ def _options(args: argparse.Namespace, default_model: bool) -> dict[str, dict[st
 def run_agent_command(args: argparse.Namespace) -> int:
     from .agent import Agent
     from .backend import backend_from_args
-    from .workflows.cli import event_printer
+    from .workflows.cli import check_seed, check_text, event_printer, report_failure
 
     if not args.resume and not args.prompt:
         raise ValueError("give a prompt, or --resume THREAD")
+    check_seed(args.seed)
+    if args.prompt:
+        check_text(args.prompt, "the prompt")
     backend = backend_from_args(args.server, args.checkpoint, api_key=args.api_key, device=args.device,
                                 hint="choose where the model runs: --checkpoint PATH (in-process) or --server URL")
     o = _options(args, default_model=not args.server and not args.checkpoint)
@@ -129,4 +132,7 @@ def run_agent_command(args: argparse.Namespace) -> int:
             print(f"waiting for review: {summary['interrupt']}\n"
                   f"continue with: lladauni agent --resume {result.thread_id} --review approve"
                   + (f" --state-db {args.state_db}" if args.state_db else ""))
-    return 0 if result.status in ("done", "capped", "interrupted", "stopped") else 1
+    if result.status in ("done", "capped", "interrupted", "stopped"):
+        return 0
+    report_failure(result.status, result.error)
+    return 1

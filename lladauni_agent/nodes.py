@@ -36,6 +36,8 @@ from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
+from lladauni.model_core.options import MAX_SEED
+
 from . import prompts
 from .context import AgentContext
 from .report import write_run_files
@@ -123,9 +125,9 @@ def image_input(runtime: Runtime[AgentContext], ref: ImageRef, retokenize: str) 
 
 
 def seed_for(runtime: Runtime[AgentContext], offset: int) -> Optional[int]:
-    """The run's seed plus ``offset`` (None when the run has no seed)."""
+    """The run's seed plus ``offset``, modulo 2**63 (None when the run has no seed)."""
     s = runtime.context.seed
-    return None if s is None else s + offset
+    return None if s is None else (s + offset) % (MAX_SEED + 1)  # wraps, so a seed near the top stays valid
 
 
 def interleaved_segments(runtime: Runtime, node: str, state: Any, result: Any, seconds: float, *, stream: bool):

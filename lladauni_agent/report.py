@@ -16,14 +16,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .artifacts import ArtifactStore
+from .durable import write_atomic
 
 __all__ = ["write_run_files", "render_html"]
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_run_files(run_dir: os.PathLike | str, state: Mapping[str, Any]) -> tuple[Path, Path]:
@@ -31,8 +26,8 @@ def write_run_files(run_dir: os.PathLike | str, state: Mapping[str, Any]) -> tup
     store = ArtifactStore(run_dir)
     trace = {"written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "state": dict(state)}
     tpath, rpath = store.path("trace.json"), store.path("report.html")
-    _atomic(tpath, json.dumps(trace, indent=2, default=str))
-    _atomic(rpath, render_html(state, store))
+    write_atomic(tpath, json.dumps(trace, indent=2, default=str))
+    write_atomic(rpath, render_html(state, store))
     return tpath, rpath
 
 

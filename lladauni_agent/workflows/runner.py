@@ -10,17 +10,20 @@ needs only that directory, the backend and the same checkpoint file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Union
 
-from ..agent import RunResult, drive_graph, make_checkpointer
+from ..agent import (ResumeError, RunResult, continue_graph, drive_graph, make_checkpointer, read_run_meta,
+                     state_file_name)
 from ..artifacts import ArtifactStore
+from ..durable import write_atomic
 from . import schema as S
 from .compiler import WorkflowContext, compile_workflow
-from .loader import Workflow, did_you_mean, load_workflow
+from .loader import Workflow, load_workflow
 
 __all__ = ["run_workflow", "resume_workflow"]
 
@@ -96,9 +99,7 @@ def run_workflow(
         checkpointer = make_checkpointer(checkpoint)
     if backend is None:
         raise ValueError("run_workflow needs a backend (or agent=Agent(backend))")
-    for k in dict(inputs or {}):  # refuse unknown inputs before anything runs (types are checked in the graph)
-        if k not in wf.spec.inputs:
-            raise ValueError(f"unknown input {k!r} for workflow {wf.name!r}; {did_you_mean(k, list(wf.spec.inputs))}")
+    wf.check_inputs(inputs)  # unknown, missing or wrong-typed inputs: ValueError before anything runs
     thread_id = thread_id or uuid.uuid4().hex[:16]
     out = Path(run_dir) if run_dir is not None else Path(runs_dir) / thread_id
     if (out / "run.json").exists():
@@ -113,8 +114,9 @@ def run_workflow(
         raw[k] = v
     meta = {"kind": "workflow", "workflow": wf.source, "name": wf.name, "thread_id": thread_id,
             "inputs": json.loads(json.dumps(raw, default=str)), "seed": seed,
-            "overrides": json.loads(json.dumps(overrides, default=str))}
-    (out / "run.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+            "overrides": json.loads(json.dumps(overrides, default=str)), "spec_digest": _spec_digest(wf),
+            "state_file": agent.state_file if agent is not None else state_file_name(checkpoint)}
+    write_atomic(out / "run.json", json.dumps(meta, indent=2))
     graph = compile_workflow(wf, checkpointer=checkpointer)
     try:
         return _drive(graph, wf, {"inputs": raw}, thread_id, out, _context(wf, backend, out, seed, overrides), on_event)
@@ -131,25 +133,31 @@ def resume_workflow(
     functions: Optional[Mapping[str, Callable[..., Any]]] = None,
     on_event: Optional[Callable[[dict], None]] = None,
 ) -> RunResult:
-    """Continue a run that stopped (a crash, a kill) from its last checkpoint in ``checkpoint``;
-    completed nodes are not run again. A finished run is returned as it is."""
+    """Continue a run that stopped (a crash, a kill at any point) from its last checkpoint in
+    ``checkpoint``; completed nodes and model calls are not run again. A finished run is returned
+    as it is; a run that cannot resume raises ``ResumeError`` with the reason and what to do."""
     out = Path(run_dir)
-    try:
-        meta = json.loads((out / "run.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"no workflow run in {out} (run.json is missing)") from None
+    meta = read_run_meta(out, str(out.name), "workflow run")
+    thread_id = meta.get("thread_id")
+    if not isinstance(thread_id, str) or not isinstance(meta.get("workflow"), str):
+        raise ResumeError(str(out.name), f"{out / 'run.json'} names no workflow or thread", "start the run again")
     wf = load_workflow(meta["workflow"], functions=functions)
+    if meta.get("spec_digest") not in (None, _spec_digest(wf)):
+        raise ResumeError(thread_id, f"the workflow {meta['workflow']} changed since the run started",
+                          "restore the file as it was, or start a new run")
     checkpointer = make_checkpointer(checkpoint)
     try:
         graph = compile_workflow(wf, checkpointer=checkpointer)
-        config = {"configurable": {"thread_id": meta["thread_id"]}}
-        snap = graph.get_state(config)
-        if not snap.values:
-            raise ValueError(f"thread {meta['thread_id']!r} has no checkpoint in {checkpoint}")
-        if not snap.next:
-            return RunResult(meta["thread_id"], out, snap.values.get("status", "done"), dict(snap.values))
-        ctx = _context(wf, backend, out, meta["seed"], meta["overrides"])
-        return _drive(graph, wf, None, meta["thread_id"], out, ctx, on_event)
+        config = {"configurable": {"thread_id": thread_id},
+                  "recursion_limit": min(10_000, 20 + 2 * _step_bound(wf))}
+        ctx = _context(wf, backend, out, meta.get("seed"), meta.get("overrides") or {})
+        return continue_graph(graph, config, ctx, out, on_event, start={"inputs": meta.get("inputs") or {}},
+                              state_file=state_file_name(checkpoint), run_state_file=meta.get("state_file", False))
     finally:
         if getattr(checkpointer, "conn", None) is not None:
             checkpointer.conn.close()
+
+
+def _spec_digest(wf: Workflow) -> str:
+    """What the run's graph was compiled from: resuming under another spec would mix two graphs."""
+    return hashlib.sha256(wf.spec.model_dump_json().encode()).hexdigest()
