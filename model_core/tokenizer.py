@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-__all__ = ["TextTokenizer", "SpecialTokens", "TokenizerError"]
+__all__ = ["TextTokenizer", "SpecialTokens", "TokenizerError", "lone_surrogate"]
 
 _SIZE_TOKEN = re.compile(r"^<\|reserved_token_(\d+)\|>$")
 
@@ -47,6 +47,19 @@ def _summarize_sides(sides: Any) -> str:
             parts.append(str(ns[i]))
             i += 1
     return ", ".join(parts)
+
+
+def lone_surrogate(text: str) -> Optional[str]:
+    """Where ``text`` cannot be encoded, or None: its first lone surrogate and index, e.g.
+    ``'\\ud800' at index 2``, or ``byte b'\\xff' at index 2`` for a byte that was not UTF-8 (Python
+    keeps such bytes of a command line or file name as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        ch = text[exc.start]
+        what = f"byte {ch.encode('utf-8', 'surrogateescape')!r}" if "\udc80" <= ch <= "\udcff" else ascii(ch)
+        return f"{what} at index {exc.start}"
+    return None
 
 
 class TokenizerError(ValueError):
@@ -138,6 +151,10 @@ class TextTokenizer:
         """Token ids of ``text`` with nothing added (no BOS/EOS)."""
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        where = lone_surrogate(text)
+        if where is not None:  # the Rust tokenizer would fail with an opaque TypeError
+            raise ValueError(f"cannot encode text with a lone surrogate ({where} of {len(text)} characters), which is "
+                             "not valid Unicode; pass UTF-8-encodable text (e.g. decode input bytes with errors='replace')")
         return list(self.hf.encode(text, add_special_tokens=False))
 
     def encode_segments(self, segments: Sequence[Segment]) -> list[int]:
