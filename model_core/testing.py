@@ -54,7 +54,7 @@ TINY_WORDS = (
 
 def published_tokenizer_config() -> dict:
     """The published ``tokenizer_config.json`` (shipped with the package as data)."""
-    raw = resources.files("model_core").joinpath("data/tokenizer_config.json.gz").read_bytes()
+    raw = resources.files("lladauni.model_core").joinpath("data/tokenizer_config.json.gz").read_bytes()
     return json.loads(gzip.decompress(raw))
 
 
@@ -163,7 +163,7 @@ def make_tiny_checkpoint(
 
     tok_cfg = published_tokenizer_config()
     (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    with resources.as_file(resources.files("model_core").joinpath("data/special_tokens_map.json")) as src:
+    with resources.as_file(resources.files("lladauni.model_core").joinpath("data/special_tokens_map.json")) as src:
         shutil.copyfile(src, out / "special_tokens_map.json")
     (out / "tokenizer.json").write_text(json.dumps(tiny_tokenizer_json(tok_cfg), ensure_ascii=False), encoding="utf-8")
     if with_image_tokenizer:

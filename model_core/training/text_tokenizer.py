@@ -45,7 +45,7 @@ SPECIAL_TOKENS: tuple[str, ...] = (
 
 
 def _published_template() -> str:
-    raw = resources.files("model_core").joinpath("data/tokenizer_config.json.gz").read_bytes()
+    raw = resources.files("lladauni.model_core").joinpath("data/tokenizer_config.json.gz").read_bytes()
     return json.loads(gzip.decompress(raw))["chat_template"]
 
 
