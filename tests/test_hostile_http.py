@@ -477,3 +477,26 @@ def test_the_server_commands_take_the_front_door_limits_as_flags(monkeypatch):
     assert [(x.header_timeout_s, x.body_timeout_s, x.max_connections_per_client) for x in seen] == [
         (2.5, 4.0, None), (2.5, 4.0, None), (10.0, 30.0, 128)]
     assert cli.main(["serve", "--max-connections-per-client", "-3"]) != 0 and len(seen) == 3
+
+
+def test_every_accepted_connection_sends_small_writes_at_once(tmp_path, monkeypatch):
+    """TCP_NODELAY on each accepted socket: h11 writes a response's head and body separately, and
+    with Nagle's algorithm the body waited for the client's delayed ACK (about 40 ms per
+    keep-alive request on a socket handed to uvicorn, as ``serve_in_thread`` does)."""
+    import socket
+
+    from lladauni.tools import http_limits
+
+    seen = []
+    real = http_limits.no_delay
+
+    def spy(transport):
+        real(transport)
+        sock = transport.get_extra_info("socket")
+        seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    monkeypatch.setattr(http_limits, "no_delay", spy)
+    with _serve(_service(tmp_path)) as url:
+        with httpx.Client() as c:
+            assert [c.get(url + "/health").status_code for _ in range(3)] == [200, 200, 200]
+    assert seen and all(seen), seen  # one keep-alive connection, TCP_NODELAY on

@@ -36,8 +36,10 @@ attributes of ``H11Protocol``: ``transport``, ``loop``, ``conn`` (the ``h11.Conn
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
+import socket
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Optional
@@ -159,6 +161,16 @@ def raw_error(status: int, message: str, code: str, headers: tuple = ()) -> byte
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
+def no_delay(transport: Any) -> None:
+    """Send small writes at once (TCP_NODELAY). h11 writes a response's head and body separately;
+    with Nagle's algorithm on, the body waited for the client's delayed ACK: about 40 ms per
+    keep-alive request on a socket handed to uvicorn (``serve_in_thread``)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class ConnectionRegistry:
     """The open connections of one server: a count per client address, and those waiting for a
     request head, oldest first (the ones a full server closes to make room)."""
@@ -220,6 +232,7 @@ class GuardedH11Protocol(H11Protocol):
             transport.close()
             return
         self.counted = True
+        no_delay(transport)
         super().connection_made(transport)
         self.watch()
 
