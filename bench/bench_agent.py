@@ -78,7 +78,7 @@ def run(quick: bool) -> tuple[dict, str]:
         "",
         f"ScriptedBackend (64² images, answers chosen); wall time minus time inside backend calls, divided by node "
         f"executions (Send tasks count once each); medians of {repeats} runs. Includes LangGraph scheduling, "
-        "checkpoint writes (durability=sync), PNG/codes artifact files, and trace.json + report.html.",
+        "checkpoint writes (durability=sync), the call journal (one fsynced file per model call; it added about 1 ms per node when it came in), PNG/codes artifact files, and trace.json + report.html.",
         "",
         "| graph | nodes per run | in-memory ms/node | SQLite ms/node |",
         "|---|---|---|---|",
