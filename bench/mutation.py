@@ -112,6 +112,16 @@ TARGETS: tuple[Target, ...] = (
            ("_positive_int", "_loop_nodes")),
     Target("workflow_steps", "lladauni_agent/workflows/runner.py", "lladauni.agent.workflows.runner",
            ("tests/test_workflow_limits_edges.py", "tests/test_workflows_run.py"), ("_step_bound",)),
+    Target("state_file", "lladauni_agent/durable.py", "lladauni.agent.durable",
+           ("tests/test_durability_kill.py",),
+           ("open_state_db", "_check_state_db", "ChecksummedSerializer", "_fingerprint", "_encode", "_decode", "_digest",
+            "CallJournal._read", "CallJournal._write", "write_atomic")),
+    Target("front_door", "tools/http_limits.py", "lladauni.tools.http_limits",
+           ("tests/test_hostile_http.py", "tests/test_server_guard_edges.py"),
+           ("JsonDepth", "ConnectionRegistry", "ConnectionLimits", "no_delay")),
+    Target("request_data", "tools/runtime.py", "lladauni.tools.runtime",
+           ("tests/test_hostile_requests.py", "tests/test_image_refs_edges.py"),
+           ("check_request_data", "_text_problem")),
 )
 
 PRELOAD = ("torch", "numpy", "PIL.Image", "safetensors.torch", "transformers", "tokenizers", "pytest", "yaml",

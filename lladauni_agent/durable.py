@@ -66,17 +66,16 @@ def open_state_db(path: Path) -> sqlite3.Connection:
     """A connection to ``path`` (created if missing) that has passed SQLite's integrity check and
     carries lladauni's marker; raises ``StateFileError`` naming the file otherwise."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fresh = not path.exists() or path.stat().st_size == 0
     conn = sqlite3.connect(str(path), check_same_thread=False)
     try:
-        _check_state_db(conn, path, fresh)
+        _check_state_db(conn, path)
     except BaseException:
         conn.close()
         raise
     return conn
 
 
-def _check_state_db(conn: sqlite3.Connection, path: Path, fresh: bool) -> None:
+def _check_state_db(conn: sqlite3.Connection, path: Path) -> None:
     todo = "move it away or pass another state file (runs kept in it cannot resume)"
     try:
         verdict = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
@@ -91,7 +90,7 @@ def _check_state_db(conn: sqlite3.Connection, path: Path, fresh: bool) -> None:
             raise StateFileError(f"state file {path} has state format {row[0] if row else None}, this lladauni "
                                  f"reads format {STATE_FORMAT}; {todo}")
         return
-    if tables and not fresh:
+    if tables:  # a file without tables (new, or its first write rolled back) becomes a state file
         kind = ("written by an older lladauni (no checksums)" if tables <= {"checkpoints", "writes"}
                 else f"not a lladauni state file (tables: {', '.join(sorted(tables)[:5])})")
         raise StateFileError(f"state file {path} is {kind}; {todo}")
@@ -124,13 +123,17 @@ class ChecksummedSerializer:
 # -- the call journal -----------------------------------------------------------------------------
 
 def _fingerprint(obj: Any, h: Any) -> None:
-    """Feed a request's content into ``h``: tensors and images by their bytes, containers in order."""
+    """Feed a request's content into ``h``: tensors, arrays and images by their bytes, containers in order."""
+    import numpy as np
     import torch
 
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().contiguous()
         h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, np.ndarray):  # by its bytes: a long array's repr elides the middle
+        h.update(f"N{obj.dtype.str}{obj.shape}".encode())
+        h.update(np.ascontiguousarray(obj).tobytes())
     elif hasattr(obj, "tobytes") and hasattr(obj, "mode") and hasattr(obj, "size"):  # PIL image
         h.update(f"I{obj.mode}{obj.size}".encode())
         h.update(obj.tobytes())

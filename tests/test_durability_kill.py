@@ -14,6 +14,8 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -27,6 +29,8 @@ from lladauni.agent.workflows import resume_workflow, run_workflow
 from tests.agent_fixtures import comparable
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+ROOT = Path(__file__).resolve().parents[1]
 
 REQUEST = "a red cat, blue sky, green hat"
 RUN = dict(graph="draw_inspect_refine", max_iterations=2, refine="edit", thread_id="job")
@@ -111,8 +115,9 @@ def _workflow_child(d: Path, resume: bool, kind: str, at: int) -> None:
     (d / "result.json").write_text(json.dumps(comparable(r.state)))
 
 
-def _fork(target: Callable, *args) -> Optional[int]:
-    """Run ``target(*args)`` in a forked child; its signal number if killed, else None (exit 0)."""
+def fork_and_wait(target: Callable, args: tuple, timeout: float = 120.0) -> tuple[str, int]:
+    """Run ``target(*args)`` in a forked child: ("signal", n) if it was killed, ("exit", code) if
+    it ended (3: it raised; the error is in ``args[0]/child-error.txt``), ("hung", 0) past ``timeout``."""
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         code = 0
@@ -122,7 +127,7 @@ def _fork(target: Callable, *args) -> Optional[int]:
             Path(args[0], "child-error.txt").write_text(f"{type(exc).__name__}: {exc}")
             code = 3
         os._exit(code)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
@@ -130,12 +135,57 @@ def _fork(target: Callable, *args) -> Optional[int]:
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            raise AssertionError(f"{target.__name__}{args[1:]} hung")
+            return "hung", 0
         time.sleep(0.005)
-    if os.WIFSIGNALED(status):
-        return os.WTERMSIG(status)
+    return ("signal", os.WTERMSIG(status)) if os.WIFSIGNALED(status) else ("exit", os.WEXITSTATUS(status))
+
+
+# The children are forked by a fork server: a fresh interpreter that has imported everything and
+# done nothing else. Forking the pytest process itself is fragile: once anything in it has called
+# torch.set_num_threads, a forked child whose new threads touch torch fails ("Invalid thread pool!").
+_SERVER = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+os.chdir(sys.argv[1])
+import tests.test_durability_kill as T
+print("ready", flush=True)
+for line in sys.stdin:
+    name, args = json.loads(line)
+    kind, value = T.fork_and_wait(getattr(T, name), (T.Path(args[0]), *args[1:]))
+    print(json.dumps([kind, value]), flush=True)
+"""
+_server: list = []
+
+
+def _fork_server() -> subprocess.Popen:
+    if not _server or _server[0].poll() is not None:
+        proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(ROOT)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, bufsize=1)
+        assert proc.stdout.readline().strip() == "ready", "the fork server did not start"
+        _server[:] = [proc]
+    return _server[0]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_fork_server():
+    yield
+    if _server:
+        _server[0].stdin.close()
+        _server[0].wait(timeout=30)
+        _server.clear()
+
+
+def _fork(target: Callable, *args) -> Optional[int]:
+    """``target(*args)`` in a child of the fork server: its signal number if killed, else None
+    (an exit other than 0 fails with the child's error)."""
+    server = _fork_server()
+    server.stdin.write(json.dumps([target.__name__, [str(args[0]), *args[1:]]]) + "\n")
+    kind, value = json.loads(server.stdout.readline())
+    assert kind != "hung", f"{target.__name__}{args[1:]} hung"
+    if kind == "signal":
+        return value
     err = Path(args[0], "child-error.txt")
-    assert os.WEXITSTATUS(status) == 0, err.read_text() if err.exists() else status
+    assert value == 0, err.read_text() if err.exists() else value
     return None
 
 
@@ -361,3 +411,177 @@ def test_the_cli_says_in_one_line_why_a_run_cannot_resume(tmp_path, capsys):
                  "--state-db", str(tmp_path / "junk.sqlite")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "junk.sqlite is not a readable SQLite database" in err[0]
+
+
+# -- in-process checks of the same machinery (the kill tests run it in forked children) -----------
+
+def test_the_journal_stores_every_result_type_exactly_and_nothing_else(tmp_path):
+    import dataclasses
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from lladauni.model_core.generation.prompts import ImageCodes
+    from lladauni.model_core.generation.results import GenerationStats, ImageResult, InterleavedResult, TextResult
+    from lladauni.model_core.generation.sampler import StepRecord
+
+    journal = durable.CallJournal(object(), tmp_path / "calls")
+    image = Image.frombytes("RGB", (3, 2), bytes(range(18)))
+    stats = GenerationStats(forwards=3, forward_tokens=7, seconds=0.25, generated_tokens=2)
+    text = TextResult("a “quoted” answer", [5, 6], [1, 2, 3], stats, [StepRecord(0, 1, [4, 5], [0.5, 0.25])])
+    picture = ImageResult(torch.tensor([1, 16383, 7, 0]), 2, 2, image=image, thinking="plan", prompt_ids=[9], stats=stats)
+    results = [text, picture, InterleavedResult(["once", picture, "end"], stats), ImageCodes(torch.tensor([3, 4]), 1, 2),
+               image, [text, {"k": picture}]]
+    for i, result in enumerate(results):
+        slot = tmp_path / "calls" / f"{i}.safetensors"
+        journal._write(slot, result)
+        back = journal._read(slot)
+        assert type(back) is type(result)
+        assert _same(back, result), (i, back, result)
+
+    @dataclasses.dataclass
+    class Foreign:
+        x: int = 1
+
+    for foreign in (Foreign(), np.zeros(3), object()):
+        slot = tmp_path / "calls" / "foreign.safetensors"
+        journal._write(slot, foreign)  # not journaled: only the known result types are ever stored
+        assert not slot.exists()
+
+
+def _same(a, b) -> bool:
+    import dataclasses
+
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        return a.dtype == b.dtype and torch.equal(a, b)
+    if hasattr(a, "tobytes") and hasattr(a, "mode"):
+        return (a.mode, a.size, a.tobytes()) == (b.mode, b.size, b.tobytes())
+    if dataclasses.is_dataclass(a):
+        return all(_same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+def test_a_state_file_is_created_with_its_folders_and_reopened(tmp_path):
+    """In one process: a state file in folders that do not exist yet; run, close, reopen, resume."""
+    db = tmp_path / "new" / "deeper" / "state.sqlite"
+    agent = Agent(_backend(tmp_path / "c.jsonl"), runs_dir=tmp_path / "runs", checkpoint=db)
+    assert agent.run(REQUEST, **RUN).status == "capped"
+    agent.close()
+    again = Agent(_backend(tmp_path / "c2.jsonl"), runs_dir=tmp_path / "runs", checkpoint=db)
+    assert again.resume("job").status == "capped"
+    again.close()
+    assert not (tmp_path / "c2.jsonl").exists()  # nothing ran again
+
+
+def test_an_empty_sqlite_file_without_tables_is_taken_as_new(tmp_path):
+    """A file SQLite wrote but that holds no table (a first write rolled back by a kill) is a new
+    state file, not a foreign one."""
+    db = tmp_path / "state.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA user_version = 7")
+    assert db.stat().st_size > 0
+    agent = Agent(_backend(tmp_path / "c.jsonl"), runs_dir=tmp_path / "runs", checkpoint=db)
+    agent.close()
+
+
+def test_a_state_file_of_another_format_or_an_older_lladauni_is_refused(tmp_path):
+    old = tmp_path / "old.sqlite"
+    with sqlite3.connect(old) as conn:
+        conn.execute("CREATE TABLE checkpoints (x)")
+        conn.execute("CREATE TABLE writes (x)")
+    with pytest.raises(StateFileError, match="written by an older lladauni"):
+        Agent(_backend(tmp_path / "c.jsonl"), checkpoint=old)
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE lladauni_state AS SELECT 99 AS format")
+    with pytest.raises(StateFileError, match="has state format 99, this lladauni reads format 1"):
+        Agent(_backend(tmp_path / "c.jsonl"), checkpoint=other)
+
+
+def test_request_fingerprints_tell_requests_apart():
+    """The journal's key: equal requests (fresh but equal objects) get one fingerprint, and requests
+    that differ anywhere (a pixel, a dtype, a field, a key, the nesting) get different ones."""
+    import dataclasses
+    import hashlib
+
+    import numpy as np
+
+    import torch
+    from PIL import Image
+
+    from lladauni.model_core.generation.prompts import ImageCodes
+
+    @dataclasses.dataclass
+    class Same:
+        x: int
+        y: int
+
+    @dataclasses.dataclass
+    class Other:  # the same fields, another class
+        x: int
+        y: int
+
+    def named():
+        @dataclasses.dataclass
+        class Same:  # the same class name, other field names
+            x: int
+            z: int
+        return Same
+
+    Named = named()
+
+    def fp(obj) -> str:
+        h = hashlib.sha256()
+        durable._fingerprint(obj, h)
+        return h.hexdigest()
+
+    def img(mode="RGB", size=(2, 2), value=0):
+        return Image.new(mode, size, value if mode == "L" else (value, 0, 0))
+
+    def requests():
+        return [
+            ["a fox", {"seed": 1, "steps": 8}], ["a fox", {"seed": 2, "steps": 8}], ["a fox", {"seed": 1, "step": 8}],
+            ["a fox", {"seed": "1", "steps": 8}], ["a fox"], ["a fo", "x"], [["a"], ["b"]], [["a", "b"]], [[], ["a", "b"]],
+            [{"a": [1]}], [{"a": 1}], [{"a": []}, 1], [{}], [[{}]],
+            [torch.tensor([1, 2])], [torch.tensor([1, 3])], [torch.tensor([1, 2], dtype=torch.int32)],
+            [torch.tensor([[1, 2]])], [torch.tensor([], dtype=torch.long)],
+            [img()], [img(value=1)], [img(size=(2, 1))], [img(mode="L")],
+            [ImageCodes(torch.tensor([1, 2]), 1, 2)], [ImageCodes(torch.tensor([1, 2]), 2, 1)],
+            [None], [0], [False], [""], [ImageCodes],
+            ["a", ["b"]], [["a"], "b"], [{"a": {"b": 1, "c": 2}}], [{"a": {"b": 1}, "c": 2}],
+            [np.zeros(10_000)], [np.eye(1, 10_000, 5_000).ravel()], [np.zeros(10_000, dtype=np.float32)],
+            [np.zeros((100, 100))], [Same(1, 2)], [Other(1, 2)], [Named(1, 2)],
+            [Image.new("RGB", (4, 1))], [Image.new("RGB", (1, 4))], [Image.new("L", (12, 1))],  # the same 12 bytes
+        ]
+
+    first, again = [fp(r) for r in requests()], [fp(r) for r in requests()]
+    assert first == again
+    assert len(set(first)) == len(first), [r for r, f in zip(requests(), first) if first.count(f) > 1]
+
+
+def test_a_journal_entry_with_damaged_tensor_bytes_is_not_trusted(tmp_path):
+    import torch
+
+    from lladauni.model_core.generation.results import ImageResult
+
+    journal = durable.CallJournal(object(), tmp_path / "calls")
+    slot = tmp_path / "calls" / "a.safetensors"
+    journal._write(slot, ImageResult(torch.arange(64, dtype=torch.long) * 3, 8, 8))
+    raw = bytearray(slot.read_bytes())
+    raw[-5] ^= 0x01  # inside the codes tensor's data, past the header
+    slot.write_bytes(bytes(raw))
+    assert journal._read(slot) is durable._MISSING
+
+
+def test_atomic_writes_create_their_folders_and_replace_whole_files(tmp_path):
+    target = tmp_path / "a" / "b" / "run.json"
+    durable.write_atomic(target, "first")
+    durable.write_atomic(target, b"second")
+    assert target.read_text() == "second" and sorted(p.name for p in target.parent.iterdir()) == ["run.json"]

@@ -500,3 +500,63 @@ def test_every_accepted_connection_sends_small_writes_at_once(tmp_path, monkeypa
         with httpx.Client() as c:
             assert [c.get(url + "/health").status_code for _ in range(3)] == [200, 200, 200]
     assert seen and all(seen), seen  # one keep-alive connection, TCP_NODELAY on
+
+
+def test_the_documented_defaults_of_the_front_door():
+    """The defaults the module docstring, docs/HARDENING.md and the CLI help promise."""
+    from lladauni.tools.http_limits import ConnectionLimits
+    from lladauni.tools.runtime import MAX_REQUEST_DEPTH
+
+    d = ConnectionLimits()
+    assert (d.header_timeout_s, d.body_timeout_s, d.body_deadline_s, d.keep_alive_s) == (10.0, 30.0, 300.0, 5.0)
+    assert (d.max_connections_per_client, d.max_head_bytes, d.max_json_depth) == (128, 16 * 1024, 64)
+    assert MAX_REQUEST_DEPTH == d.max_json_depth and 0 < d.max_connections <= 4096
+
+
+def test_no_delay_leaves_sockets_it_cannot_tune_alone():
+    """No socket (a test transport) or a Unix socket: nothing to set, and no error."""
+    import socket
+
+    from lladauni.tools.http_limits import no_delay
+
+    class Transport:
+        def __init__(self, sock):
+            self.sock = sock
+
+        def get_extra_info(self, name):
+            return self.sock if name == "socket" else None
+
+    no_delay(Transport(None))
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        no_delay(Transport(a))
+    t = socket.socket()
+    with t:
+        no_delay(Transport(t))
+        assert t.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+def test_closed_connections_free_their_places():
+    """Admit and release many more connections than the caps, one after another: none is refused,
+    and the counts return to zero (a count that only grows would fill the server)."""
+    from lladauni.tools.http_limits import ConnectionLimits, ConnectionRegistry
+
+    reg = ConnectionRegistry(ConnectionLimits(max_connections=2, max_connections_per_client=1))
+    for i in range(10):
+        conn = object()
+        assert reg.admit(conn, "10.0.0.1") is None, f"connection {i} refused after {i} closed ones"
+        reg.release(conn, "10.0.0.1")
+    assert reg.open == 0 and reg.per_client == {}
+    first, second = object(), object()
+    assert reg.admit(first, "10.0.0.1") is None
+    assert b"429" in reg.admit(second, "10.0.0.1").split(b"\r\n")[0]  # the per-client cap still holds
+
+
+@pytest.mark.parametrize("field", ["header_timeout_s", "body_timeout_s", "body_deadline_s", "keep_alive_s",
+                                   "max_head_bytes", "max_json_depth", "max_connections_per_client", "max_connections"])
+def test_a_zero_or_negative_front_door_limit_is_refused_by_name(field):
+    from lladauni.tools.http_limits import ConnectionLimits
+
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=f"ConnectionLimits.{field}={bad}: must be > 0"):
+            ConnectionLimits(**{field: bad})

@@ -608,3 +608,43 @@ def test_fuzz_mcp_tool_calls(mcp_service, call):
     if problem:
         TALLY[kind][f"lost: {problem[:80]}"] += 1
         assert TALLY_FILE, f"mcp {name} {args!r}: {problem}"
+
+
+def test_request_data_limits_at_their_exact_edges():
+    """check_request_data at the boundaries: 64 levels of arrays or objects pass and 65 do not (the
+    front door's streaming check agrees), the 64-bit range is closed at both ends, and the
+    refusal names the place and shows the value (or its digit count when it is huge)."""
+    from lladauni.tools.http_limits import ConnectionLimits, JsonDepth
+    from lladauni.tools.runtime import MAX_REQUEST_DEPTH, InputError, check_request_data
+
+    def nested(levels: int, kind: str):
+        value: object = 1
+        for _ in range(levels):
+            value = [value] if kind == "list" else {"k": value}
+        return value
+
+    assert MAX_REQUEST_DEPTH == 64
+    for kind in ("list", "dict"):
+        check_request_data(nested(64, kind))
+        with pytest.raises(InputError, match="nests deeper than 64 levels") as info:
+            check_request_data(nested(65, kind), "body")
+        assert info.value.status == 400
+        where = "body" + ("[0]" * 64 if kind == "list" else ".k" * 64)
+        assert str(info.value).startswith(where + ": ")
+        depth = JsonDepth(ConnectionLimits().max_json_depth)
+        depth.feed(json.dumps(nested(64, kind)).encode(), last=True)  # the front door allows the same 64
+    check_request_data(nested(3, "list"), max_depth=3)
+    with pytest.raises(InputError):
+        check_request_data(nested(4, "list"), max_depth=3)
+
+    for ok in (2**63 - 1, -2**63, 0):
+        check_request_data({"seed": ok})
+    for bad, shown in ((2**63, str(2**63)), (-2**63 - 1, str(-2**63 - 1)), (10**29 * 9, str(10**29 * 9)),
+                       (10**30, "an integer of 31 digits"), (-10**40, "an integer of 41 digits")):
+        with pytest.raises(InputError) as info:
+            check_request_data({"image_generation": {"seed": bad}})
+        assert str(info.value).startswith(f"image_generation.seed: {shown} is beyond the 64-bit integers")
+    with pytest.raises(InputError, match=r"^messages\[1\]: the text holds a lone surrogate"):
+        check_request_data({"messages": ["fine", "a \ud800 b"]})
+    with pytest.raises(InputError, match=r"^image_generation: the key '\\ud800x' holds a lone surrogate"):
+        check_request_data({"image_generation": {"\ud800x": 1}})

@@ -241,3 +241,39 @@ def test_a_failure_after_a_whole_response_keeps_the_connection():
 def test_a_failure_in_the_middle_of_a_response_still_closes_it():
     with pytest.raises(RuntimeError, match="broke during"):
         _exchange(_failing_app("during"), [b"{}"], b"2")
+
+
+def test_the_encoding_is_told_from_the_first_four_bytes_however_they_arrive():
+    """UTF-16/32 without a BOM (told apart only by their zero bytes among the first four) are
+    refused whether the body arrives whole, byte by byte or in odd pieces; UTF-8 bodies of one to
+    four bytes pass."""
+    from lladauni.tools.http_limits import JsonDepth
+    from lladauni.tools.runtime import InputError
+
+    def feed(data: bytes, size: int) -> None:
+        d = JsonDepth(64)
+        pieces = [data[i:i + size] for i in range(0, len(data), size)] or [b""]
+        for i, piece in enumerate(pieces):
+            d.feed(piece, last=i == len(pieces) - 1)
+
+    for encoding in ("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"):
+        data = '{"prompt": "x"}'.encode(encoding)
+        for size in (1, 2, 3, 5, len(data)):
+            with pytest.raises(InputError, match="not UTF-8"):
+                feed(data, size)
+    for text in ("1", "[]", "[1]", "[10]", '{"a": [1, 2]}'):
+        for size in (1, 2, 3, 4):
+            feed(text.encode(), size)
+
+
+def test_a_top_level_string_full_of_brackets_is_not_nesting():
+    """The scan starts outside any string and without a pending backslash: a body that is one
+    JSON string (of brackets, or starting with an escaped quote) nests nothing."""
+    from lladauni.tools.http_limits import JsonDepth
+
+    for body in ('"' + "[" * 500 + '"', '"\\"' + "{" * 500 + '"', '["' + "[" * 300 + '\\\\"]'):
+        for size in (1, 7, len(body)):
+            d = JsonDepth(64)
+            for i in range(0, len(body), size):
+                d.feed(body[i:i + size].encode())
+            assert d.depth == 0 and not d.in_string, (body[:20], size)
