@@ -560,3 +560,18 @@ def test_a_zero_or_negative_front_door_limit_is_refused_by_name(field):
     for bad in (0, -1):
         with pytest.raises(ValueError, match=f"ConnectionLimits.{field}={bad}: must be > 0"):
             ConnectionLimits(**{field: bad})
+
+
+def test_a_full_server_with_every_request_in_flight_answers_503_with_retry_after():
+    """When every open connection has a request in flight there is nobody to evict: the new
+    connection gets a 503 with Retry-After (half-open ones are evicted instead, tested above)."""
+    from lladauni.tools.http_limits import ConnectionLimits, ConnectionRegistry
+
+    reg = ConnectionRegistry(ConnectionLimits(max_connections=1))
+    busy = object()
+    assert reg.admit(busy, "10.0.0.1") is None
+    reg.set_waiting(busy, False)  # its request is being served
+    reply = reg.admit(object(), "10.0.0.2")
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1" in head.lower()
+    assert json.loads(body)["error"]["code"] == "server_busy" and reg.open == 1
