@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+from .durable import write_atomic
 from .state import ImageRef
 
 __all__ = ["ArtifactStore", "image_ref"]
@@ -44,10 +45,7 @@ class ArtifactStore:
         p = self.path(rel)
         if p.exists():
             return
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + f".{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, p)
+        write_atomic(p, data)
 
     @staticmethod
     def _png_bytes(image: Any) -> bytes:

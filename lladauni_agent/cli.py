@@ -91,13 +91,15 @@ def _options(args: argparse.Namespace, default_model: bool) -> dict[str, dict[st
 def run_agent_command(args: argparse.Namespace) -> int:
     from .agent import Agent
     from .backend import backend_from_args
-    from .workflows.cli import check_seed, check_text, event_printer, report_failure
+    from lladauni.model_core.tokenizer import require_utf8
+
+    from .workflows.cli import check_seed, event_printer, report_failure
 
     if not args.resume and not args.prompt:
         raise ValueError("give a prompt, or --resume THREAD")
     check_seed(args.seed)
     if args.prompt:
-        check_text(args.prompt, "the prompt")
+        require_utf8(args.prompt, "the prompt")
     backend = backend_from_args(args.server, args.checkpoint, api_key=args.api_key, device=args.device,
                                 hint="choose where the model runs: --checkpoint PATH (in-process) or --server URL")
     o = _options(args, default_model=not args.server and not args.checkpoint)

@@ -282,13 +282,12 @@ class CallJournal:
         return out
 
     def _read(self, slot: Path) -> Any:
-        from safetensors import SafetensorError
-        from safetensors.torch import load
+        from safetensors import SafetensorError, safe_open
 
         try:
-            data = slot.read_bytes()
-            blobs = load(data)
-            meta = json.loads(data[8:8 + int.from_bytes(data[:8], "little")]).get("__metadata__", {})
+            with safe_open(str(slot), framework="pt") as f:
+                meta = f.metadata() or {}
+                blobs = {name: f.get_tensor(name) for name in f.keys()}
             if meta.get("digest") != _digest(meta.get("result", ""), blobs):
                 return _MISSING
             return _decode(json.loads(meta["result"]), blobs)

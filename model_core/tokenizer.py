@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-__all__ = ["TextTokenizer", "SpecialTokens", "TokenizerError", "lone_surrogate"]
+__all__ = ["TextTokenizer", "SpecialTokens", "TokenizerError", "lone_surrogate", "require_utf8"]
 
 _SIZE_TOKEN = re.compile(r"^<\|reserved_token_(\d+)\|>$")
 
@@ -60,6 +60,13 @@ def lone_surrogate(text: str) -> Optional[str]:
         what = f"byte {ch.encode('utf-8', 'surrogateescape')!r}" if "\udc80" <= ch <= "\udcff" else ascii(ch)
         return f"{what} at index {exc.start}"
     return None
+
+
+def require_utf8(text: str, what: str) -> None:
+    """ValueError naming ``what`` when ``text`` cannot be encoded (see ``lone_surrogate``)."""
+    where = lone_surrogate(text)
+    if where is not None:
+        raise ValueError(f"{what}: not valid UTF-8 text ({where}); pass the text in UTF-8")
 
 
 class TokenizerError(ValueError):

@@ -493,21 +493,25 @@ def test_random_bytes_load_or_raise_value_error(raw):
         _loads_or_refuses(raw, min_side=1)
 
 
-@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    seed=st.sampled_from(range(len(SEED_IMAGES))),
-    cut=st.integers(0, 10**6),
-    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8),
-    truncate=st.booleans(),
-)
-def test_truncated_and_bit_flipped_images_load_or_raise_value_error(seed, cut, flips, truncate):
-    data = bytearray(SEED_IMAGES[seed])
-    for pos, value in flips:
+@st.composite
+def damaged_images(draw) -> bytes:
+    """A seed image with up to 8 bytes flipped, perhaps cut short (possibly to nothing)."""
+    data = bytearray(SEED_IMAGES[draw(st.sampled_from(range(len(SEED_IMAGES))))])
+    for pos, value in draw(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8)):
         data[pos % len(data)] ^= value or 1
-    if truncate:
-        data = data[: cut % len(data)]
+    if draw(st.booleans()):
+        data = data[: draw(st.integers(0, 10**6)) % len(data)]
+    return bytes(data)
+
+
+DAMAGED = settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+
+
+@DAMAGED
+@given(data=damaged_images())
+def test_truncated_and_bit_flipped_images_load_or_raise_value_error(data):
     if data:
-        _loads_or_refuses(bytes(data), min_side=1)
+        _loads_or_refuses(data, min_side=1)
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
@@ -628,26 +632,16 @@ def test_image_paths_that_are_not_files_say_so(tmp_path):
         str(info.value).encode("utf-8")  # printable: no lone surrogate in the message
 
 
-@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    seed=st.sampled_from(range(len(SEED_IMAGES))),
-    cut=st.integers(0, 10**6),
-    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8),
-    truncate=st.booleans(),
-)
-def test_the_servers_image_decoder_answers_every_damaged_image_with_a_4xx(seed, cut, flips, truncate):
+@DAMAGED
+@given(data=damaged_images())
+def test_the_servers_image_decoder_answers_every_damaged_image_with_a_4xx(data):
     """tools.runtime.decode_image_bytes (uploads and data URLs): an RGB image or an InputError
     with a 4xx status; it once let PIL's SyntaxError ("broken PNG file") through as a 500."""
     from lladauni.tools.runtime import InputError, Limits, decode_image_bytes
 
-    data = bytearray(SEED_IMAGES[seed])
-    for pos, value in flips:
-        data[pos % len(data)] ^= value or 1
-    if truncate:
-        data = data[: cut % len(data)]
     start = time.monotonic()
     try:
-        out = decode_image_bytes(bytes(data), Limits())
+        out = decode_image_bytes(data, Limits())
     except InputError as exc:
         assert 400 <= exc.status < 500 and str(exc).startswith("image: ")
     else:

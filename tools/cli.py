@@ -292,9 +292,11 @@ def _connection_limits(args: argparse.Namespace):
     for a server behind a reverse proxy, where every client has the proxy's address)."""
     from lladauni.tools.http_limits import ConnectionLimits
 
-    per_client = args.max_connections_per_client
-    return ConnectionLimits(header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
-                            max_connections_per_client=per_client or None)
+    given = {k: v for k, v in (("header_timeout_s", args.header_timeout), ("body_timeout_s", args.body_timeout))
+             if v is not None}
+    if args.max_connections_per_client is not None:  # unset flags keep ConnectionLimits' own defaults
+        given["max_connections_per_client"] = args.max_connections_per_client or None
+    return ConnectionLimits(**given)
 
 
 def _mcp(args: argparse.Namespace) -> int:
@@ -375,12 +377,12 @@ def _add_servers(sub) -> None:
         p.add_argument("--queue-size", type=int, default=4, help="requests waiting behind the running one (then 429)")
         p.add_argument("--timeout", type=float, default=600.0, help="seconds per request, queue wait included")
         p.add_argument("--max-body-mb", type=int, default=32)
-        p.add_argument("--header-timeout", type=float, default=10.0,
-                       help="seconds a connection may take to send a request head (then closed)")
-        p.add_argument("--body-timeout", type=float, default=30.0,
-                       help="longest pause while a request body arrives (then 408)")
-        p.add_argument("--max-connections-per-client", type=int, default=128,
-                       help="open connections per client address (0: no cap, e.g. behind a reverse proxy)")
+        p.add_argument("--header-timeout", type=float, default=None,
+                       help="seconds a connection may take to send a request head, then closed (default 10)")
+        p.add_argument("--body-timeout", type=float, default=None,
+                       help="longest pause while a request body arrives, then 408 (default 30)")
+        p.add_argument("--max-connections-per-client", type=int, default=None,
+                       help="open connections per client address (default 128; 0: no cap, e.g. behind a reverse proxy)")
         p.add_argument("--max-image-side", type=int, default=2048,
                        help="largest output side a request may ask for (at most what the checkpoint's size tokens allow)")
         p.add_argument("--model-name", default=None, help="the model id clients send (default: the checkpoint's name)")
@@ -424,13 +426,12 @@ def _fail(message: str) -> int:
 def _check_texts(args: argparse.Namespace) -> None:
     """The texts given to the model (prompt, instruction, question) must be UTF-8: bytes that are
     not arrive as lone surrogates, which no tokenizer takes (refused before the model loads)."""
-    from lladauni.model_core.tokenizer import lone_surrogate
+    from lladauni.model_core.tokenizer import require_utf8
 
     for name in ("prompt", "instruction", "question"):
         value = getattr(args, name, None)
-        where = lone_surrogate(value) if isinstance(value, str) else None
-        if where is not None:
-            raise ValueError(f"{name}: not valid UTF-8 text ({where}); pass the text in UTF-8")
+        if isinstance(value, str):
+            require_utf8(value, name)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any, Callable, Optional
 
-__all__ = ["add_workflow_commands", "check_seed", "check_text", "event_printer", "report_failure"]
+__all__ = ["add_workflow_commands", "check_seed", "event_printer", "report_failure"]
 
 
 def add_workflow_commands(subparsers: Any) -> None:
@@ -50,16 +50,6 @@ def check_seed(seed: Optional[int], flag: str = "--seed") -> None:
 
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise ValueError(f"{flag} {seed}: a seed must be between 0 and {MAX_SEED} (2**63-1)")
-
-
-def check_text(text: str, what: str) -> None:
-    """ValueError naming ``what`` when a command-line text holds bytes that are not UTF-8 (Python
-    keeps them as lone surrogates, which no tokenizer or report can take)."""
-    from lladauni.model_core.tokenizer import lone_surrogate
-
-    where = lone_surrogate(text)
-    if where is not None:
-        raise ValueError(f"{what}: not valid UTF-8 text ({where}); pass the text in UTF-8")
 
 
 def report_failure(status: str, error: Optional[str]) -> None:
@@ -129,6 +119,8 @@ def event_printer(as_json: bool, to_json: Optional[Callable[[dict], str]] = None
 
 
 def _run(args: argparse.Namespace) -> int:
+    from lladauni.model_core.tokenizer import require_utf8
+
     from ..backend import backend_from_args
     from .loader import WorkflowError
     from .runner import resume_workflow, run_workflow
@@ -139,7 +131,7 @@ def _run(args: argparse.Namespace) -> int:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-        check_text(item, f"--set {key.strip()}")
+        require_utf8(item, f"--set {key.strip()}")
         inputs[key.strip()] = value
 
     on_event = event_printer(args.json)
