@@ -26,7 +26,7 @@ from .layers.norm import RMSNorm
 from .layers.rope import PartialRotaryEmbedding, apply_partial_rope
 from .moe import MoeFn, SparseMoeBlock, get_moe_backend
 
-__all__ = ["LLaDA2Backbone", "BackboneOutput", "KVCache", "LogitsSelector"]
+__all__ = ["LLaDA2Backbone", "BackboneOutput", "KVCache", "StaticKVCache", "LogitsSelector"]
 
 # Which positions get logits: None = all, int n = the last n, a slice, or an index tensor.
 LogitsSelector = Union[None, int, slice, torch.Tensor]
@@ -42,6 +42,51 @@ class KVCache:
     @property
     def length(self) -> int:
         return self.keys[0].shape[2] if self.keys else 0
+
+
+@dataclass
+class StaticKVCache:
+    """Preallocated per-layer key/value buffers (B, Hkv, capacity, D), written in place.
+
+    A forward given this cache writes its keys/values at the buffer positions ``write_at``
+    ((Q,) int64, a device tensor) and attends over the whole buffer; the mask (``key_valid``)
+    says which buffer positions are live. No shape depends on how much is cached, so a step
+    over it can be captured once and replayed (``model_core.generation.static_loop``).
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    write_at: Optional[torch.Tensor] = None
+
+    @classmethod
+    def allocate(
+        cls, config: BackboneConfig, batch: int, capacity: int, *, dtype: torch.dtype, device: torch.device | str
+    ) -> "StaticKVCache":
+        """Zero-filled buffers (zeros, not garbage: a masked key's value still meets a zero weight)."""
+        if batch <= 0 or capacity <= 0:
+            raise ValueError(f"static cache needs batch > 0 and capacity > 0, got {batch} and {capacity}")
+        shape = (batch, config.num_key_value_heads, capacity, config.head_dim)
+        n = config.num_hidden_layers
+        return cls(
+            [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)],
+            [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)],
+        )
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+    @property
+    def batch(self) -> int:
+        return self.keys[0].shape[0]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    def write(self, layer: int, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Store (B, Hkv, Q, D) keys/values of one layer at buffer ``positions`` (Q,)."""
+        self.keys[layer].index_copy_(2, positions, keys)
+        self.values[layer].index_copy_(2, positions, values)
 
 
 @dataclass
@@ -74,8 +119,12 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         mask: AttentionMask,
         past: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        static: Optional[tuple[StaticKVCache, int]] = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """x (B, Q, H) -> out (B, Q, H) and this call's (k, v), each (B, Hkv, Q, D)."""
+        """x (B, Q, H) -> out (B, Q, H) and this call's (k, v), each (B, Hkv, Q, D).
+
+        ``past``: cached keys/values to put before this call's. ``static``: (cache, layer): write
+        this call's keys/values into the preallocated buffers and attend over all of them."""
         B, Q, _ = x.shape
         qkv = self.query_key_value(x).view(B, Q, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
         q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=2)
@@ -86,7 +135,11 @@ class Attention(nn.Module):
         q = apply_partial_rope(q, cos, sin)
         k = apply_partial_rope(k, cos, sin)
         new_kv = (k, v)
-        if past is not None:
+        if static is not None:
+            cache, layer = static
+            cache.write(layer, cache.write_at, k, v)
+            k, v = cache.keys[layer], cache.values[layer]
+        elif past is not None:
             k = torch.cat((past[0], k), dim=2)
             v = torch.cat((past[1], v), dim=2)
         out = self.backend(q, k, v, mask, self.scale)  # (B, Hq, Q, D)
@@ -104,8 +157,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask, past=None):
-        a, kv = self.attention(self.input_layernorm(x), cos, sin, mask, past)
+    def forward(self, x, cos, sin, mask, past=None, static=None):
+        a, kv = self.attention(self.input_layernorm(x), cos, sin, mask, past, static)
         x = x + a
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, kv
@@ -175,7 +228,7 @@ class LLaDA2Backbone(nn.Module):
         position_ids: Optional[torch.Tensor] = None,
         mask: Optional[AttentionMask] = None,
         *,
-        past: Optional[KVCache] = None,
+        past: Union[KVCache, StaticKVCache, None] = None,
         logits_for: LogitsSelector = None,
         return_kv: bool = False,
         block_size: int = 32,
@@ -189,7 +242,10 @@ class LLaDA2Backbone(nn.Module):
                       with ``block_size`` over positions 0..past.length+Q-1, as every generation
                       path uses. (The official forward's default, no mask at all, is
                       ``AttentionMask.full(Q, Q)``.)
-        past:         cached keys/values of earlier positions (already rotated).
+        past:         cached keys/values of earlier positions (already rotated), or a
+                      ``StaticKVCache``: this call's keys/values are written into it at
+                      ``past.write_at`` and the queries attend over its whole buffer, so
+                      ``position_ids`` and ``mask`` (over ``past.capacity`` keys) are required.
         logits_for:   which of the Q positions get logits (None: all; int n: the last n).
         return_kv:    also return this call's keys/values.
         check_inputs: validate token ids against the vocabulary (one host sync; a captured
@@ -198,6 +254,10 @@ class LLaDA2Backbone(nn.Module):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (B, Q), got shape {tuple(input_ids.shape)}")
         B, Q = input_ids.shape
+        static = past if isinstance(past, StaticKVCache) else None
+        if static is not None:
+            self._check_static(static, B, Q, position_ids, mask)
+            past = None
         past_len = past.length if past is not None else 0
         device = input_ids.device
         if position_ids is None:
@@ -208,10 +268,11 @@ class LLaDA2Backbone(nn.Module):
             raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}, expected ({B}, {Q}) or ({Q},)")
         if mask is None:
             mask = AttentionMask.block_causal(past_len + Q, block_size, query_start=past_len, device=device)
-        if mask.num_queries != Q or mask.num_keys != past_len + Q:
+        n_keys = static.capacity if static is not None else past_len + Q
+        if mask.num_queries != Q or mask.num_keys != n_keys:
             raise ValueError(
                 f"mask covers {mask.num_queries} queries x {mask.num_keys} keys; "
-                f"this call has {Q} queries x {past_len + Q} keys"
+                f"this call has {Q} queries x {n_keys} keys"
             )
         if mask.key_valid is not None and mask.key_valid.shape[0] not in (1, B):
             raise ValueError(f"mask.key_valid has batch {mask.key_valid.shape[0]}, inputs have batch {B}")
@@ -227,7 +288,7 @@ class LLaDA2Backbone(nn.Module):
         values: list[torch.Tensor] = []
         for i, layer in enumerate(self.model.layers):
             layer_past = (past.keys[i], past.values[i]) if past is not None else None
-            x, (k, v) = layer(x, cos, sin, mask, layer_past)
+            x, (k, v) = layer(x, cos, sin, mask, layer_past, None if static is None else (static, i))
             if return_kv:
                 keys.append(k)
                 values.append(v)
@@ -245,6 +306,18 @@ class LLaDA2Backbone(nn.Module):
             else:
                 logits = sel.new_zeros((B, 0, vocab), dtype=torch.float32)
         return BackboneOutput(logits=logits, hidden_states=x, kv=KVCache(keys, values) if return_kv else None)
+
+    def _check_static(self, cache: StaticKVCache, B: int, Q: int, position_ids, mask) -> None:
+        """Metadata checks of a call over a static cache (no host sync)."""
+        if len(cache.keys) != len(self.model.layers):
+            raise ValueError(f"static cache has {len(cache.keys)} layers, the model {len(self.model.layers)}")
+        if cache.batch != B:
+            raise ValueError(f"static cache has batch {cache.batch}, inputs have batch {B}")
+        if cache.write_at is None or cache.write_at.shape != (Q,):
+            got = None if cache.write_at is None else tuple(cache.write_at.shape)
+            raise ValueError(f"static cache write_at must be ({Q},) buffer positions for this call's tokens, got {got}")
+        if position_ids is None or mask is None:
+            raise ValueError("a call over a static cache needs explicit position_ids and mask")
 
     # ------------------------------------------------------------------ info
     def num_parameters(self, active: bool = False) -> int:

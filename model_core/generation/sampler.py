@@ -12,8 +12,10 @@ Three named policies decide how a step is computed and committed:
   their positions restarting at 0 and the padding hidden from every query.
 - cache: ``none`` recomputes the whole window every step (the official baseline); ``exact``
   computes each committed block's keys/values once and runs steps on the 32 active tokens only
-  (same tokens as ``none``); ``sprint`` is ``exact`` plus SPRINT prefix pruning after
-  ``cache_warmup_steps`` steps and the adaptive unmasking rule.
+  (same tokens as ``none``); ``static`` is ``exact`` over a preallocated cache with fixed-shape
+  steps, captured once as CUDA graphs on CUDA (same tokens as ``exact``, ``static_loop.py``);
+  ``sprint`` is ``exact`` plus SPRINT prefix pruning after ``cache_warmup_steps`` steps and the
+  adaptive unmasking rule.
 - unmasking: ``quota`` (baseline) or ``adaptive`` (SPRINT), see ``sampling.py``.
 """
 
@@ -28,12 +30,13 @@ import torch.nn.functional as F
 
 from ..backbone import KVCache, LLaDA2Backbone
 from ..layers.attention import AttentionMask
-from .sampling import REMASKING, adaptive_transfer, quota_transfer, sample_tokens, transfer_schedule
+from .sampling import REMASKING, adaptive_transfer, guide_logits, quota_transfer, sample_tokens, transfer_schedule
 from .sprint import SprintConfig, prune_prefix
+from .static_loop import StaticStepper, StepSpec, capacity_for
 
 __all__ = ["CFGSpec", "SamplerConfig", "SamplerResult", "StepRecord", "BlockDiffusionSampler"]
 
-CacheMode = Literal["none", "exact", "sprint"]
+CacheMode = Literal["none", "exact", "static", "sprint"]
 
 
 @dataclass(frozen=True)
@@ -103,8 +106,8 @@ class SamplerConfig:
             raise ValueError(f"temperature={self.temperature}: must be >= 0")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ValueError(f"top_p={self.top_p}: must be in (0, 1]")
-        if self.cache not in ("none", "exact", "sprint"):
-            raise ValueError(f"cache={self.cache!r}: 'none', 'exact' or 'sprint'")
+        if self.cache not in ("none", "exact", "static", "sprint"):
+            raise ValueError(f"cache={self.cache!r}: 'none', 'exact', 'static' or 'sprint'")
         if self.sprint.remasking not in REMASKING:
             raise ValueError(f"remasking={self.sprint.remasking!r}: choose one of {REMASKING}")
 
@@ -198,6 +201,7 @@ class BlockDiffusionSampler:
         self.mask_id = mask_id
         self.eos_id = eos_id
         self.image_token_offset = image_token_offset if image_token_offset is not None else model.config.image_token_offset
+        self._static: Optional[StaticStepper] = None  # the last static-loop workspace (graphs and cache)
 
     # ------------------------------------------------------------------ public
     @torch.no_grad()
@@ -215,6 +219,8 @@ class BlockDiffusionSampler:
         """
         t0 = time.perf_counter()
         run = self._start(prompt_ids, config, generator)
+        if config.cache == "static":
+            return self._generate_static(run, progress, t0)
         stop_at: Optional[int] = None
         for b in range(run.first_block, run.nb):
             stop_at = self._denoise_block(run, b)
@@ -255,6 +261,11 @@ class BlockDiffusionSampler:
         x[:P] = prompt
         adaptive = cfg.cache == "sprint"
         sp = cfg.sprint
+        if generator is not None and generator.device.type != device.type:
+            # torch draws on the tensors' device; a CPU generator seeds one there (reproducible
+            # per seed and device, as any torch sampling is)
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            generator = torch.Generator(device=device).manual_seed(seed)
         run = _Run(
             cfg=cfg, x=x, br=_Branches(prompt, cfg.cfg, total, self.mask_id), P=P, B=B, nb=nb, steps=steps,
             schedule=schedule, stops=torch.tensor([self.eos_id, *cfg.stop_ids], dtype=torch.long, device=device),
@@ -348,6 +359,88 @@ class BlockDiffusionSampler:
             run.cache, run.conf_prefix = self._extend_cache(
                 run.cache, run.conf_prefix, run.br, run.x, end - run.B, end, run.B, need_conf=run.need_conf
             )
+        return False
+
+    # ------------------------------------------------------------------ static loop
+    def _stepper(self, run: _Run) -> StaticStepper:
+        """The workspace for this run's shape and settings (kept, with its graphs, for the next
+        run of the same kind)."""
+        cfg, g = run.cfg, run.cfg.cfg
+        guidance = (g.kind, g.scale, g.text_scale, g.image_scale, g.rescale) if g is not None and g.active else ()
+        spec = StepSpec(
+            rows=run.br.rows, capacity=capacity_for(run.x.shape[0]), block=run.B, guidance=guidance,
+            image_only=cfg.image_only, image_offset=self.image_token_offset, threshold=cfg.threshold,
+            greedy=cfg.temperature == 0.0, mask_id=self.mask_id, stops=(self.eos_id, *cfg.stop_ids),
+        )
+        if self._static is None or self._static.spec != spec:
+            emb = self.model.model.word_embeddings.weight
+            self._static = None  # free the old buffers and graphs first
+            self._static = StaticStepper(self.model, spec, emb.device, emb.dtype)
+        return self._static
+
+    def _generate_static(self, run: _Run, progress: Optional[Callable[[int, int], None]], t0: float) -> SamplerResult:
+        st = self._stepper(run)
+        st.load(run.x, run.br.prompts, run.br.positions, run.br.valid, run.cache)
+        run.cache = None
+        stop_at: Optional[int] = None
+        for b in range(run.first_block, run.nb):
+            stop_at = self._static_block(run, st, b)
+            if progress is not None:
+                progress(b - run.first_block + 1, run.nb - run.first_block)
+            if stop_at is not None or self._static_block_done(run, st, b):
+                break
+        run.x.copy_(st.seq[: run.x.shape[0]])
+        return self._result(run, stop_at, t0)
+
+    def _static_block(self, run: _Run, st: StaticStepper, b: int) -> Optional[int]:
+        """Block b's steps. Greedy runs without a trace read each step's status one step late
+        (the host waits only while the next step runs; a block that finished early costs one
+        no-op step); sampled or traced runs read it after each step, as the exact loop does."""
+        cfg = run.cfg
+        end = (b + 1) * run.B
+        st.set_block(end - run.B)
+        lagged = st.spec.greedy and not cfg.record_trace
+        pending: Optional[int] = None
+        for step in range(run.steps):
+            st.set_quota(run.schedule[step])
+            st.step(cfg.temperature, cfg.top_k, cfg.top_p, run.generator)
+            self._forwards += 1
+            self._forward_tokens += run.br.rows * run.B
+            if cfg.record_trace:
+                idx = torch.nonzero(st.commit, as_tuple=True)[0]
+                run.trace.append(StepRecord(b, step, (idx + end - run.B).tolist(), st.prob[idx].tolist()))
+            st.post_status(step % 2)
+            read = pending if lagged else step
+            pending = step
+            if read is None:
+                continue
+            left, stop = st.read_status(read % 2)
+            stop_at = self._static_stop(run, st, stop, end)
+            if stop_at is not None or left == 0:
+                return stop_at
+        if lagged and pending is not None:
+            return self._static_stop(run, st, st.read_status(pending % 2)[1], end)
+        return None
+
+    def _static_stop(self, run: _Run, st: StaticStepper, committed_stop: bool, end: int) -> Optional[int]:
+        """The exact loop's early stop on the device sequence: after a step that committed a stop
+        token, the first stop token once no mask precedes it."""
+        if run.cfg.image_only or not run.cfg.eos_early_stop or not committed_stop:
+            return None
+        eos = self._first_stop(st.seq, run.P, end, run.stops)
+        if eos is not None and not bool((st.seq[run.P : eos] == self.mask_id).any()):
+            return eos
+        return None
+
+    def _static_block_done(self, run: _Run, st: StaticStepper, b: int) -> bool:
+        """``_block_done`` for the static loop: stop at a stop token, else commit the block."""
+        end = (b + 1) * run.B
+        if not run.cfg.image_only and self._first_stop(st.seq, run.P, end, run.stops) is not None:
+            return True
+        if b + 1 < run.nb:
+            st.commit_block()
+            self._forwards += 1
+            self._forward_tokens += run.br.rows * run.B
         return False
 
     def _result(self, run: _Run, stop_at: Optional[int], t0: float) -> SamplerResult:
@@ -455,17 +548,4 @@ class BlockDiffusionSampler:
 
     def _guide(self, row_logits: torch.Tensor, cfg: SamplerConfig) -> torch.Tensor:
         """(R, L, V) -> (L, V): CFG combination and rescale (before any vocabulary restriction)."""
-        g = cfg.cfg
-        if g is None or not g.active:
-            return row_logits[0]
-        if g.kind == "simple":
-            c, u = row_logits[0], row_logits[1]
-            out = u + g.scale * (c - u)
-        else:
-            full, nt, ni = row_logits[0], row_logits[1], row_logits[2]
-            out = nt + g.text_scale * (full - nt) + g.image_scale * (nt - ni)
-            c = full
-        if g.rescale > 0:
-            rescaled = out * (c.std(dim=-1, keepdim=True) / (out.std(dim=-1, keepdim=True) + 1e-6))
-            out = g.rescale * rescaled + (1.0 - g.rescale) * out
-        return out
+        return guide_logits(row_logits, cfg.cfg)

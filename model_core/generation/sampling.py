@@ -27,6 +27,8 @@ __all__ = [
     "transfer_schedule",
     "sample_tokens",
     "quota_transfer",
+    "quota_transfer_on_device",
+    "guide_logits",
     "confidence_scores",
     "adaptive_transfer",
 ]
@@ -95,6 +97,40 @@ def quota_transfer(prob: torch.Tensor, masked: torch.Tensor, quota: int, thresho
     k = min(quota, int(masked.sum()))
     if k > 0:
         out[torch.topk(conf, k=k).indices] = True
+    return out
+
+
+def quota_transfer_on_device(prob: torch.Tensor, masked: torch.Tensor, quota: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``quota_transfer`` with the quota a 0-dim device tensor and no host sync (fixed shapes).
+
+    The top ``min(quota, masked)`` positions are taken by a stable descending sort, so among
+    exactly equal probabilities the lower position wins (``torch.topk`` leaves that order
+    unspecified; with real-valued logits such ties do not occur in practice).
+    """
+    conf = torch.where(masked, prob, torch.full_like(prob, -math.inf))
+    high = conf > threshold
+    k = torch.minimum(quota, masked.sum())
+    order = torch.argsort(conf, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(0, order, torch.arange(order.shape[0], device=order.device))
+    return torch.where(high.sum() >= quota, high, rank < k)
+
+
+def guide_logits(row_logits: torch.Tensor, guidance) -> torch.Tensor:
+    """(R, L, V) -> (L, V): classifier-free guidance (a ``CFGSpec`` or None) and its rescale,
+    before any vocabulary restriction. Device-only."""
+    g = guidance
+    if g is None or not g.active:
+        return row_logits[0]
+    if g.kind == "simple":
+        c, u = row_logits[0], row_logits[1]
+        out = u + g.scale * (c - u)
+    else:
+        full, nt, ni = row_logits[0], row_logits[1], row_logits[2]
+        out = nt + g.text_scale * (full - nt) + g.image_scale * (nt - ni)
+        c = full
+    if g.rescale > 0:
+        rescaled = out * (c.std(dim=-1, keepdim=True) / (out.std(dim=-1, keepdim=True) + 1e-6))
+        out = g.rescale * rescaled + (1.0 - g.rescale) * out
     return out
 
 

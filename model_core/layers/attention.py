@@ -109,6 +109,32 @@ class AttentionMask:
         return cls(qb, kb, key_valid)
 
     @classmethod
+    def static_block(
+        cls,
+        start: torch.Tensor,
+        block_len: int,
+        key_positions: torch.Tensor,
+        *,
+        row_valid: Optional[torch.Tensor] = None,
+    ) -> "AttentionMask":
+        """An active block over a preallocated (static) cache: the queries are buffer positions
+        ``start .. start+block_len-1`` (``start`` a 0-dim device tensor), the keys the whole
+        buffer (``key_positions`` = arange(capacity)); a query sees every (``row_valid``) key
+        before the end of its block, so this equals ``prefix_and_block(start, block_len)`` on
+        the live part of the buffer. Built on the device with its dense form filled in: no
+        host sync anywhere, so a step that uses it can be captured in a CUDA graph."""
+        key_block = (key_positions >= start).long()
+        live = key_positions < start + block_len  # (C,)
+        key_valid = live.unsqueeze(0) if row_valid is None else row_valid & live  # (R|1, C)
+        allowed = key_valid[:, None, None, :]
+        has_key = torch.ones(allowed.shape[0], 1, 1, 1, dtype=torch.bool, device=allowed.device)
+        query_block = torch.ones(block_len, dtype=torch.long, device=key_positions.device)
+        mask = cls(query_block, key_block, key_valid)
+        mask._dense = DenseMask(allowed, has_key, False, allowed)  # every query sees its own block
+        mask._sees_everything = False
+        return mask
+
+    @classmethod
     def full(
         cls,
         query_len: int,

@@ -1,0 +1,179 @@
+"""The static loop (``cache="static"``): a preallocated cache written in place and fixed-shape
+steps with sampling and unmasking on the device. On CPU it runs the very functions a CUDA graph
+captures, and must give the exact cache's tokens for every kind of run (fp32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lladauni.model_core import load_backbone
+from lladauni.model_core.backbone import KVCache, StaticKVCache
+from lladauni.model_core.generation import BlockDiffusionSampler, CFGSpec, SamplerConfig
+from lladauni.model_core.generation.sampling import quota_transfer, quota_transfer_on_device
+from lladauni.model_core.generation.static_loop import CAPACITY_QUANTUM, capacity_for
+from lladauni.model_core.layers.attention import AttentionMask
+
+MASK, EOS, OFFSET = 156895, 156892, 157184
+
+
+@pytest.fixture(scope="module")
+def model(tiny_ckpt):
+    return load_backbone(tiny_ckpt)
+
+
+@pytest.fixture(scope="module")
+def sampler(model):
+    return BlockDiffusionSampler(model, mask_id=MASK, eos_id=EOS)
+
+
+def _prompt(n, seed=0, hi=150000):
+    return torch.randint(0, hi, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _run(sampler, prompt, seed=0, **kw):
+    return sampler.generate(prompt, SamplerConfig(**kw), generator=torch.Generator().manual_seed(seed))
+
+
+def _same(sampler, prompt, **kw):
+    exact = _run(sampler, prompt, cache="exact", **kw)
+    static = _run(sampler, prompt, cache="static", **kw)
+    assert torch.equal(exact.tokens, static.tokens), (exact.tokens.tolist(), static.tokens.tolist())
+    return exact, static
+
+
+# ---------------------------------------------------------------------------------- token identity
+@pytest.mark.parametrize(
+    "plen,kw",
+    [
+        (70, dict(gen_length=96, steps=8)),  # prompt ends inside a block
+        (64, dict(gen_length=64, steps=32)),  # prompt of whole blocks, one commit per step
+        (3, dict(gen_length=40, steps=4)),  # no whole prompt block: nothing prefilled
+        (5, dict(gen_length=40, steps=4, temperature=0.8, top_k=50)),
+        (40, dict(gen_length=24, steps=3, temperature=1.0, top_p=0.9)),
+        (33, dict(gen_length=64, steps=8, threshold=0.0)),  # threshold commits whole blocks early
+    ],
+)
+def test_static_matches_exact_text(sampler, plen, kw):
+    _same(sampler, _prompt(plen, seed=plen), eos_early_stop=False, **kw)
+
+
+def test_static_matches_exact_image_with_cfg(sampler):
+    null = _prompt(20, seed=4)
+    kw = dict(gen_length=64, steps=8, image_only=True, cfg=CFGSpec("simple", null_ids=null, scale=4.0))
+    exact, static = _same(sampler, _prompt(45, seed=3), **kw)
+    assert (static.generated >= OFFSET).all() and static.generated.shape[0] == 64
+
+
+def test_static_matches_exact_editing_cfg_sampled(sampler):
+    cfg = CFGSpec("editing", null_ids=_prompt(40, seed=6), null_image_ids=_prompt(12, seed=7), text_scale=4.0, image_scale=0.5)
+    _same(sampler, _prompt(50, seed=5), gen_length=48, steps=8, image_only=True, cfg=cfg)
+    _same(sampler, _prompt(50, seed=5), gen_length=48, steps=8, image_only=True, cfg=cfg, temperature=1.0)
+
+
+def test_static_matches_exact_with_early_stop_and_stop_ids(model, sampler):
+    """Text that stops inside a later block: the stop token's lm_head row is a copy (x1.05) of a
+    token that the plain run first produces late, so the stop appears where that token would
+    have. Same cut and tokens with eos and with an extra stop id (interleaving's <boi>)."""
+    prompt = _prompt(20, seed=9)
+    plain = _run(sampler, prompt, cache="exact", gen_length=128, steps=8).generated.tolist()
+    late = next(t for i, t in enumerate(plain) if i >= 40 and t not in plain[:i])
+    for stop_id, stop_ids in ((EOS, ()), (12345, (12345,))):
+        with torch.no_grad():
+            saved = model.lm_head.weight[stop_id].clone()
+            model.lm_head.weight[stop_id] = model.lm_head.weight[late] * 1.05
+        try:
+            exact, static = _same(sampler, prompt, gen_length=128, steps=8, stop_ids=stop_ids)
+        finally:
+            with torch.no_grad():
+                model.lm_head.weight[stop_id] = saved
+        assert 20 + 40 < exact.tokens.shape[0] < 20 + 128 and exact.tokens[-1] == stop_id  # stopped mid-way
+        assert exact.forwards <= static.forwards <= exact.forwards + 128 // 32  # at most one no-op step a block
+
+
+def test_static_trace_equals_exact_trace(sampler):
+    prompt = _prompt(30, seed=11)
+    exact, static = _same(sampler, prompt, gen_length=64, steps=4, record_trace=True, eos_early_stop=False)
+    assert [(r.block, r.step, r.committed) for r in exact.trace] == [(r.block, r.step, r.committed) for r in static.trace]
+    assert exact.forwards == static.forwards
+
+
+def test_static_workspace_is_reused_and_independent_of_previous_runs(sampler):
+    """A second run of the same shape reuses the workspace (no stale keys leak: different prompts
+    give the exact cache's tokens); another shape builds a new one."""
+    _same(sampler, _prompt(64, seed=1), gen_length=64, steps=8)
+    ws = sampler._static
+    _same(sampler, _prompt(64, seed=2), gen_length=64, steps=8)
+    assert sampler._static is ws
+    _same(sampler, _prompt(64, seed=2), gen_length=32, steps=8, cfg=CFGSpec("simple", null_ids=_prompt(9), scale=2.0))
+    assert sampler._static is not ws
+
+
+# ---------------------------------------------------------------------------------- the pieces
+def test_static_cache_forward_equals_concatenated_cache(model):
+    """One step over a static buffer (prefix written at its positions, garbage-free tail hidden)
+    equals the same step over a concatenated cache, and writes its keys where asked."""
+    torch.manual_seed(0)
+    V = model.config.vocab_size
+    prefix, B, C = 64, 32, 256
+    ids = torch.randint(0, 150000, (2, prefix + B))
+    pre = model(ids[:, :prefix], torch.arange(prefix), return_kv=True, logits_for=0).kv
+    ref = model(ids[:, prefix:], torch.arange(prefix, prefix + B), AttentionMask.prefix_and_block(prefix, B), past=pre)
+    cache = StaticKVCache.allocate(model.config, 2, C, dtype=torch.float32, device="cpu")
+    for i, (k, v) in enumerate(zip(pre.keys, pre.values)):
+        cache.keys[i][:, :, :prefix] = k
+        cache.values[i][:, :, :prefix] = v
+    cache.values[0][:, :, prefix + B :] = 1e4  # live-range masking must hide this
+    start = torch.tensor(prefix)
+    cache.write_at = start + torch.arange(B)
+    mask = AttentionMask.static_block(start, B, torch.arange(C))
+    out = model(ids[:, prefix:], torch.arange(prefix, prefix + B), mask, past=cache, return_kv=True)
+    assert out.logits.shape == (2, B, V)
+    torch.testing.assert_close(out.logits, ref.logits, rtol=1e-5, atol=1e-5)
+    assert torch.equal(cache.keys[-1][:, :, prefix : prefix + B], out.kv.keys[-1])
+
+
+def test_static_block_mask_equals_prefix_and_block():
+    start, B, C = torch.tensor(5), 3, 12
+    valid = torch.ones(2, C, dtype=torch.bool)
+    valid[1, :2] = False
+    m = AttentionMask.static_block(start, B, torch.arange(C), row_valid=valid)
+    ref = AttentionMask.prefix_and_block(5, 3, key_valid=valid[:, :8])
+    assert torch.equal(m.dense().allowed[..., :8].expand(2, 1, 3, 8), ref.dense().allowed.expand(2, 1, 3, 8))
+    assert not m.dense().allowed[..., 8:].any()
+    assert m.sees_everything() is False
+
+
+def test_static_call_checks(model):
+    cache = StaticKVCache.allocate(model.config, 1, 64, dtype=torch.float32, device="cpu")
+    ids = torch.zeros(1, 4, dtype=torch.long)
+    mask = AttentionMask.static_block(torch.tensor(0), 4, torch.arange(64))
+    with pytest.raises(ValueError, match="write_at"):
+        model(ids, torch.arange(4), mask, past=cache)
+    cache.write_at = torch.arange(4)
+    with pytest.raises(ValueError, match="position_ids and mask"):
+        model(ids, None, mask, past=cache)
+    with pytest.raises(ValueError, match="batch"):
+        model(torch.zeros(2, 4, dtype=torch.long), torch.arange(4), mask, past=cache)
+    with pytest.raises(ValueError, match="64 keys"):
+        model(ids, torch.arange(4), AttentionMask.prefix_and_block(0, 4), past=cache)
+    with pytest.raises(ValueError, match="capacity"):
+        StaticKVCache.allocate(model.config, 1, 0, dtype=torch.float32, device="cpu")
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_quota_on_device_equals_quota_transfer(seed):
+    g = torch.Generator().manual_seed(seed)
+    L = 32
+    prob = torch.rand(L, generator=g)
+    masked = torch.rand(L, generator=g) < torch.rand(1, generator=g)
+    for quota in (0, 1, 3, 7, 32):
+        for threshold in (0.0, 0.5, 0.95, 1.0):
+            got = quota_transfer_on_device(prob, masked, torch.tensor(quota), threshold)
+            assert torch.equal(got, quota_transfer(prob, masked, quota, threshold)), (quota, threshold)
+
+
+def test_capacity_buckets():
+    assert capacity_for(1) == CAPACITY_QUANTUM
+    assert capacity_for(CAPACITY_QUANTUM) == CAPACITY_QUANTUM
+    assert capacity_for(CAPACITY_QUANTUM + 1) == 2 * CAPACITY_QUANTUM
