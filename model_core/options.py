@@ -162,7 +162,9 @@ class SamplingOptions(_Checked):
     sprint_legacy_scores: bool = option(False, "SPRINT as the official code ranks (its NaN/inf defect)")
     sprint_legacy_padding: bool = option(False, "SPRINT as the official code keeps visible CFG padding (its defect)")
     eos_early_stop: bool = option(True, "stop text generation at the first settled end of text (False: official full loop)")
-    cache: Literal["exact", "none"] = option("exact", "exact: KV cache (same tokens, faster); none: recompute every step")
+    cache: Literal["auto", "static", "exact", "none"] = option(
+        "auto", "KV cache: static (preallocated, CUDA-graph steps), exact (grown per block) or none (recompute every "
+                "step); all give the same tokens; auto: static on CUDA, exact elsewhere")
     seed: Optional[int] = option(None, "random seed (None: unseeded)", ge=0, le=MAX_SEED)
     trace: bool = option(False, "record the positions and confidences committed at every step")
 

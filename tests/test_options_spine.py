@@ -86,7 +86,7 @@ def test_published_defaults_and_ranges():
     assert (i.steps, i.cfg_scale, i.cfg_rescale, i.mode, i.thinking_steps, i.thinking_gen_length) == (16, 4.0, 0.7, "normal", 32, 4096)
     assert (e.steps, e.cfg_text_scale, e.cfg_image_scale) == (8, 4.0, 0.0)
     assert (n.max_frames, n.text_gen_length, n.steps, n.image_steps) == (4, 1024, 32, 16)
-    assert i.decode and i.image_h is None and not i.use_sprint and i.cache == "exact"
+    assert i.decode and i.image_h is None and not i.use_sprint and i.cache == "auto"
     for bad in (dict(image_h=100), dict(image_w=16), dict(cfg_rescale=1.5)):
         with pytest.raises(ValueError):
             ImageOptions(**bad)
@@ -472,4 +472,4 @@ def test_option_specs_and_takes_options_rebuilt_here():
     assert len(lines) == len(option_specs(EditOptions)) and all(ln.startswith("        ") and ln[8] != " " for ln in lines)
     assert lines[0] == "        steps = 8 (≥ 1): denoising steps per block"
     assert options_help(EditOptions).splitlines()[1] == "    block_length = 32 (≥ 1): tokens per denoising block"
-    assert "(≥ 0, ≤ 1)" in options_help(EditOptions) and "('exact' | 'none')" in options_help(EditOptions)
+    assert "(≥ 0, ≤ 1)" in options_help(EditOptions) and "('auto' | 'static' | 'exact' | 'none')" in options_help(EditOptions)

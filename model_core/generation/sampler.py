@@ -21,6 +21,7 @@ Three named policies decide how a step is computed and committed:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional, Sequence
@@ -36,7 +37,7 @@ from .static_loop import StaticStepper, StepSpec, capacity_for
 
 __all__ = ["CFGSpec", "SamplerConfig", "SamplerResult", "StepRecord", "BlockDiffusionSampler"]
 
-CacheMode = Literal["none", "exact", "static", "sprint"]
+CacheMode = Literal["auto", "none", "exact", "static", "sprint"]
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,8 @@ class SamplerConfig:
             raise ValueError(f"temperature={self.temperature}: must be >= 0")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ValueError(f"top_p={self.top_p}: must be in (0, 1]")
-        if self.cache not in ("none", "exact", "static", "sprint"):
-            raise ValueError(f"cache={self.cache!r}: 'none', 'exact', 'static' or 'sprint'")
+        if self.cache not in ("auto", "none", "exact", "static", "sprint"):
+            raise ValueError(f"cache={self.cache!r}: 'auto', 'none', 'exact', 'static' or 'sprint'")
         if self.sprint.remasking not in REMASKING:
             raise ValueError(f"remasking={self.sprint.remasking!r}: choose one of {REMASKING}")
 
@@ -218,6 +219,9 @@ class BlockDiffusionSampler:
         progress(blocks_done, blocks_total) is called after each block.
         """
         t0 = time.perf_counter()
+        if config.cache == "auto":  # same tokens either way; the static loop pays off on CUDA
+            on_cuda = next(self.model.parameters()).device.type == "cuda"
+            config = dataclasses.replace(config, cache="static" if on_cuda else "exact")
         run = self._start(prompt_ids, config, generator)
         if config.cache == "static":
             return self._generate_static(run, progress, t0)
