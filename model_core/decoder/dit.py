@@ -20,16 +20,19 @@ in the official model, where a batch of equal lengths gets an all-true mask.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers.norm import RMSNorm
+from ..layers.norm import RMSNorm, rms_norm
+from .compiling import CompiledOrEager
 from .config import SEQ_MULTIPLE, DiTConfig
 
-__all__ = ["ZImageDiT", "rope_positions", "check_grid"]
+__all__ = ["ZImageDiT", "rope_positions", "check_grid", "apply_rope", "ROPE_CACHE_SIZE"]
+
+ROPE_CACHE_SIZE = 16  # rotation tables kept per model (one per grid size and device)
 
 
 def check_grid(config: DiTConfig, latent_h: int, latent_w: int, cap_len: int) -> None:
@@ -77,10 +80,12 @@ def rope_positions(rows: int, cols: int, cap_len: int, device: torch.device | st
 
 
 class RopeEmbedder(nn.Module):
-    """Complex rotations for 3-axis positions: per axis, angles pos · theta^(-2i/d) over its dims.
+    """Real rotation tables for 3-axis positions: per axis, angles pos · theta^(-2i/d) over its dims.
 
-    Angles are formed in float64 and rounded to float32 before cos/sin, as the official tables
-    are, so the rotations are bit-identical to table look-ups without holding 32,768-row tables.
+    Angles are formed in float64 and rounded to float32, and cos/sin come from ``torch.polar``
+    as in the official complex64 tables, so the values are bit-identical to theirs (``torch.cos``
+    may differ from them by one ulp on CPU). The complex numbers live only here, in a table made
+    once per grid; the hot path (``apply_rope``) is real-valued, which inductor can fuse.
     """
 
     def __init__(self, theta: float, axes_dims: list[int]) -> None:
@@ -89,19 +94,29 @@ class RopeEmbedder(nn.Module):
         self.axes_dims = list(axes_dims)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (N, 3) int -> (N, head_dim / 2) complex64."""
+        """ids (N, 3) int -> (2, N, head_dim) float32: cos and signed sin, each repeated per pair.
+
+        Row 0 is (c0, c0, c1, c1, ...) and row 1 (-s0, s0, -s1, s1, ...), the layout
+        ``apply_rope`` multiplies with."""
         parts = []
         for axis, d in enumerate(self.axes_dims):
             inv = 1.0 / (self.theta ** (torch.arange(0, d, 2, dtype=torch.float64, device=ids.device) / d))  # (d/2,)
-            angles = (ids[:, axis].to(torch.float64)[:, None] * inv[None]).float()  # (N, d/2)
-            parts.append(torch.polar(torch.ones_like(angles), angles))
-        return torch.cat(parts, dim=-1)
+            parts.append((ids[:, axis].to(torch.float64)[:, None] * inv[None]).float())  # (N, d/2)
+        angles = torch.cat(parts, dim=-1)
+        cos, sin = torch.view_as_real(torch.polar(torch.ones_like(angles), angles)).unbind(-1)  # (N, D/2) each
+        return torch.stack([cos.repeat_interleave(2, dim=-1), torch.stack([-sin, sin], dim=-1).flatten(-2)])
 
 
-def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs of x (B, S, H, D) by freqs (S, D/2) complex, in fp32; back to x's dtype."""
-    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # (B, S, H, D/2)
-    return torch.view_as_real(xc * freqs[None, :, None, :]).flatten(3).type_as(x)
+def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs (a, b) of x (B, S, H, D) by the angles of ``rope`` (2, S, D), in fp32.
+
+    (a, b) -> (a·c − b·s, b·c + a·s): the complex product (a + ib)(c + is) with the same two
+    roundings per component, so fp32 results equal the complex-number form bit for bit on CPU.
+    Returns x's dtype.
+    """
+    xf = x.float()
+    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (b, a) per pair
+    return (xf * rope[0][None, :, None, :] + swapped * rope[1][None, :, None, :]).to(x.dtype)
 
 
 class TimestepEmbedder(nn.Module):
@@ -136,13 +151,13 @@ class Attention(nn.Module):
         self.norm_q = RMSNorm(head_dim, eps=eps)
         self.norm_k = RMSNorm(head_dim, eps=eps)
 
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-        """x (B, S, dim), freqs (S, head_dim/2) complex -> (B, S, dim)."""
+    def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+        """x (B, S, dim), rope (2, S, head_dim) from ``RopeEmbedder`` -> (B, S, dim)."""
         q = self.to_q(x).unflatten(-1, (self.n_heads, -1))  # (B, S, H, D)
         k = self.to_k(x).unflatten(-1, (self.n_heads, -1))
         v = self.to_v(x).unflatten(-1, (self.n_heads, -1))
-        q = apply_rope(self.norm_q(q), freqs)
-        k = apply_rope(self.norm_k(k), freqs)
+        q = apply_rope(self.norm_q(q), rope)
+        k = apply_rope(self.norm_k(k), rope)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, H, S, D)
         return self.to_out[0](out.transpose(1, 2).flatten(2))
 
@@ -158,6 +173,18 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+def scaled_norm(x: torch.Tensor, norm: RMSNorm, scale: torch.Tensor) -> torch.Tensor:
+    """RMSNorm then the adaLN scale: norm(x) · (1 + s) with the official roundings (statistics in
+    fp32, normalised values cast to x's dtype, times the weight, times 1 + s). One expression, so
+    inductor makes it one kernel; no cast beyond the two the bf16 roundings need."""
+    return rms_norm(x, norm.weight, norm.eps) * (1.0 + scale)
+
+
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, norm: RMSNorm, y: torch.Tensor) -> torch.Tensor:
+    """x + tanh(g) · norm(y), one expression (one kernel when compiled)."""
+    return x + gate.tanh() * rms_norm(y, norm.weight, norm.eps)
 
 
 class TransformerBlock(nn.Module):
@@ -177,14 +204,15 @@ class TransformerBlock(nn.Module):
         if modulation:
             self.adaLN_modulation = nn.Sequential(nn.Linear(config.adaln_dim, 4 * dim))
 
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x (B, S, dim), c (B, adaln_dim) or None -> (B, S, dim)."""
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (B, S, dim), rope (2, S, head_dim), c (B, adaln_dim) or None -> (B, S, dim)."""
         if not self.modulation:
-            x = x + self.attention_norm2(self.attention(self.attention_norm1(x), freqs))
+            x = x + self.attention_norm2(self.attention(self.attention_norm1(x), rope))
             return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
         scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaLN_modulation(c).unsqueeze(1).chunk(4, dim=2)  # (B, 1, dim) each
-        x = x + gate_msa.tanh() * self.attention_norm2(self.attention(self.attention_norm1(x) * (1.0 + scale_msa), freqs))
-        return x + gate_mlp.tanh() * self.ffn_norm2(self.feed_forward(self.ffn_norm1(x) * (1.0 + scale_mlp)))
+        attn = self.attention(scaled_norm(x, self.attention_norm1, scale_msa), rope)
+        x = gated_residual(x, gate_msa, self.attention_norm2, attn)
+        return gated_residual(x, gate_mlp, self.ffn_norm2, self.feed_forward(scaled_norm(x, self.ffn_norm1, scale_mlp)))
 
 
 class FinalLayer(nn.Module):
@@ -221,6 +249,8 @@ class ZImageDiT(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(config, modulation=True) for _ in range(config.n_layers))
         self.all_final_layer = nn.ModuleDict({key: FinalLayer(dim, config.adaln_dim, config.patch_dim)})
         self.rope = RopeEmbedder(config.rope_theta, config.axes_dims)
+        self.rope_cache: dict[tuple, torch.Tensor] = {}  # rope_table's, by grid and device
+        self.compiled_core: Optional[CompiledOrEager] = None  # set_compile's
 
     # ------------------------------------------------------------------ helpers
     def num_parameters(self) -> int:
@@ -241,12 +271,43 @@ class ZImageDiT(nn.Module):
             else:
                 p.copy_(std * r if p.dim() > 1 and p.shape[-1] > 1 else r)
 
+    # ------------------------------------------------------------------ compile switch
+    def set_compile(self, mode: Optional[str], *, fullgraph: bool = False, backend: Any = "inductor") -> None:
+        """Run ``forward_core`` through ``torch.compile(mode=mode)`` (None: eager, the default).
+
+        A failing compile warns once and falls back to eager (``compiling.CompiledOrEager``)."""
+        if mode is None:
+            self.compiled_core = None
+            return
+        self.compiled_core = CompiledOrEager(
+            self.forward_core, name="decoder DiT", mode=mode, fullgraph=fullgraph, backend=backend
+        )
+
+    @property
+    def is_compiled(self) -> bool:
+        """True while the forward runs compiled (set, and not fallen back to eager)."""
+        return self.compiled_core is not None and self.compiled_core.active
+
+    def rope_table(self, rows: int, cols: int, cap_len: int, device: torch.device) -> torch.Tensor:
+        """(2, Ni' + Lc, head_dim) rotation table of the [image, caption] sequence, made once per
+        grid and device (the sampler's steps share it)."""
+        key = (rows, cols, _round_up(cap_len, SEQ_MULTIPLE), str(device))
+        table = self.rope_cache.get(key)
+        if table is None:
+            img_ids, cap_ids = rope_positions(rows, cols, cap_len, device=device)
+            table = self.rope(torch.cat([img_ids, cap_ids]))
+            if len(self.rope_cache) >= ROPE_CACHE_SIZE:
+                self.rope_cache.pop(next(iter(self.rope_cache)))
+            self.rope_cache[key] = table
+        return table
+
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, t: torch.Tensor, cap_feats: torch.Tensor) -> torch.Tensor:
         """Velocity of the flow at time t.
 
         x: (B, C, H, W) latent in the model's dtype (H, W even); t: (B,) flow time in [0, 1];
         cap_feats: (B, L, cap_feat_dim) semantic features. Returns (B, C, H, W) in the model's dtype.
+        Checks the shapes, then runs ``forward_core`` (compiled when ``set_compile`` asked for it).
         """
         cfg = self.config
         B, C, H, W = x.shape
@@ -258,29 +319,41 @@ class ZImageDiT(nn.Module):
             )
         check_grid(cfg, H, W, L)
         p = cfg.patch_size
+        rope = self.rope_table(H // p, W // p, L, x.device)
+        core = self.compiled_core if self.compiled_core is not None else self.forward_core
+        return core(x, t, cap_feats, rope)
+
+    def forward_core(self, x: torch.Tensor, t: torch.Tensor, cap_feats: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+        """The network on checked inputs; ``rope`` is ``rope_table`` of this grid. No Python
+        branches on tensor values, so torch.compile captures it whole."""
+        cfg = self.config
+        B, C, H, W = x.shape
+        L = cap_feats.shape[1]
+        p = cfg.patch_size
         rows, cols = H // p, W // p
         n_img = rows * cols
-        img_ids, cap_ids = rope_positions(rows, cols, L, device=x.device)
-        img_freqs, cap_freqs = self.rope(img_ids), self.rope(cap_ids)  # (Ni', D/2), (Lc, D/2) complex
+        img_len = _round_up(n_img, SEQ_MULTIPLE)
+        cap_len = rope.shape[1] - img_len
 
         c = self.t_embedder(t * cfg.t_scale).type_as(x)  # (B, adaln)
 
         # patches ordered (row, col), each vector (pH, pW, C)
         patches = x.reshape(B, C, rows, p, cols, p).permute(0, 2, 4, 3, 5, 1).reshape(B, n_img, p * p * C)
         img = self.all_x_embedder[self.key](patches)  # (B, Ni, dim)
-        img = torch.cat([img, self.x_pad_token.expand(B, img_ids.shape[0] - n_img, -1)], dim=1)  # (B, Ni', dim)
+        img = torch.cat([img, self.x_pad_token.expand(B, img_len - n_img, -1)], dim=1)  # (B, Ni', dim)
+        img_rope = rope[:, :img_len]
         for block in self.noise_refiner:
-            img = block(img, img_freqs, c)
+            img = block(img, img_rope, c)
 
         cap = self.semantic_embedder(cap_feats)  # (B, L, dim)
-        cap = torch.cat([cap, self.cap_pad_token.expand(B, cap_ids.shape[0] - L, -1)], dim=1)  # (B, Lc, dim)
+        cap = torch.cat([cap, self.cap_pad_token.expand(B, cap_len - L, -1)], dim=1)  # (B, Lc, dim)
+        cap_rope = rope[:, img_len:]
         for block in self.context_refiner:
-            cap = block(cap, cap_freqs)
+            cap = block(cap, cap_rope)
 
         seq = torch.cat([img, cap], dim=1)  # (B, Ni' + Lc, dim)
-        freqs = torch.cat([img_freqs, cap_freqs], dim=0)
         for block in self.layers:
-            seq = block(seq, freqs, c)
+            seq = block(seq, rope, c)
 
         out = self.all_final_layer[self.key](seq[:, :n_img], c)  # (B, Ni, p*p*C)
         return out.reshape(B, rows, cols, p, p, C).permute(0, 5, 1, 3, 2, 4).reshape(B, C, H, W)

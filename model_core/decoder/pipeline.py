@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from ..checkpoint import CheckpointError, default_dtype
+from .compiling import compile_mode, compile_wanted
 from .config import DiTConfig
 from .dit import ZImageDiT, check_grid
 from .loading import load_dit
@@ -58,6 +59,12 @@ class ImageDecoder:
     """SigVQ conditioner + Z-Image DiT + sampler + VAE, resident on one device.
 
     The DiT and SigVQ run in ``dtype`` (bf16 on CUDA, fp32 on CPU by default), as does the VAE.
+
+    ``compile``: run the DiT step and the VAE through ``torch.compile`` (True), eagerly (False),
+    or None (auto): the ``LLADAUNI_DECODER_COMPILE`` variable if set, else compiled on CUDA and
+    eager elsewhere. ``compile_mode`` (or ``LLADAUNI_DECODER_COMPILE_MODE``) picks the mode,
+    ``max-autotune-no-cudagraphs`` by default (see ``model_core.decoder.compiling``). The first
+    decode of each grid size compiles; a failed compile warns once and runs eagerly.
     """
 
     def __init__(
@@ -69,6 +76,8 @@ class ImageDecoder:
         *,
         variant: str = "turbo",
         notes: Optional[list[str]] = None,
+        compile: Optional[bool] = None,
+        compile_mode: Optional[str] = None,
     ) -> None:
         if sigvq.width != dit.config.cap_feat_dim:
             raise ValueError(f"SigVQ width {sigvq.width} != DiT cap_feat_dim {dit.config.cap_feat_dim}")
@@ -80,6 +89,20 @@ class ImageDecoder:
         self.sampler = sampler
         self.variant = variant
         self.notes = list(notes or [])
+        self.set_compile(compile, compile_mode)
+
+    def set_compile(self, compile: Optional[bool] = None, mode: Optional[str] = None) -> None:
+        """Switch the DiT and VAE between compiled and eager (see the class docstring)."""
+        wanted = compile_wanted(compile, self.device)
+        chosen = compile_mode(mode) if wanted else None
+        self.dit.set_compile(chosen)
+        if self.vae is not None:
+            self.vae.set_compile(chosen)
+
+    @property
+    def compiled(self) -> bool:
+        """True when the DiT runs compiled (asked for, and no fallback to eager so far)."""
+        return self.dit.is_compiled
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -93,9 +116,12 @@ class ImageDecoder:
         vae_tiling: bool = False,
         vae_slicing: bool = False,
         load_vae: bool = True,
+        compile: Optional[bool] = None,
+        compile_mode: Optional[str] = None,
     ) -> "ImageDecoder":
         """Load from the model root (holding decoder/, decoder-turbo/, vae/ and
-        image_tokenizer/sigvq_embedding.pt). Only the chosen variant's DiT is read."""
+        image_tokenizer/sigvq_embedding.pt). Only the chosen variant's DiT is read.
+        ``compile`` / ``compile_mode``: see the class docstring (auto: compiled on CUDA)."""
         if variant not in VARIANTS:
             raise ValueError(f"variant={variant!r}: choose one of {sorted(VARIANTS)}")
         root = Path(checkpoint_dir).expanduser()
@@ -108,7 +134,10 @@ class ImageDecoder:
         loaded = load_dit(root / VARIANTS[variant], device=device, dtype=dtype)
         sigvq = load_sigvq(root / "image_tokenizer", device=device, dtype=dtype)
         vae = VAEDecoder.from_pretrained(root / "vae", device=device, dtype=dtype, tiling=vae_tiling, slicing=vae_slicing) if load_vae else None
-        return cls(sigvq, loaded.model, vae, default_sampler(variant), variant=variant, notes=loaded.notes)
+        return cls(
+            sigvq, loaded.model, vae, default_sampler(variant), variant=variant, notes=loaded.notes,
+            compile=compile, compile_mode=compile_mode,
+        )
 
     @property
     def device(self) -> torch.device:

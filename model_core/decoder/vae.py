@@ -10,7 +10,7 @@ image code.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from PIL import Image
 
 from ..checkpoint import CheckpointError
 from ..config import ConfigError, brief, check_size_cap, check_type, read_json
+from .compiling import CompiledOrEager
 
 __all__ = ["VAEDecoder", "VAE_SIZE_CAPS", "VAE_SPATIAL_FACTOR", "check_vae_config", "pixels_to_pil"]
 
@@ -82,6 +83,8 @@ class VAEDecoder:
         self.shift_factor = float(cfg.shift_factor or 0.0)
         self.latent_channels = int(cfg.latent_channels)
         self.spatial_factor = 2 ** (len(cfg.block_out_channels) - 1)
+        self.compiled_decode: Optional[CompiledOrEager] = None  # set_compile's
+        self.tiling = False
         self.set_tiling(tiling)
         if slicing:
             vae.enable_slicing()
@@ -93,6 +96,17 @@ class VAEDecoder:
             self.vae.enable_tiling()
         else:
             self.vae.disable_tiling()
+        self.tiling = enabled
+
+    def set_compile(self, mode: Optional[str]) -> None:
+        """Decode through ``torch.compile(mode=mode)`` (None: eager). Tiled decodes stay eager
+        (their tile loop would compile one graph per tile shape)."""
+        self.compiled_decode = None if mode is None else CompiledOrEager(self.decode_scaled, name="decoder VAE", mode=mode)
+
+    def decode_scaled(self, z: torch.Tensor) -> torch.Tensor:
+        """The VAE on scaled latents z -> pixels in [0, 1], the VAE's dtype."""
+        x = self.vae.decode(z, return_dict=False)[0]
+        return ((x + 1) / 2).clamp_(0, 1)
 
     @classmethod
     def from_pretrained(
@@ -137,8 +151,9 @@ class VAEDecoder:
         if latents.dim() != 4 or latents.shape[1] != self.latent_channels:
             raise ValueError(f"latents of shape {tuple(latents.shape)}: expected (B, {self.latent_channels}, h, w)")
         z = latents.to(self.dtype) / self.scaling_factor + self.shift_factor
-        x = self.vae.decode(z, return_dict=False)[0]
-        return ((x + 1) / 2).clamp_(0, 1)
+        if self.compiled_decode is not None and not self.tiling:
+            return self.compiled_decode(z)
+        return self.decode_scaled(z)
 
     def to_pil(self, latents: torch.Tensor) -> list[Image.Image]:
         return pixels_to_pil(self.decode(latents))
