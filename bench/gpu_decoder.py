@@ -9,7 +9,7 @@ Flux VAE when diffusers is installed) straight on the device with random weights
 then times SigVQ + 8 turbo DiT steps + VAE decode for a 32 x 32 code grid (1024 x 1024 pixels).
 ``--mode auto`` (the default) times what ``ImageDecoder`` does by default and, on CUDA, eager
 beside it: eager then compiled (DiT step and VAE through torch.compile, mode
-max-autotune-no-cudagraphs unless --compile-mode says otherwise); on CPU eager only. The first
+inductor default unless --compile-mode says otherwise); on CPU eager only. The first
 (warm-up) decode of the compiled run includes compiling; ``warmup_total_s`` shows it.
 Prints one JSON object: the default mode's figures at the top level (per-step DiT time, DiT
 loop, VAE, total, peak memory), every mode under ``runs``, and ``compiled_speedup`` (eager total /

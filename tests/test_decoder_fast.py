@@ -136,7 +136,7 @@ def test_compile_switch_defaults_and_overrides(monkeypatch):
         compile_wanted(None, "cpu")
     with pytest.raises(TypeError, match="compile='yes'"):
         compile_wanted("yes", "cpu")
-    assert compile_mode() == "max-autotune-no-cudagraphs"
+    assert compile_mode() == "default"
     monkeypatch.setenv(COMPILE_MODE_ENV, "reduce-overhead")
     assert compile_mode() == "reduce-overhead" and compile_mode("default") == "default"
     monkeypatch.setenv(COMPILE_MODE_ENV, "turbo")
@@ -186,7 +186,7 @@ def test_image_decoder_is_eager_on_cpu_and_compiles_both_models_when_asked(parts
     eager = dec.decode(CODES, 2, 3, seed=4)
     monkeypatch.setenv(COMPILE_ENV, "on")
     dec.set_compile()
-    assert dec.compiled and fake.modes == ["max-autotune-no-cudagraphs"] * 2
+    assert dec.compiled and fake.modes == ["default"] * 2
     got = dec.decode(CODES, 2, 3, seed=4)
     assert fake.calls == {"forward_core": 3, "decode_scaled": 1}
     assert got.tobytes() == eager.tobytes()
@@ -267,4 +267,4 @@ def test_cuda_graph_modes_mark_steps_and_copy_outputs(monkeypatch):
     assert first.tolist() == [1.0] * 3 and second.tolist() == [2.0] * 3 and len(marks) == 2
     plain = CompiledOrEager(lambda a: a + 1, name="decoder DiT", mode="max-autotune-no-cudagraphs")
     assert plain(torch.zeros(3)) is buffer and len(marks) == 2
-    assert compiling.DEFAULT_COMPILE_MODE == "max-autotune-no-cudagraphs"
+    assert compiling.DEFAULT_COMPILE_MODE == "default"

@@ -4,11 +4,13 @@ Default: compiled on CUDA, eager elsewhere. The switch, strongest first: the ``c
 argument of ``ImageDecoder`` (True / False), then the environment variable
 ``LLADAUNI_DECODER_COMPILE`` (``1``/``on`` or ``0``/``off``/``eager``), then the device.
 
-Mode: ``max-autotune-no-cudagraphs`` unless ``compile_mode`` or ``LLADAUNI_DECODER_COMPILE_MODE``
-says otherwise. At 1024² one DiT step is hundreds of milliseconds of GEMMs and attention on the
-GPU against a few milliseconds of kernel launches, so CUDA graphs ("reduce-overhead") would save
-little while pinning a private pool of activations and overwriting outputs on each replay; the
-GEMMs are what autotuning improves. ``reduce-overhead`` stays one variable away for small grids.
+Mode: inductor's ``default`` unless ``compile_mode`` or ``LLADAUNI_DECODER_COMPILE_MODE`` says
+otherwise. At 1024² one DiT step is hundreds of milliseconds of GEMMs and attention on the GPU
+against a few milliseconds of kernel launches, so CUDA graphs ("reduce-overhead") would save
+little while pinning a private pool of activations and overwriting outputs on each replay; what
+compiling buys is the fused elementwise work (norms, modulation, RoPE, casts). The autotuning
+modes may win a little on the GEMMs but make the first image of a process wait minutes, a bad
+default for a library; ``max-autotune-no-cudagraphs`` is one variable away for long-lived servers.
 
 If ``torch.compile`` is missing or fails (when called, or on the first run, where inductor
 really compiles), ``CompiledOrEager`` warns once, naming the error and the switch, and runs the
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 
 COMPILE_ENV = "LLADAUNI_DECODER_COMPILE"
 COMPILE_MODE_ENV = "LLADAUNI_DECODER_COMPILE_MODE"
-DEFAULT_COMPILE_MODE = "max-autotune-no-cudagraphs"
+DEFAULT_COMPILE_MODE = "default"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _ON = {"1", "on", "true", "yes", "compile"}
 _OFF = {"0", "off", "false", "no", "eager"}
