@@ -22,8 +22,9 @@ from torch import nn
 from .config import BackboneConfig
 from .layers.attention import AttentionFn, AttentionMask, get_attention_backend
 from .layers.mlp import SwiGLU
-from .layers.norm import RMSNorm
+from .layers.norm import NORM_BACKENDS, RMSNorm, add_rms_norm, norm_kernel_wanted
 from .layers.rope import PartialRotaryEmbedding, apply_partial_rope
+from .kernel_choice import kernel_module
 from .moe import MoeFn, SparseMoeBlock, get_moe_backend
 
 __all__ = ["LLaDA2Backbone", "BackboneOutput", "KVCache", "StaticKVCache", "LogitsSelector"]
@@ -127,13 +128,20 @@ class Attention(nn.Module):
         this call's keys/values into the preallocated buffers and attend over all of them."""
         B, Q, _ = x.shape
         qkv = self.query_key_value(x).view(B, Q, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
-        q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=2)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, Q, D)
-        if self.query_layernorm is not None:
-            q = self.query_layernorm(q)
-            k = self.key_layernorm(k)
-        q = apply_partial_rope(q, cos, sin)
-        k = apply_partial_rope(k, cos, sin)
+        qn, kn = self.query_layernorm, self.key_layernorm
+        if qn is not None and norm_kernel_wanted(
+            qn.kernel, "qk_norm_rope", qkv, qn.weight, kn.weight, cos, sin, self.num_heads, self.num_kv_heads
+        ):  # QK-norm and partial RoPE in one launch, no concatenation
+            q, k, v = kernel_module("norm").qk_norm_rope(
+                qkv, qn.weight, kn.weight, cos, sin, self.num_heads, self.num_kv_heads, qn.eps
+            )
+        else:
+            q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=2)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, Q, D)
+            if qn is not None:
+                q, k = qn(q), kn(k)
+            q = apply_partial_rope(q, cos, sin)
+            k = apply_partial_rope(k, cos, sin)
         new_kv = (k, v)
         if static is not None:
             cache, layer = static
@@ -159,8 +167,8 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x, cos, sin, mask, past=None, static=None):
         a, kv = self.attention(self.input_layernorm(x), cos, sin, mask, past, static)
-        x = x + a
-        x = x + self.mlp(self.post_attention_layernorm(x))
+        h, x = add_rms_norm(a, x, self.post_attention_layernorm)  # x = x + a; h = norm(x)
+        x = x + self.mlp(h)
         return x, kv
 
 
@@ -189,10 +197,21 @@ class LLaDA2Backbone(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.attn_backend = "auto"
         self.moe_backend = "auto"
+        self.norm_backend = "auto"
 
     # ------------------------------------------------------------------ backends
-    def set_backends(self, attn: Optional[str] = None, moe: Optional[str] = None) -> "LLaDA2Backbone":
-        """Choose the attention (``auto``/``sdpa``/``eager``/…) and MoE (``auto``/``loop``/…) backends."""
+    def set_backends(
+        self, attn: Optional[str] = None, moe: Optional[str] = None, norm: Optional[str] = None
+    ) -> "LLaDA2Backbone":
+        """Choose the attention (``auto``/``sdpa``/``eager``/…), MoE (``auto``/``loop``/…) and norm
+        (``auto``/``triton``/``torch``: RMSNorm, residual-add + RMSNorm, QK-norm + RoPE) backends."""
+        if norm is not None:
+            if norm not in NORM_BACKENDS:
+                raise ValueError(f"unknown norm backend {norm!r}; choose one of {sorted(NORM_BACKENDS)}")
+            for module in self.modules():
+                if isinstance(module, RMSNorm):
+                    module.kernel = NORM_BACKENDS[norm]
+            self.norm_backend = norm
         if attn is not None:
             fn = get_attention_backend(attn)
             for layer in self.model.layers:

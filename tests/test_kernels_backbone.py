@@ -22,6 +22,34 @@ def _model(dtype: torch.dtype, config: BackboneConfig | None = None) -> LLaDA2Ba
     return model.to(device=DEVICE, dtype=dtype).eval()
 
 
+@pytest.mark.parametrize("dtype", [F32, BF16])
+def test_norm_kernels_inside_the_backbone(dtype, monkeypatch):
+    """norm='triton' runs the fused kernels (RMSNorm, residual-add + RMSNorm, QK-norm + RoPE; each
+    called) and gives the torch path's logits; 'auto' on CPU stays on torch."""
+    from lladauni.kernels.norm import op as norm_op
+
+    model = _model(dtype)
+    ids = torch.randint(0, 1000, (2, 24), generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    calls = {"rms_norm": 0, "qk_norm_rope": 0}
+    for name in calls:
+        real = getattr(norm_op, name)
+
+        def spy(*a, _real=real, _name=name, **k):
+            calls[_name] += 1
+            return _real(*a, **k)
+
+        monkeypatch.setattr(norm_op, name, spy)
+    with torch.no_grad():
+        ref = model.set_backends(norm="torch")(ids, block_size=8).logits
+        assert calls == {"rms_norm": 0, "qk_norm_rope": 0}
+        got = model.set_backends(norm="triton")(ids, block_size=8).logits
+    L = model.config.num_hidden_layers
+    assert calls == {"rms_norm": 2 * L + 1, "qk_norm_rope": L}  # input, post-attention (+residual), final
+    assert_close(got, ref, "backbone", "torch", dtype)
+    with pytest.raises(ValueError, match="norm backend"):
+        model.set_backends(norm="fast")
+
+
 def test_model_core_lists_the_kernel_backends():
     """With Triton installed, model_core pulls the kernels: 'triton' is a named backend of both."""
     assert "triton" in attention_backends() and "triton" in moe_backends()
@@ -38,8 +66,8 @@ def test_tiny_backbone_prefill_and_cfg_block_step(dtype):
     valid[1, :12] = False  # the CFG branch's left padding
     outs = {}
     with torch.no_grad():
-        for backends in (("sdpa", "loop"), ("triton", "triton")):
-            model.set_backends(attn=backends[0], moe=backends[1])
+        for backends in (("sdpa", "loop", "torch"), ("triton", "triton", "triton")):
+            model.set_backends(attn=backends[0], moe=backends[1], norm=backends[2])
             pre = model(prompt, mask=AttentionMask.block_causal(40, 8, key_valid=valid[:, :40], device=DEVICE),
                         return_kv=True, block_size=8)
             step = model(block, torch.arange(40, 48, device=DEVICE), AttentionMask.prefix_and_block(40, 8, key_valid=valid, device=DEVICE),

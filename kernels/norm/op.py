@@ -1,4 +1,8 @@
-"""Host wrappers of the fused norms: RMSNorm (+ residual add) and QK-norm + partial RoPE."""
+"""Host wrappers of the fused norms: RMSNorm (+ residual add) and QK-norm + partial RoPE.
+
+``unsupported(kind, *args)`` says from metadata alone (no launch, no sync) why a call would be
+refused, None when it is served, so a caller can choose its PyTorch path per call.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,29 @@ from typing import Optional
 
 import torch
 
-from .._triton import require_triton
+from .._triton import NO_TRITON, launch_problem, require_triton
 
-__all__ = ["rms_norm", "qk_norm_rope", "ACT_DTYPES"]
+__all__ = ["rms_norm", "qk_norm_rope", "unsupported", "ACT_DTYPES", "NO_TRITON"]
 
 ACT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def _next_pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
+
+
+def _rms_problem(x: torch.Tensor, weight: torch.Tensor, residual: Optional[torch.Tensor]) -> Optional[str]:
+    if x.dtype not in ACT_DTYPES:
+        return f"x dtype {x.dtype}: expected one of {ACT_DTYPES}"
+    if x.dim() < 1 or weight.shape != (x.shape[-1],) or weight.dtype != x.dtype:
+        return f"weight must be ({x.shape[-1] if x.dim() else '?'},) {x.dtype}, got {tuple(weight.shape)} {weight.dtype}"
+    if not x.is_contiguous() or not weight.is_contiguous():
+        return "x and weight must be contiguous"
+    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype or not residual.is_contiguous()):
+        return f"residual must be contiguous {x.dtype} {tuple(x.shape)}, got {residual.dtype} {tuple(residual.shape)}"
+    if x.shape[-1] > 65536:
+        return f"last dim {x.shape[-1]} is larger than this single-pass kernel handles (65536)"
+    return None
 
 
 def rms_norm(
@@ -27,16 +45,9 @@ def rms_norm(
     the backbone's ``x = x + a`` does; otherwise returns the normed tensor.
     """
     require_triton(x, weight)
-    if x.dtype not in ACT_DTYPES:
-        raise ValueError(f"x dtype {x.dtype}: expected one of {ACT_DTYPES}")
-    if x.dim() < 1 or weight.shape != (x.shape[-1],) or weight.dtype != x.dtype:
-        raise ValueError(f"weight must be ({x.shape[-1] if x.dim() else '?'},) {x.dtype}, got {tuple(weight.shape)} {weight.dtype}")
-    if not x.is_contiguous() or not weight.is_contiguous():
-        raise ValueError("x and weight must be contiguous")
-    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype or not residual.is_contiguous()):
-        raise ValueError(f"residual must be contiguous {x.dtype} {tuple(x.shape)}, got {residual.dtype} {tuple(residual.shape)}")
-    if x.shape[-1] > 65536:
-        raise ValueError(f"last dim {x.shape[-1]} is larger than this single-pass kernel handles (65536)")
+    problem = _rms_problem(x, weight, residual)
+    if problem:
+        raise ValueError(problem)
     from . import kernel
 
     N = x.shape[-1]
@@ -50,6 +61,25 @@ def rms_norm(
             N, eps, HAS_RES=residual is not None, BLOCK=block, num_warps=min(max(block // 256, 1), 8),
         )
     return (out, summed) if summed is not None else out
+
+
+def _qk_problem(qkv, q_weight, k_weight, cos, sin, num_heads: int, num_kv_heads: int) -> Optional[str]:
+    if qkv.dim() != 4 or qkv.shape[2] != num_heads + 2 * num_kv_heads:
+        return f"qkv must be (B, Q, {num_heads}+2*{num_kv_heads}, D), got {tuple(qkv.shape)}"
+    B, Q, _, D = qkv.shape
+    if qkv.dtype not in ACT_DTYPES:
+        return f"qkv dtype {qkv.dtype}: expected one of {ACT_DTYPES}"
+    if qkv.stride(3) != 1 or qkv.stride(2) != D:
+        return f"qkv must be contiguous over (heads, D) (strides {qkv.stride()})"
+    for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
+        if w.shape != (D,) or w.dtype != qkv.dtype or not w.is_contiguous():
+            return f"{name} must be contiguous ({D},) {qkv.dtype}, got {tuple(w.shape)} {w.dtype}"
+    R = cos.shape[-1]
+    if cos.dim() != 3 or cos.shape != sin.shape or cos.shape[:2] != (B, Q) or R % 2 or R > D or R == 0:
+        return f"cos/sin must be (B={B}, Q={Q}, R) with R even in (0, {D}]; got {tuple(cos.shape)}, {tuple(sin.shape)}"
+    if cos.dtype != qkv.dtype or sin.dtype != qkv.dtype or cos.stride() != sin.stride() or cos.stride(2) != 1:
+        return "cos and sin must share qkv's dtype and strides, contiguous in the last dim"
+    return None
 
 
 def qk_norm_rope(
@@ -70,21 +100,11 @@ def qk_norm_rope(
     the same values the backbone's Attention computes before attending.
     """
     require_triton(qkv)
-    if qkv.dim() != 4 or qkv.shape[2] != num_heads + 2 * num_kv_heads:
-        raise ValueError(f"qkv must be (B, Q, {num_heads}+2*{num_kv_heads}, D), got {tuple(qkv.shape)}")
+    problem = _qk_problem(qkv, q_weight, k_weight, cos, sin, num_heads, num_kv_heads)
+    if problem:
+        raise ValueError(problem)
     B, Q, _, D = qkv.shape
-    if qkv.dtype not in ACT_DTYPES:
-        raise ValueError(f"qkv dtype {qkv.dtype}: expected one of {ACT_DTYPES}")
-    if qkv.stride(3) != 1 or qkv.stride(2) != D:
-        raise ValueError(f"qkv must be contiguous over (heads, D) (strides {qkv.stride()})")
-    for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
-        if w.shape != (D,) or w.dtype != qkv.dtype or not w.is_contiguous():
-            raise ValueError(f"{name} must be contiguous ({D},) {qkv.dtype}, got {tuple(w.shape)} {w.dtype}")
     R = cos.shape[-1]
-    if cos.dim() != 3 or cos.shape != sin.shape or cos.shape[:2] != (B, Q) or R % 2 or R > D or R == 0:
-        raise ValueError(f"cos/sin must be (B={B}, Q={Q}, R) with R even in (0, {D}]; got {tuple(cos.shape)}, {tuple(sin.shape)}")
-    if cos.dtype != qkv.dtype or sin.dtype != qkv.dtype or cos.stride() != sin.stride() or cos.stride(2) != 1:
-        raise ValueError("cos and sin must share qkv's dtype and strides, contiguous in the last dim")
     from . import kernel
 
     q = torch.empty(B, num_heads, Q, D, dtype=qkv.dtype, device=qkv.device)
@@ -99,3 +119,18 @@ def qk_norm_rope(
             D=D, R2=R // 2, BLOCK_R2=_next_pow2(R // 2), BLOCK_P=max(_next_pow2(D - R), 1), num_warps=1,
         )
     return q, k, v
+
+
+def unsupported(kind: str, *args) -> Optional[str]:
+    """Why ``rms_norm`` (kind "rms_norm": x, weight[, residual]) or ``qk_norm_rope`` (kind
+    "qk_norm_rope": its arguments) would refuse this call; None when it serves it. Metadata only."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    problem = launch_problem(*tensors)
+    if problem:
+        return problem
+    if kind == "rms_norm":
+        x, weight, *rest = args
+        return _rms_problem(x, weight, rest[0] if rest else None)
+    if kind == "qk_norm_rope":
+        return _qk_problem(*args)
+    return f"unknown norm kernel {kind!r}"
