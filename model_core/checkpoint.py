@@ -6,6 +6,11 @@ it once on the target device, and fill it tensor by tensor from memory-mapped sh
 memory stays about one copy of the weights. Routed experts are converted to the stacked layout
 by one explicit name map (``ExpertNameMap``), and back at save.
 
+Routed experts may be FP8 (float8_e4m3fn with fp32 ``weight_scale_inv`` per 128 x 128 block, the
+published FP8 naming ``experts.N.gate_proj.weight`` + ``experts.N.gate_proj.weight_scale_inv``):
+such a checkpoint loads into FP8 storage as it is, a high-precision one is quantized at load
+with ``experts="fp8"`` (one tensor at a time), and both save back in the published naming.
+
 Every problem with the files raises ``CheckpointError`` naming the tensor and the file.
 """
 
@@ -25,10 +30,14 @@ from safetensors.torch import save_file
 
 from .backbone import LLaDA2Backbone
 from .config import BackboneConfig, ConfigError, brief, check_json_depth, read_json
+from .expert_storage import dequantize_experts_fp8, offload_experts, quantize_experts_fp8
+from .fp8 import FP8_DTYPE, quantize_blockwise_fp8
 
 __all__ = [
     "CheckpointError",
     "ExpertNameMap",
+    "EXPERT_MODES",
+    "fp8_expert_checkpoint",
     "INDEX_NAME",
     "resolve_checkpoint",
     "read_weight_map",
@@ -71,11 +80,15 @@ class ExpertNameMap:
     ``model.layers.L.mlp.experts.E.gate_proj.weight`` (I, H) -> ``...experts.gate_up_proj[E, :I]``
     ``model.layers.L.mlp.experts.E.up_proj.weight``   (I, H) -> ``...experts.gate_up_proj[E, I:]``
     ``model.layers.L.mlp.experts.E.down_proj.weight`` (H, I) -> ``...experts.down_proj[E]``
+    FP8 block scales go the same way: ``...experts.E.{gate,up,down}_proj.weight_scale_inv`` ->
+    ``...experts.gate_up_scale[E, :nb]`` / ``[E, nb:]`` / ``...experts.down_scale[E]``.
     Every other name is the same on both sides.
     """
 
-    _published = re.compile(r"^(?P<prefix>model\.layers\.\d+\.mlp\.experts)\.(?P<expert>\d+)\.(?P<part>gate|up|down)_proj\.weight$")
-    _stacked = re.compile(r"^(?P<prefix>model\.layers\.\d+\.mlp\.experts)\.(?P<param>gate_up_proj|down_proj)$")
+    _published = re.compile(
+        r"^(?P<prefix>model\.layers\.\d+\.mlp\.experts)\.(?P<expert>\d+)\.(?P<part>gate|up|down)_proj\.(?P<kind>weight|weight_scale_inv)$"
+    )
+    _stacked = re.compile(r"^(?P<prefix>model\.layers\.\d+\.mlp\.experts)\.(?P<param>(?:gate_up|down)_(?:proj|scale))$")
 
     @classmethod
     def to_internal(cls, name: str) -> tuple[str, Optional[tuple[int, str]]]:
@@ -84,8 +97,25 @@ class ExpertNameMap:
         if not m:
             return name, None
         part = m["part"]
-        param = "down_proj" if part == "down" else "gate_up_proj"
+        param = ("down_" if part == "down" else "gate_up_") + ("proj" if m["kind"] == "weight" else "scale")
         return f"{m['prefix']}.{param}", (int(m["expert"]), part)
+
+    @classmethod
+    def is_expert_weight(cls, name: str) -> bool:
+        """Whether a published name is a routed expert's weight matrix (not its scale)."""
+        m = cls._published.match(name)
+        return m is not None and m["kind"] == "weight"
+
+    @classmethod
+    def is_expert_scale(cls, name: str) -> bool:
+        """Whether a published name is a routed expert's FP8 ``weight_scale_inv``."""
+        m = cls._published.match(name)
+        return m is not None and m["kind"] == "weight_scale_inv"
+
+    @staticmethod
+    def scale_of(internal: str) -> str:
+        """The internal name of a stacked expert weight's scales (``gate_up_proj`` -> ``gate_up_scale``)."""
+        return internal[: -len("proj")] + "scale"
 
     @staticmethod
     def slot_view(stacked: torch.Tensor, expert: int, part: str) -> torch.Tensor:
@@ -102,10 +132,16 @@ class ExpertNameMap:
         if not m:
             yield name, tensor
             return
-        parts = ("down",) if m["param"] == "down_proj" else ("gate", "up")
+        parts = ("down",) if m["param"].startswith("down") else ("gate", "up")
+        kind = "weight" if m["param"].endswith("proj") else "weight_scale_inv"
         for e in range(tensor.shape[0]):
             for part in parts:
-                yield f"{m['prefix']}.{e}.{part}_proj.weight", cls.slot_view(tensor, e, part)
+                yield f"{m['prefix']}.{e}.{part}_proj.{kind}", cls.slot_view(tensor, e, part)
+
+
+def fp8_expert_checkpoint(weight_map: dict[str, str]) -> bool:
+    """Whether a checkpoint's routed experts are FP8 (it names expert ``weight_scale_inv`` tensors)."""
+    return any(ExpertNameMap.is_expert_scale(name) for name in weight_map)
 
 
 def published_shapes(model: LLaDA2Backbone) -> dict[str, tuple[int, ...]]:
@@ -308,11 +344,13 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def build_meta_backbone(config: BackboneConfig, dtype: torch.dtype = torch.float32) -> LLaDA2Backbone:
-    """The backbone on the meta device: shapes and names, no memory."""
+def build_meta_backbone(config: BackboneConfig, dtype: torch.dtype = torch.float32, *, fp8_experts: bool = False) -> LLaDA2Backbone:
+    """The backbone on the meta device: shapes and names, no memory. ``fp8_experts``: routed
+    experts in FP8 storage (float8 weights and their fp32 block scales)."""
     with torch.device("meta"):
         model = LLaDA2Backbone(config)
-    return model.to(dtype)
+    model = model.to(dtype)
+    return quantize_experts_fp8(model) if fp8_experts else model
 
 
 def _compare_names(expected: dict[str, tuple], weight_map: dict[str, str], where: Path) -> None:
@@ -330,10 +368,15 @@ def _compare_names(expected: dict[str, tuple], weight_map: dict[str, str], where
 
 
 def check_weight_files(
-    root: Path, weight_map: dict[str, str], expected: dict[str, tuple], headers: Optional[dict] = None
+    root: Path,
+    weight_map: dict[str, str],
+    expected: dict[str, tuple],
+    headers: Optional[dict] = None,
+    fp8_names: Optional[Callable[[str], bool]] = None,
 ) -> dict[str, tuple[dict, int]]:
     """Check a weight map against the model's expected names and shapes before anything is
-    allocated: every name present once, in its file, with the expected shape and a float dtype.
+    allocated: every name present once, in its file, with the expected shape and a float dtype
+    (F8_E4M3, and only that, for the names ``fp8_names`` accepts).
 
     Every tensor a file holds must also be in the weight map, under that file: a tensor present
     in a shard but absent from the index would otherwise be silently ignored.
@@ -361,9 +404,19 @@ def check_weight_files(
             raise CheckpointError(
                 f"{root / fname}: tensor {name!r} has shape {list(got)}, the model expects {list(expected[name])}"
             )
-        if header[name]["dtype"] not in FLOAT_ST_DTYPES:
-            raise CheckpointError(f"{root / fname}: tensor {name!r} has dtype {header[name]['dtype']}, expected a float type")
+        _check_dtype(root / fname, name, header[name]["dtype"], fp8_names is not None and fp8_names(name))
     return headers
+
+
+def _check_dtype(path: Path, name: str, got: str, fp8: bool) -> None:
+    if fp8 and got != "F8_E4M3":
+        raise CheckpointError(
+            f"{path}: tensor {name!r} has dtype {got}, but this checkpoint's routed experts are FP8 (it has "
+            f"weight_scale_inv tensors): every expert weight must be F8_E4M3"
+        )
+    if not fp8 and got not in FLOAT_ST_DTYPES:
+        only = " (only routed expert weights with a weight_scale_inv may be FP8)" if got.startswith("F8") else ""
+        raise CheckpointError(f"{path}: tensor {name!r} has dtype {got}, expected a float type{only}")
 
 
 def fill_weights(
@@ -372,9 +425,11 @@ def fill_weights(
     headers: dict[str, tuple[dict, int]],
     destination: Callable[[str], torch.Tensor],
     progress: Optional[str] = None,
+    after: Optional[Callable[[str, torch.Tensor], None]] = None,
 ) -> None:
     """Read every tensor of ``weight_map`` straight into ``destination(name)``, file by file in
-    on-disk order. ``progress`` names a tqdm bar over the files (None: no bar)."""
+    on-disk order, then call ``after(name, that tensor)`` when given. ``progress`` names a tqdm
+    bar over the files (None: no bar)."""
     by_file: dict[str, list[str]] = defaultdict(list)
     for name, fname in weight_map.items():
         by_file[fname].append(name)
@@ -388,7 +443,10 @@ def fill_weights(
             header, data_start = headers[fname]
             with open(root / fname, "rb") as fh:
                 for name in sorted(by_file[fname], key=lambda n: header[n]["data_offsets"][0]):
-                    read_tensor_into(fh, root / fname, name, data_start, header[name], destination(name))
+                    dst = destination(name)
+                    read_tensor_into(fh, root / fname, name, data_start, header[name], dst)
+                    if after is not None:
+                        after(name, dst)
 
 
 #: Environment variable that replaces the memory limit of ``check_fits_memory`` (bytes).
@@ -424,7 +482,7 @@ def check_fits_memory(
     model: torch.nn.Module, device: torch.device, dtype: torch.dtype, what: str, max_param_bytes: Optional[int] = None
 ) -> None:
     """Refuse, before anything is allocated, a model (on the meta device) whose parameters and
-    buffers at ``dtype`` need more bytes than ``max_param_bytes``, else ``LLADAUNI_MAX_PARAM_BYTES``,
+    buffers at ``dtype`` (FP8 tensors at one byte) need more bytes than ``max_param_bytes``, else ``LLADAUNI_MAX_PARAM_BYTES``,
     else the memory of ``device`` (``device_memory_bytes``). CheckpointError names the sizes and
     how to raise the limit."""
     limit, source = max_param_bytes, "max_param_bytes"
@@ -437,14 +495,20 @@ def check_fits_memory(
         limit, source = device_memory_bytes(device), f"memory of {device}"
     if limit is None:
         return
-    count = sum(t.numel() for t in model.state_dict(keep_vars=True).values())
-    need = count * torch.tensor([], dtype=dtype).element_size()
+    tensors = list(model.state_dict(keep_vars=True).values())
+    count = sum(t.numel() for t in tensors)
+    size = torch.tensor([], dtype=dtype).element_size()
+    need = sum(t.numel() * (t.element_size() if t.dtype == FP8_DTYPE else size) for t in tensors)
     if need > limit:
         raise CheckpointError(
             f"{what}: {count:,} parameters need {need / 2**30:,.1f} GiB at {str(dtype).replace('torch.', '')}, over "
             f"the {limit / 2**30:,.1f} GiB limit ({source}); load in a smaller dtype or on a larger device, or, if the "
             f"memory is really there, raise the limit with max_param_bytes= or {PARAM_BYTES_ENV}=<bytes>"
         )
+
+
+#: ``load_backbone(experts=...)``: how routed experts are stored once loaded.
+EXPERT_MODES = ("auto", "fp8", "dtype")
 
 
 def load_backbone(
@@ -457,6 +521,8 @@ def load_backbone(
     revision: Optional[str] = None,
     progress: bool = False,
     max_param_bytes: Optional[int] = None,
+    experts: str = "auto",
+    expert_offload: bool = False,
 ) -> LLaDA2Backbone:
     """Load the published backbone (or a checkpoint in its layout) without trust_remote_code.
 
@@ -464,7 +530,17 @@ def load_backbone(
     config.json's sizes are checked against hard caps first (``model_core.config``), then the
     weights' bytes at ``dtype`` against ``max_param_bytes`` (default: ``LLADAUNI_MAX_PARAM_BYTES``,
     else the device's memory, see ``check_fits_memory``); both before anything is allocated.
+
+    experts: storage of the routed experts. ``"auto"``: as the checkpoint has them (FP8 when it
+    holds F8_E4M3 expert weights with their ``weight_scale_inv``, else ``dtype``); ``"fp8"``:
+    block-scaled float8_e4m3fn (a high-precision checkpoint is quantized at load, one tensor at a
+    time); ``"dtype"``: in ``dtype`` (an FP8 checkpoint is dequantized at load).
+    expert_offload: keep the routed experts in host memory and stream them per layer onto
+    ``device`` (``expert_storage.offload_experts``); the weights are read into host memory first,
+    and the memory check is then against host memory.
     """
+    if experts not in EXPERT_MODES:
+        raise ValueError(f"experts={experts!r}: choose one of {list(EXPERT_MODES)}")
     ckpt = resolve_checkpoint(
         path_or_repo, revision=revision, allow_patterns=["config.json", "*.safetensors", INDEX_NAME, "tokenizer*", "special_tokens_map.json"]
     )
@@ -475,20 +551,59 @@ def load_backbone(
     except FileNotFoundError:
         raise CheckpointError(f"{ckpt}: no {CONFIG_NAME}") from None
     weight_map = read_weight_map(ckpt)
-    model = build_meta_backbone(config, dtype)
-    check_fits_memory(model, device, dtype, str(ckpt / CONFIG_NAME), max_param_bytes)
-    headers = check_weight_files(ckpt, weight_map, published_shapes(model))
-    model = model.to_empty(device=device)
+    stored_fp8 = fp8_expert_checkpoint(weight_map)
+    want_fp8 = experts == "fp8" or (experts == "auto" and stored_fp8)
+    load_device = torch.device("cpu") if expert_offload else device
+    model = build_meta_backbone(config, dtype, fp8_experts=stored_fp8)
+    final = model if want_fp8 == stored_fp8 else build_meta_backbone(config, dtype, fp8_experts=want_fp8)
+    check_fits_memory(final, load_device, dtype, str(ckpt / CONFIG_NAME), max_param_bytes)
+    fp8_names = ExpertNameMap.is_expert_weight if stored_fp8 else None
+    headers = check_weight_files(ckpt, weight_map, published_shapes(model), fp8_names=fp8_names)
+    quantize = want_fp8 and not stored_fp8
+    model = (final if quantize else model).to_empty(device=load_device)
+    _fill_backbone(ckpt, weight_map, headers, model, dtype if quantize else None, progress)
+    if stored_fp8 and not want_fp8:
+        dequantize_experts_fp8(model, dtype)
+    model.eval().requires_grad_(False)
+    if expert_offload:
+        offload_experts(model, device)
+    return model.set_backends(attn=attn_backend, moe=moe_backend)
+
+
+def _fill_backbone(
+    ckpt: Path, weight_map: dict[str, str], headers: dict, model: LLaDA2Backbone, quantize_from: Optional[torch.dtype], progress: bool
+) -> None:
+    """Read the checkpoint into ``model``. ``quantize_from``: the model's experts are FP8 and the
+    checkpoint's are not: each expert tensor is read into a scratch tensor of that dtype and
+    quantized into its slot (weights and scales)."""
     targets = model.state_dict(keep_vars=True)
+    scratch: dict[tuple[int, ...], torch.Tensor] = {}
 
     def destination(name: str) -> torch.Tensor:
         internal, slot = ExpertNameMap.to_internal(name)
         dst = targets[internal].detach()
-        return dst if slot is None else ExpertNameMap.slot_view(dst, *slot)
+        if slot is None:
+            return dst
+        view = ExpertNameMap.slot_view(dst, *slot)
+        if quantize_from is None:
+            return view
+        shape = tuple(view.shape)
+        if shape not in scratch:
+            scratch[shape] = torch.empty(shape, dtype=quantize_from, device=dst.device)
+        return scratch[shape]
 
-    fill_weights(ckpt, weight_map, headers, destination, progress="loading backbone" if progress else None)
-    model.eval().requires_grad_(False)
-    return model.set_backends(attn=attn_backend, moe=moe_backend)
+    def after(name: str, tensor: torch.Tensor) -> None:
+        internal, slot = ExpertNameMap.to_internal(name)
+        if slot is None or quantize_from is None:
+            return
+        try:
+            q, s = quantize_blockwise_fp8(tensor)
+        except ValueError as exc:
+            raise CheckpointError(f"{ckpt / weight_map[name]}: tensor {name!r}: {exc}") from None
+        ExpertNameMap.slot_view(targets[internal].detach(), *slot).copy_(q)
+        ExpertNameMap.slot_view(targets[ExpertNameMap.scale_of(internal)], *slot).copy_(s)
+
+    fill_weights(ckpt, weight_map, headers, destination, progress="loading backbone" if progress else None, after=after)
 
 
 def save_backbone(
@@ -499,6 +614,7 @@ def save_backbone(
     dtype: Optional[torch.dtype] = None,
 ) -> Path:
     """Write ``config.json``, sharded safetensors under the published names and the index.
+    ``dtype`` casts the weights, except FP8 expert weights and their fp32 scales.
 
     Files are written under temporary names and renamed into place; the index comes last, so an
     interrupted save never looks like a complete checkpoint.
@@ -506,8 +622,9 @@ def save_backbone(
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     tensors = to_published_state_dict(model)
-    if dtype is not None:
-        tensors = {k: v.to(dtype) for k, v in tensors.items()}
+    if dtype is not None:  # FP8 expert weights and their scales keep their dtypes
+        fixed = {k for k, v in tensors.items() if v.dtype == FP8_DTYPE or ExpertNameMap.is_expert_scale(k)}
+        tensors = {k: v if k in fixed else v.to(dtype) for k, v in tensors.items()}
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
@@ -547,7 +664,7 @@ def inspect_checkpoint(path: str | os.PathLike, *, meta: bool = True, device: st
     except FileNotFoundError:
         raise CheckpointError(f"{ckpt}: no {CONFIG_NAME}") from None
     weight_map = read_weight_map(ckpt)
-    model = build_meta_backbone(config)
+    model = build_meta_backbone(config, fp8_experts=fp8_expert_checkpoint(weight_map))
     expected = published_shapes(model)
     missing = sorted(set(expected) - set(weight_map))
     unexpected = sorted(set(weight_map) - set(expected))
