@@ -105,27 +105,30 @@ def _args() -> argparse.Namespace:
     return args
 
 
-def _build_decoder(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> tuple[ImageDecoder, float, str | None]:
-    cfg = getattr(DiTConfig, args.config)()
+def build_decoder(config: str, device: torch.device, dtype: torch.dtype, steps: int = 8, *,
+                  vae: bool = True) -> tuple[ImageDecoder, float, str | None]:
+    """The decoder at ``config`` ("full", "mid", "tiny") with random weights on ``device``, eager
+    (``set_compile`` turns compiling on): (decoder, build seconds, a note when the VAE is missing)."""
+    cfg = getattr(DiTConfig, config)()
     t0 = time.perf_counter()
     dit = _build(lambda: ZImageDiT(cfg), device, dtype, 0)
     sigvq = _build(lambda: SigVQ(16384, cfg.cap_feat_dim), device, dtype, 1)
-    vae, vae_note = None, None
-    if not args.no_vae:
+    vae_dec, vae_note = None, None
+    if vae:
         try:
             from diffusers import AutoencoderKL
 
             vae_cfg = dict(FLUX_VAE)
-            if args.config == "tiny":
+            if config == "tiny":
                 vae_cfg.update(block_out_channels=[16] * 4, norm_num_groups=8, layers_per_block=1)
-            vae = VAEDecoder(_build(lambda: AutoencoderKL.from_config(vae_cfg), device, dtype, 2))
+            vae_dec = VAEDecoder(_build(lambda: AutoencoderKL.from_config(vae_cfg), device, dtype, 2))
         except ImportError:
             vae_note = "diffusers not installed: VAE not timed"
-    dec = ImageDecoder(sigvq, dit, vae, FlowRenoiseSampler(num_steps=args.steps), variant="turbo", compile=False)
+    dec = ImageDecoder(sigvq, dit, vae_dec, FlowRenoiseSampler(num_steps=steps), variant="turbo", compile=False)
     return dec, time.perf_counter() - t0, vae_note
 
 
-def _decode_once(dec: ImageDecoder, grid: torch.Tensor, device: torch.device) -> dict:
+def decode_once(dec: ImageDecoder, grid: torch.Tensor, device: torch.device) -> dict:
     step_times: list[float] = []
     last = [time.perf_counter()]
 
@@ -151,10 +154,10 @@ def _decode_once(dec: ImageDecoder, grid: torch.Tensor, device: torch.device) ->
 
 def _time_mode(dec: ImageDecoder, grid: torch.Tensor, device: torch.device, compiled: bool, args: argparse.Namespace) -> dict:
     dec.set_compile(compiled, args.compile_mode)
-    warm = _decode_once(dec, grid, device)  # warm-up (and compilation)
+    warm = decode_once(dec, grid, device)  # warm-up (and compilation)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    runs = [_decode_once(dec, grid, device) for _ in range(args.repeats)]
+    runs = [decode_once(dec, grid, device) for _ in range(args.repeats)]
     med = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
     out = {
         "compiled": dec.compiled,  # False after a fallback to eager (see compile_error)
@@ -177,7 +180,7 @@ def main() -> None:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     default_compiled = compile_wanted(None, device)
     modes = {"auto": ["eager", "compiled"] if default_compiled else ["eager"], "both": ["eager", "compiled"]}.get(args.mode, [args.mode])
-    dec, build_s, vae_note = _build_decoder(args, device, dtype)
+    dec, build_s, vae_note = build_decoder(args.config, device, dtype, args.steps, vae=not args.no_vae)
     codes = torch.randint(0, 16384, (args.grid * args.grid,), generator=torch.Generator().manual_seed(0))
     grid = dec._codes_grid(codes, args.grid, args.grid)
     runs = {m: _time_mode(dec, grid, device, m == "compiled", args) for m in modes}

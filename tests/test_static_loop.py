@@ -177,3 +177,32 @@ def test_capacity_buckets():
     assert capacity_for(1) == CAPACITY_QUANTUM
     assert capacity_for(CAPACITY_QUANTUM) == CAPACITY_QUANTUM
     assert capacity_for(CAPACITY_QUANTUM + 1) == 2 * CAPACITY_QUANTUM
+
+
+def test_new_weights_get_a_new_workspace(tiny_ckpt):
+    """Graphs read the weights where they were captured: replacing a parameter (as an FP8
+    conversion or a reload does) must not reuse the old workspace."""
+    m = load_backbone(tiny_ckpt)
+    s = BlockDiffusionSampler(m, mask_id=MASK, eos_id=EOS)
+    _run(s, _prompt(30), cache="static", gen_length=32, steps=4)
+    ws = s._static
+    _run(s, _prompt(31), cache="static", gen_length=32, steps=4)
+    assert s._static is ws
+    layer = m.model.layers[1].attention.dense
+    layer.weight = torch.nn.Parameter(layer.weight.detach().clone())
+    _same(s, _prompt(30), gen_length=32, steps=4)
+    assert s._static is not ws
+
+
+def test_graphs_only_on_cuda_and_never_for_streamed_experts(tiny_ckpt, monkeypatch):
+    from lladauni.model_core.expert_storage import offload_experts
+    from lladauni.model_core.generation.static_loop import graphs_enabled
+
+    m = load_backbone(tiny_ckpt)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert graphs_enabled(cuda, m) and not graphs_enabled(cpu, m)
+    monkeypatch.setenv("LLADAUNI_CUDA_GRAPHS", "0")
+    assert not graphs_enabled(cuda, m)
+    monkeypatch.delenv("LLADAUNI_CUDA_GRAPHS")
+    offload_experts(m, "cpu")
+    assert not graphs_enabled(cuda, m)

@@ -33,7 +33,7 @@ from ..backbone import KVCache, LLaDA2Backbone
 from ..layers.attention import AttentionMask
 from .sampling import REMASKING, adaptive_transfer, guide_logits, quota_transfer, sample_tokens, transfer_schedule
 from .sprint import SprintConfig, prune_prefix
-from .static_loop import StaticStepper, StepSpec, capacity_for
+from .static_loop import StaticStepper, StepSpec, capacity_for, weights_key
 
 __all__ = ["CFGSpec", "SamplerConfig", "SamplerResult", "StepRecord", "BlockDiffusionSampler"]
 
@@ -376,7 +376,7 @@ class BlockDiffusionSampler:
             image_only=cfg.image_only, image_offset=self.image_token_offset, threshold=cfg.threshold,
             greedy=cfg.temperature == 0.0, mask_id=self.mask_id, stops=(self.eos_id, *cfg.stop_ids),
         )
-        if self._static is None or self._static.spec != spec:
+        if self._static is None or self._static.spec != spec or self._static.weights != weights_key(self.model):
             emb = self.model.model.word_embeddings.weight
             self._static = None  # free the old buffers and graphs first
             self._static = StaticStepper(self.model, spec, emb.device, emb.dtype)

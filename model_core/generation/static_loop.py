@@ -33,7 +33,7 @@ from ..backbone import KVCache, LLaDA2Backbone, StaticKVCache
 from ..layers.attention import AttentionMask
 from .sampling import guide_logits, quota_transfer_on_device, sample_tokens
 
-__all__ = ["StepSpec", "StaticStepper", "graphs_enabled", "capacity_for"]
+__all__ = ["StepSpec", "StaticStepper", "graphs_enabled", "capacity_for", "weights_key"]
 
 log = logging.getLogger("lladauni.generation")
 
@@ -47,9 +47,19 @@ def capacity_for(total: int) -> int:
     return -(-total // CAPACITY_QUANTUM) * CAPACITY_QUANTUM
 
 
-def graphs_enabled(device: torch.device) -> bool:
-    """CUDA graphs for the static loop: on CUDA unless ``LLADAUNI_CUDA_GRAPHS=0``."""
+def graphs_enabled(device: torch.device, model: Optional[torch.nn.Module] = None) -> bool:
+    """CUDA graphs for the static loop: on CUDA unless ``LLADAUNI_CUDA_GRAPHS=0`` or the model says
+    its forward cannot be replayed (``graph_safe = False``: experts streamed from host memory,
+    whose copies follow host-side bookkeeping)."""
+    if model is not None and not getattr(model, "graph_safe", True):
+        return False
     return device.type == "cuda" and os.environ.get("LLADAUNI_CUDA_GRAPHS", "1") != "0"
+
+
+def weights_key(model: torch.nn.Module) -> tuple:
+    """The addresses of the model's parameters and buffers. A captured graph reads the weights
+    where they were at capture, so new ones (FP8 conversion, offload, a reload) need a new capture."""
+    return tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers()))
 
 
 @dataclass(frozen=True)
@@ -100,7 +110,8 @@ class StaticStepper:
         self.commit = torch.zeros(B, dtype=torch.bool, device=device)
         self.prob = torch.zeros(B, dtype=torch.float32, device=device)
         self._guidance = _Guidance(spec.guidance)
-        self.use_graphs = graphs_enabled(device)
+        self.use_graphs = graphs_enabled(device, model)
+        self.weights = weights_key(model)
         self._graphs: dict[str, tuple[torch.cuda.CUDAGraph, object]] = {}
         self._pool = None
         self._host_status = torch.zeros(2, 2, dtype=torch.long, pin_memory=device.type == "cuda")
