@@ -117,8 +117,12 @@ class LocalBackend:
         decoder_variant: str = "turbo",
         keep_loaded: bool = True,
         decode: bool = True,
+        experts: str = "auto",
+        expert_offload: bool = False,
     ) -> None:
         self.checkpoint = checkpoint
+        self.experts = experts
+        self.expert_offload = expert_offload
         self.device = device
         self.dtype = dtype
         self.decoder_variant = decoder_variant
@@ -147,7 +151,8 @@ class LocalBackend:
 
                 comps = ("backbone", "image_tokenizer") + (("decoder",) if self.decode else ())
                 self._model = LLaDAUni.from_pretrained(self.checkpoint, device=self.device, dtype=self.dtype,
-                                                       components=comps, decoder_variant=self.decoder_variant)
+                                                       components=comps, decoder_variant=self.decoder_variant,
+                                                       experts=self.experts, expert_offload=self.expert_offload)
             return self._model
 
     def describe(self) -> dict:

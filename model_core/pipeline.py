@@ -147,15 +147,23 @@ class LLaDAUni:
         attn_backend: str = "auto",
         moe_backend: str = "auto",
         revision: Optional[str] = None,
+        experts: str = "auto",
+        expert_offload: bool = False,
     ) -> "LLaDAUni":
         """Load the backbone and text tokenizer, plus ``image_tokenizer`` and/or ``decoder`` when
         listed in ``components`` (others load on first use, once). With no path, the embedded
-        default model (the tiny shapes model shipped in the package) is loaded."""
+        default model (the tiny shapes model shipped in the package) is loaded.
+
+        Low-VRAM modes of the backbone (``model_core.expert_storage``): ``experts="fp8"`` stores
+        the routed experts as block-scaled e4m3 (made at load from a bf16 checkpoint, or read
+        from an FP8 one; ``"auto"`` keeps what the checkpoint stores, ``"dtype"`` converts to
+        ``dtype``); ``expert_offload=True`` keeps them in host memory and streams them per layer."""
         unknown = set(components) - {"backbone", "image_tokenizer", "decoder"}
         if unknown:
             raise ValueError(f"unknown component(s) {sorted(unknown)}; choose from backbone, image_tokenizer, decoder")
         ckpt = resolve_checkpoint(path_or_repo, revision=revision)
-        backbone = load_backbone(ckpt, device=device, dtype=dtype, attn_backend=attn_backend, moe_backend=moe_backend)
+        backbone = load_backbone(ckpt, device=device, dtype=dtype, attn_backend=attn_backend, moe_backend=moe_backend,
+                                 experts=experts, expert_offload=expert_offload)
         pipe = cls(backbone, TextTokenizer.from_pretrained(ckpt), ckpt, decoder_variant=decoder_variant)
         pipe.name = _checkpoint_name(path_or_repo, ckpt)
         pipe._dtype_request = dtype

@@ -258,3 +258,24 @@ def test_triton_backend_gets_the_scales(monkeypatch):
     block.backend = get_moe_backend("triton")
     got = block(x)
     kernel_fixtures.assert_close(got, want, "moe", "torch", torch.bfloat16)
+
+
+def test_pipeline_and_cli_take_the_low_vram_modes(monkeypatch):
+    """LLaDAUni.from_pretrained(experts=, expert_offload=) reaches the loader, and the CLI's
+    --experts / --expert-offload reach the backend."""
+    from lladauni.model_core.moe import SparseMoeBlock
+    from lladauni.model_core.pipeline import LLaDAUni
+    from lladauni.tools import cli
+
+    pipe = LLaDAUni.from_pretrained(None, device="cpu", experts="fp8", expert_offload=True)
+    moe = [m for m in pipe.backbone.modules() if isinstance(m, SparseMoeBlock)]
+    assert moe and all(m.experts.is_fp8 for m in moe)
+    assert pipe.backbone.graph_safe is False  # offloaded: the static loop runs it eagerly
+    assert pipe.chat("hi", gen_length=8, steps=2).text is not None
+
+    seen = {}
+    monkeypatch.setattr("lladauni.agent.backend.LocalBackend.__init__",
+                        lambda self, *a, **k: seen.update(k) or None)
+    args = cli.build_parser().parse_args(["chat", "hi", "--experts", "fp8", "--expert-offload"])
+    cli._backend(args)
+    assert seen["experts"] == "fp8" and seen["expert_offload"] is True

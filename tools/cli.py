@@ -79,7 +79,8 @@ def _backend(args: argparse.Namespace, decode: bool = False):
     if args.checkpoint is None:
         require_default_model("pass --checkpoint PATH")
     return LocalBackend(args.checkpoint, device=args.device, dtype=_DTYPES[args.dtype], decoder_variant=args.decoder,
-                        decode=decode)
+                        decode=decode, experts=getattr(args, "experts", "auto"),
+                        expert_offload=getattr(args, "expert_offload", False))
 
 
 def _run_task(args: argparse.Namespace, task: str, method: str, *inputs, **extra):
@@ -338,6 +339,11 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", choices=list(_DTYPES), default="auto")
     p.add_argument("--decoder", choices=["turbo", "normal"], default="turbo", help="which image decoder to load")
+    p.add_argument("--experts", choices=["auto", "fp8", "dtype"], default="auto",
+                   help="routed-expert storage: fp8 (block-scaled e4m3, about half the backbone's memory), "
+                        "dtype (--dtype), auto (as the checkpoint stores them)")
+    p.add_argument("--expert-offload", action="store_true",
+                   help="keep routed experts in host memory and stream them per layer (for small GPUs; slower)")
 
 
 def _add_tasks(sub) -> None:
