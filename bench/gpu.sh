@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# One prepared GPU benchmark run (issue 6; issue 17 added install_checks: what the kernel chooser
-# picks for each published call shape, and its error vs the fp32 reference): kernels vs ceilings, the full-size block step
-# (eager torch, torch.compile, our kernels, CUDA graph, FP8 experts), then the image-tokenizer
-# and decoder benchmarks. Uses the image's own torch and triton (no installs). Finishes within
-# BUDGET_S seconds (default 480): each section runs in its own process under `timeout`, capped
-# by the time left; a failing or timed-out section is reported and the script goes on.
+# One prepared GPU benchmark run, within BUDGET_S seconds (default 480): what the kernel chooser
+# picks (install_checks), kernels against ceilings, the isolated full-size block step (eager
+# torch, our kernels, CUDA graph, FP8 experts), the whole pipeline end to end at the published
+# shapes (bench/gpu_e2e.py: the static captured loop, text-to-image with decode, understanding,
+# editing, chat, FP8), then the image tokenizer and the decoder (eager vs compiled) with what is
+# left. Uses the image's own torch and triton. Each section runs in its own process under
+# `timeout`, capped by the time left; a failing or timed-out section is reported and the script
+# goes on. Wheels in bench/wheels/ (diffusers for the VAE; carry them to the device) are
+# installed into a scratch folder first, without dependencies, when the image lacks them.
 #
 #   bash bench/gpu.sh              # on the device machine; JSON goes to $OUT (or bench/out/)
 #   bash bench/gpu.sh --dry-run    # CPU: tiny shapes through the Triton interpreter
@@ -44,16 +47,23 @@ if [ "$DRY" = 1 ]; then
   run_section install_checks 60 $PY bench/gpu_checks.py --dry-run
   run_section kernels 200 $PY bench/gpu_kernels.py --section all --dry-run --out "$OUT_DIR"
   run_section image_tokenizer 30 $PY bench/gpu_image_tokenizer.py --dry-run
+  run_section e2e 400 $PY bench/gpu_e2e.py --dry-run --out "$OUT_DIR"
   run_section decoder 60 $PY bench/gpu_decoder.py --config tiny --device cpu --dtype float32 --grid 4 --steps 1 --repeats 1 --no-vae
 else
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$OUT_DIR/nvidia_smi.log"
+  if ls bench/wheels/*.whl >/dev/null 2>&1 && ! $PY -c "import diffusers" >/dev/null 2>&1; then
+    $PY -m pip install --quiet --no-deps --no-index --target /tmp/lladauni_wheels bench/wheels/*.whl \
+      && export PYTHONPATH="/tmp/lladauni_wheels${PYTHONPATH:+:$PYTHONPATH}"
+  fi
   $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)" 2>&1
-  run_section install_checks 60 $PY bench/gpu_checks.py
-  run_section kernels 90 $PY bench/gpu_kernels.py --section kernels --out "$OUT_DIR"
-  run_section backbone 150 $PY bench/gpu_kernels.py --section backbone --out "$OUT_DIR"
-  run_section compile 110 $PY bench/gpu_kernels.py --section compile --out "$OUT_DIR"
-  run_section image_tokenizer 60 $PY bench/gpu_image_tokenizer.py --repeats 5
-  run_section decoder 70 $PY bench/gpu_decoder.py --repeats 2
+  run_section install_checks 45 $PY bench/gpu_checks.py
+  run_section kernels 60 $PY bench/gpu_kernels.py --section kernels --out "$OUT_DIR"
+  run_section backbone 100 $PY bench/gpu_kernels.py --section backbone --out "$OUT_DIR"
+  LEFT=$(( BUDGET_S - ($(date +%s) - START) ))
+  E2E_LIM=$(( LEFT < 230 ? LEFT : 230 ))  # rows start only while 45 s of it remain
+  run_section e2e 230 $PY bench/gpu_e2e.py --budget-s $(( E2E_LIM > 60 ? E2E_LIM - 45 : 15 )) --out "$OUT_DIR"
+  run_section image_tokenizer 30 $PY bench/gpu_image_tokenizer.py --repeats 3
+  run_section decoder 90 $PY bench/gpu_decoder.py --mode both --repeats 1
 fi
 
 # One summary JSON: every section's rc and time, the kernels' JSON files, and the last JSON
@@ -64,7 +74,9 @@ import json, sys
 from pathlib import Path
 out, sections, total = Path(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
 summary = {"sections": sections, "total_seconds": total}
-for f in sorted(out.glob("kernels_*.json")):
+for f in sorted([*out.glob("kernels_*.json"), out / "e2e.json"]):
+    if not f.exists():
+        continue
     try:
         summary[f.stem] = json.loads(f.read_text())
     except Exception as exc:

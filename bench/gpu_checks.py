@@ -93,6 +93,24 @@ def moe_rows(device: torch.device, small: bool) -> list[dict]:
     return rows
 
 
+def parity_rows(device: torch.device, small: bool) -> dict:
+    """fp32 parity of every fast backend at the published layer width (2 layers), and the static
+    loop's captured graphs against the exact cache, token for token (bench/gpu_parity.py)."""
+    from bench.gpu_parity import TOLERANCE, backend_rows, build, static_loop_rows
+
+    try:
+        model = build(small, device)
+        out = {"tolerance": TOLERANCE, "backends": backend_rows(model, device, small)}
+        out["static_loop"] = static_loop_rows(model.set_backends(attn="auto", moe="auto", norm="auto"), device, small)
+        out["all_ok"] = all(r.get("ok") for r in out["backends"] + out["static_loop"])
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return out
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-800:]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry-run", action="store_true", help="CPU, short lengths (the chooser answers sdpa/loop)")
@@ -103,6 +121,7 @@ def main() -> None:
            "torch": torch.__version__, "kernel_status": kernel_status()}
     out["attention"] = attention_rows(device, args.dry_run)
     out["moe"] = moe_rows(device, args.dry_run)
+    out["parity"] = parity_rows(device, args.dry_run or device.type != "cuda")
     out["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(out, indent=2))
 

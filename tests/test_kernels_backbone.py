@@ -80,11 +80,13 @@ def test_tiny_backbone_prefill_and_cfg_block_step(dtype):
 @pytest.mark.gpu
 @requires_cuda
 def test_block_step_cuda_graph_capture():
-    """A whole cached block step with the Triton backends replays from a CUDA graph."""
+    """A whole cached block step with the Triton backends replays from a CUDA graph. In fp32: a
+    random model in bf16 is chaotic (routing flips amplify layer by layer), so bf16 Triton vs bf16
+    SDPA can differ for no kernel bug; the kernels' bf16 rounding is checked per operation."""
     cfg = BackboneConfig.tiny().replace(hidden_size=256, num_attention_heads=8, num_key_value_heads=2, head_dim=64,
                                         num_experts=64, n_group=8, topk_group=4, num_experts_per_tok=8,
                                         moe_intermediate_size=128, num_hidden_layers=4)
-    model = _model(BF16, cfg).set_backends(attn="triton", moe="triton")
+    model = _model(F32, cfg).set_backends(attn="triton", moe="triton", norm="triton")
     P, Q = 96, 32
     with torch.no_grad():
         pre = model(torch.randint(0, 1000, (1, P), device=DEVICE), return_kv=True)
@@ -103,6 +105,6 @@ def test_block_step_cuda_graph_capture():
         ids.copy_(torch.randint(0, 1000, (1, Q), device=DEVICE))
         graph.replay()
         torch.cuda.synchronize()
-        model.set_backends(attn="sdpa", moe="loop")
+        model.set_backends(attn="sdpa", moe="loop", norm="torch")
         ref = model(ids, pos, mask, past=pre.kv, check_inputs=False).logits
-    assert_close(out, ref, "backbone", "torch", BF16)
+    assert_close(out, ref, "backbone", "torch", F32)

@@ -102,11 +102,11 @@ def test_static_workspace_is_reused_and_independent_of_previous_runs(sampler):
     """A second run of the same shape reuses the workspace (no stale keys leak: different prompts
     give the exact cache's tokens); another shape builds a new one."""
     _same(sampler, _prompt(64, seed=1), gen_length=64, steps=8)
-    ws = sampler._static
+    ws = sampler.static_workspace
     _same(sampler, _prompt(64, seed=2), gen_length=64, steps=8)
-    assert sampler._static is ws
+    assert sampler.static_workspace is ws
     _same(sampler, _prompt(64, seed=2), gen_length=32, steps=8, cfg=CFGSpec("simple", null_ids=_prompt(9), scale=2.0))
-    assert sampler._static is not ws
+    assert sampler.static_workspace is not ws
 
 
 # ---------------------------------------------------------------------------------- the pieces
@@ -185,13 +185,13 @@ def test_new_weights_get_a_new_workspace(tiny_ckpt):
     m = load_backbone(tiny_ckpt)
     s = BlockDiffusionSampler(m, mask_id=MASK, eos_id=EOS)
     _run(s, _prompt(30), cache="static", gen_length=32, steps=4)
-    ws = s._static
+    ws = s.static_workspace
     _run(s, _prompt(31), cache="static", gen_length=32, steps=4)
-    assert s._static is ws
+    assert s.static_workspace is ws
     layer = m.model.layers[1].attention.dense
     layer.weight = torch.nn.Parameter(layer.weight.detach().clone())
     _same(s, _prompt(30), gen_length=32, steps=4)
-    assert s._static is not ws
+    assert s.static_workspace is not ws
 
 
 def test_graphs_only_on_cuda_and_never_for_streamed_experts(tiny_ckpt, monkeypatch):

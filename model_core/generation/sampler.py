@@ -366,6 +366,16 @@ class BlockDiffusionSampler:
         return False
 
     # ------------------------------------------------------------------ static loop
+    @property
+    def static_workspace(self) -> Optional[StaticStepper]:
+        """The static loop's workspace of the last ``cache="static"`` run (its cache buffers and
+        captured graphs), kept for the next run of the same shape; None before any."""
+        return self._static
+
+    def release_static(self) -> None:
+        """Free the static loop's buffers and graphs (the next static run builds them again)."""
+        self._static = None
+
     def _stepper(self, run: _Run) -> StaticStepper:
         """The workspace for this run's shape and settings (kept, with its graphs, for the next
         run of the same kind)."""

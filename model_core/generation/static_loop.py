@@ -117,6 +117,11 @@ class StaticStepper:
         self._host_status = torch.zeros(2, 2, dtype=torch.long, pin_memory=device.type == "cuda")
         self._events: list[Optional[torch.cuda.Event]] = [None, None]
 
+    @property
+    def captured(self) -> list[str]:
+        """The step functions replayed from CUDA graphs (none on the CPU or after a fallback)."""
+        return sorted(self._graphs)
+
     # ------------------------------------------------------------------ state
     def load(self, x: torch.Tensor, prompts: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
              prefill: Optional[KVCache]) -> None:
