@@ -100,13 +100,17 @@ def test_static_trace_equals_exact_trace(sampler):
 
 def test_static_workspace_is_reused_and_independent_of_previous_runs(sampler):
     """A second run of the same shape reuses the workspace (no stale keys leak: different prompts
-    give the exact cache's tokens); another shape builds a new one."""
+    give the exact cache's tokens); another shape builds its own, and the first one is kept."""
     _same(sampler, _prompt(64, seed=1), gen_length=64, steps=8)
     ws = sampler.static_workspace
     _same(sampler, _prompt(64, seed=2), gen_length=64, steps=8)
     assert sampler.static_workspace is ws
     _same(sampler, _prompt(64, seed=2), gen_length=32, steps=8, cfg=CFGSpec("simple", null_ids=_prompt(9), scale=2.0))
     assert sampler.static_workspace is not ws
+    _same(sampler, _prompt(64, seed=3), gen_length=64, steps=8)
+    assert sampler.static_workspace is ws
+    sampler.release_static()
+    assert sampler.static_workspace is None
 
 
 # ---------------------------------------------------------------------------------- the pieces

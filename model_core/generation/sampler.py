@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional, Sequence
 
@@ -36,6 +37,10 @@ from .sprint import SprintConfig, prune_prefix
 from .static_loop import StaticStepper, StepSpec, capacity_for, weights_key
 
 __all__ = ["CFGSpec", "SamplerConfig", "SamplerResult", "StepRecord", "BlockDiffusionSampler"]
+
+# Static-loop workspaces kept per sampler (a server alternating chat, text-to-image and editing
+# keeps each one's graphs; each holds its KV buffers, tens to hundreds of MB at full size).
+STATIC_WORKSPACES = 4
 
 CacheMode = Literal["auto", "none", "exact", "static", "sprint"]
 
@@ -202,7 +207,9 @@ class BlockDiffusionSampler:
         self.mask_id = mask_id
         self.eos_id = eos_id
         self.image_token_offset = image_token_offset if image_token_offset is not None else model.config.image_token_offset
-        self._static: Optional[StaticStepper] = None  # the last static-loop workspace (graphs and cache)
+        # static-loop workspaces (cache buffers and captured graphs), most recently used last
+        self._static_ws: "OrderedDict[StepSpec, StaticStepper]" = OrderedDict()
+        self._static: Optional[StaticStepper] = None  # the one the last static run used
 
     # ------------------------------------------------------------------ public
     @torch.no_grad()
@@ -374,11 +381,12 @@ class BlockDiffusionSampler:
 
     def release_static(self) -> None:
         """Free the static loop's buffers and graphs (the next static run builds them again)."""
+        self._static_ws.clear()
         self._static = None
 
     def _stepper(self, run: _Run) -> StaticStepper:
         """The workspace for this run's shape and settings (kept, with its graphs, for the next
-        run of the same kind)."""
+        runs of the same kind; the ``STATIC_WORKSPACES`` most recently used are kept)."""
         cfg, g = run.cfg, run.cfg.cfg
         guidance = (g.kind, g.scale, g.text_scale, g.image_scale, g.rescale) if g is not None and g.active else ()
         spec = StepSpec(
@@ -386,11 +394,18 @@ class BlockDiffusionSampler:
             image_only=cfg.image_only, image_offset=self.image_token_offset, threshold=cfg.threshold,
             greedy=cfg.temperature == 0.0, mask_id=self.mask_id, stops=(self.eos_id, *cfg.stop_ids),
         )
-        if self._static is None or self._static.spec != spec or self._static.weights != weights_key(self.model):
+        weights = weights_key(self.model)
+        st = self._static_ws.pop(spec, None)
+        if st is None or st.weights != weights:
+            if any(w.weights != weights for w in self._static_ws.values()):
+                self._static_ws.clear()  # new weights: every captured graph reads the old ones
+            while len(self._static_ws) >= STATIC_WORKSPACES:
+                self._static_ws.popitem(last=False)
             emb = self.model.model.word_embeddings.weight
-            self._static = None  # free the old buffers and graphs first
-            self._static = StaticStepper(self.model, spec, emb.device, emb.dtype)
-        return self._static
+            st = StaticStepper(self.model, spec, emb.device, emb.dtype)
+        self._static_ws[spec] = st
+        self._static = st
+        return st
 
     def _generate_static(self, run: _Run, progress: Optional[Callable[[int, int], None]], t0: float) -> SamplerResult:
         st = self._stepper(run)
