@@ -101,7 +101,7 @@ def parity_rows(device: torch.device, small: bool) -> dict:
     try:
         model = build(small, device)
         out = {"tolerance": TOLERANCE, "backends": backend_rows(model, device, small)}
-        out["static_loop"] = static_loop_rows(model.set_backends(attn="auto", moe="auto", norm="auto"), device, small)
+        out["static_loop"] = static_loop_rows(model, device, small)
         out["all_ok"] = all(r.get("ok") for r in out["backends"] + out["static_loop"])
         del model
         if device.type == "cuda":

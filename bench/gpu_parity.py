@@ -54,12 +54,13 @@ def _forward_pair(model, device: torch.device, small: bool) -> tuple[torch.Tenso
 
 
 BACKENDS = {
-    "reference": dict(attn="eager", moe="loop", norm="torch"),
-    "sdpa": dict(attn="sdpa", moe="loop", norm="torch"),
-    "triton_attention": dict(attn="triton", moe="loop", norm="torch"),
-    "triton_moe": dict(attn="eager", moe="triton", norm="torch"),
-    "triton_norm": dict(attn="eager", moe="loop", norm="triton"),
-    "all_kernels": dict(attn="triton", moe="triton", norm="triton"),
+    "reference": dict(attn="eager", moe="loop", norm="torch", routing="torch"),
+    "sdpa": dict(attn="sdpa", moe="loop", norm="torch", routing="torch"),
+    "triton_attention": dict(attn="triton", moe="loop", norm="torch", routing="torch"),
+    "triton_moe": dict(attn="eager", moe="triton", norm="torch", routing="torch"),
+    "triton_norm": dict(attn="eager", moe="loop", norm="triton", routing="torch"),
+    "triton_routing": dict(attn="eager", moe="loop", norm="torch", routing="triton"),
+    "all_kernels": dict(attn="triton", moe="triton", norm="triton", routing="triton"),
 }
 
 
@@ -80,7 +81,7 @@ def backend_rows(model, device: torch.device, small: bool) -> list[dict[str, Any
         except Exception as exc:  # every backend gets a row
             row.update(ok=False, error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc()[-600:])
         rows.append(row)
-    model.set_backends(attn="auto", moe="auto", norm="auto")
+    model.set_backends(attn="auto", moe="auto", norm="auto", routing="auto")
     return rows
 
 

@@ -25,7 +25,7 @@ from .layers.mlp import SwiGLU
 from .layers.norm import NORM_BACKENDS, RMSNorm, add_rms_norm, norm_kernel_wanted
 from .layers.rope import PartialRotaryEmbedding, apply_partial_rope
 from .kernel_choice import kernel_module
-from .moe import MoeFn, SparseMoeBlock, get_moe_backend
+from .moe import MoeFn, Router, SparseMoeBlock, get_moe_backend
 
 __all__ = ["LLaDA2Backbone", "BackboneOutput", "KVCache", "StaticKVCache", "LogitsSelector"]
 
@@ -198,20 +198,25 @@ class LLaDA2Backbone(nn.Module):
         self.attn_backend = "auto"
         self.moe_backend = "auto"
         self.norm_backend = "auto"
+        self.routing_backend = "auto"
 
     # ------------------------------------------------------------------ backends
     def set_backends(
-        self, attn: Optional[str] = None, moe: Optional[str] = None, norm: Optional[str] = None
+        self, attn: Optional[str] = None, moe: Optional[str] = None, norm: Optional[str] = None,
+        routing: Optional[str] = None,
     ) -> "LLaDA2Backbone":
-        """Choose the attention (``auto``/``sdpa``/``eager``/…), MoE (``auto``/``loop``/…) and norm
-        (``auto``/``triton``/``torch``: RMSNorm, residual-add + RMSNorm, QK-norm + RoPE) backends."""
-        if norm is not None:
-            if norm not in NORM_BACKENDS:
-                raise ValueError(f"unknown norm backend {norm!r}; choose one of {sorted(NORM_BACKENDS)}")
+        """Choose the attention (``auto``/``sdpa``/``eager``/…), MoE (``auto``/``loop``/…), norm
+        (``auto``/``triton``/``torch``: RMSNorm, residual-add + RMSNorm, QK-norm + RoPE) and MoE
+        routing (``auto``/``triton``/``torch``: the fused group-limited top-k) backends."""
+        for value, kind, what in ((norm, RMSNorm, "norm"), (routing, Router, "routing")):
+            if value is None:
+                continue
+            if value not in NORM_BACKENDS:
+                raise ValueError(f"unknown {what} backend {value!r}; choose one of {sorted(NORM_BACKENDS)}")
             for module in self.modules():
-                if isinstance(module, RMSNorm):
-                    module.kernel = NORM_BACKENDS[norm]
-            self.norm_backend = norm
+                if isinstance(module, kind):
+                    module.kernel = NORM_BACKENDS[value]
+            setattr(self, f"{what}_backend", value)
         if attn is not None:
             fn = get_attention_backend(attn)
             for layer in self.model.layers:

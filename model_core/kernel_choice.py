@@ -28,7 +28,7 @@ __all__ = ["kernel_module", "kernel_serves", "kernel_status", "report_once"]
 
 log = logging.getLogger("lladauni.kernels")
 
-_OPS = ("attention", "moe", "norm")
+_OPS = ("attention", "moe", "norm", "routing")
 _MODULES: dict[str, Optional[ModuleType]] = {}
 _ERRORS: dict[str, str] = {}
 _REPORTED: set[str] = set()

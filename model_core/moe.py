@@ -76,10 +76,22 @@ class Router(nn.Module):
         self.scaling = config.routed_scaling_factor
         self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
         self.register_buffer("expert_bias", torch.zeros(config.num_experts))
+        self.kernel: Optional[bool] = None  # None: the routing kernel where it serves (CUDA); True / False: forced
+
+    def _use_kernel(self, logits_TE: torch.Tensor) -> bool:
+        if self.kernel is False:
+            return False
+        args = (logits_TE, self.expert_bias, self.n_group, self.topk_group, self.top_k)
+        return True if self.kernel else kernel_serves("routing", logits_TE.is_cuda, *args)
 
     def forward(self, x_TH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (T, H) -> topk_ids (T, K) int64, topk_weights (T, K) fp32, router_logits (T, E) fp32."""
         logits_TE = F.linear(x_TH.float(), self.weight.float())
+        if self._use_kernel(logits_TE):  # sigmoid, bias, group-limited top-k and weights in one launch
+            ids_TK, w_TK = kernel_module("routing").group_topk_route(
+                logits_TE, self.expert_bias, self.n_group, self.topk_group, self.top_k, self.scaling
+            )
+            return ids_TK, w_TK, logits_TE
         scores_TE = torch.sigmoid(logits_TE)
         topk_ids_TK = group_limited_topk(scores_TE + self.expert_bias, self.n_group, self.topk_group, self.top_k)
         w_TK = scores_TE.gather(1, topk_ids_TK)

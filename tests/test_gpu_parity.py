@@ -31,5 +31,5 @@ def test_full_width_backends_and_captured_loop():
     model = build(False, torch.device("cuda"))
     rows = backend_rows(model, torch.device("cuda"), False)
     assert all(r["ok"] for r in rows), rows
-    loop = static_loop_rows(model.set_backends(attn="auto", moe="auto", norm="auto"), torch.device("cuda"), False)
+    loop = static_loop_rows(model, torch.device("cuda"), False)
     assert all(r["ok"] and r["graphs"] for r in loop), loop

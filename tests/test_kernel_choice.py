@@ -274,7 +274,7 @@ def test_kernel_status_reports_each_op_and_the_capabilities(fresh_choice):
     from lladauni.kernels.capability import available
 
     status = kc.kernel_status()
-    assert status == {"attention": "ok", "moe": "ok", "norm": "ok", **available()}
+    assert status == {"attention": "ok", "moe": "ok", "norm": "ok", "routing": "ok", **available()}
 
 
 def test_kernel_status_without_the_kernels_says_no_triton_and_no_flash(fresh_choice, monkeypatch):
@@ -283,7 +283,7 @@ def test_kernel_status_without_the_kernels_says_no_triton_and_no_flash(fresh_cho
         warnings.simplefilter("ignore", RuntimeWarning)
         status = kc.kernel_status()
     assert status == {"attention": "ImportError: no kernels here", "moe": "ImportError: no kernels here",
-                      "norm": "ImportError: no kernels here", "triton": False, "flash_attn": False, "cuda": torch.cuda.is_available()}
+                      "norm": "ImportError: no kernels here", "routing": "ImportError: no kernels here", "triton": False, "flash_attn": False, "cuda": torch.cuda.is_available()}
 
 
 def test_a_report_is_logged_as_well_as_warned(fresh_choice, caplog):

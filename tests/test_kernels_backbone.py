@@ -50,6 +50,30 @@ def test_norm_kernels_inside_the_backbone(dtype, monkeypatch):
         model.set_backends(norm="fast")
 
 
+def test_routing_kernel_inside_the_backbone(monkeypatch):
+    """routing='triton' runs the fused router in every MoE layer and picks the torch Router's
+    experts (fp32; the weights within 1e-6)."""
+    from lladauni.kernels.routing import op as routing_op
+    from lladauni.model_core.moe import Router
+
+    model = _model(F32)
+    router = next(m for m in model.modules() if isinstance(m, Router))
+    x = torch.randn(40, model.config.hidden_size, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    calls = []
+    real = routing_op.group_topk_route
+    monkeypatch.setattr(routing_op, "group_topk_route", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        model.set_backends(routing="torch")
+        ids, w, logits = router(x)
+        assert not calls
+        model.set_backends(routing="triton")
+        kids, kw, klogits = router(x)
+    assert calls and torch.equal(kids, ids) and torch.equal(klogits, logits)
+    torch.testing.assert_close(kw, w, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="routing backend"):
+        model.set_backends(routing="fast")
+
+
 def test_model_core_lists_the_kernel_backends():
     """With Triton installed, model_core pulls the kernels: 'triton' is a named backend of both."""
     assert "triton" in attention_backends() and "triton" in moe_backends()
@@ -67,7 +91,7 @@ def test_tiny_backbone_prefill_and_cfg_block_step(dtype):
     outs = {}
     with torch.no_grad():
         for backends in (("sdpa", "loop", "torch"), ("triton", "triton", "triton")):
-            model.set_backends(attn=backends[0], moe=backends[1], norm=backends[2])
+            model.set_backends(attn=backends[0], moe=backends[1], norm=backends[2], routing=backends[2])
             pre = model(prompt, mask=AttentionMask.block_causal(40, 8, key_valid=valid[:, :40], device=DEVICE),
                         return_kv=True, block_size=8)
             step = model(block, torch.arange(40, 48, device=DEVICE), AttentionMask.prefix_and_block(40, 8, key_valid=valid, device=DEVICE),
