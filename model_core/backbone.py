@@ -317,19 +317,21 @@ class LLaDA2Backbone(nn.Module):
                 keys.append(k)
                 values.append(v)
         x = self.model.norm(x)
-        logits = None
+        return BackboneOutput(logits=self._logits(x, logits_for), hidden_states=x,
+                              kv=KVCache(keys, values) if return_kv else None)
+
+    def _logits(self, x: torch.Tensor, logits_for: LogitsSelector) -> torch.Tensor:
+        """fp32 logits (B, Q', V) of the selected positions of the final hidden states x."""
         if logits_for is None:
-            logits = self.lm_head(x).float()
+            return self.lm_head(x).float()
+        if isinstance(logits_for, int):
+            Q = x.shape[1]
+            sel = x[:, Q - min(max(logits_for, 0), Q) :]
         else:
-            if isinstance(logits_for, int):
-                sel = x[:, Q - min(max(logits_for, 0), Q) :]
-            else:
-                sel = x[:, logits_for]
-            if sel.shape[1]:
-                logits = self.lm_head(sel).float()
-            else:
-                logits = sel.new_zeros((B, 0, vocab), dtype=torch.float32)
-        return BackboneOutput(logits=logits, hidden_states=x, kv=KVCache(keys, values) if return_kv else None)
+            sel = x[:, logits_for]
+        if sel.shape[1]:
+            return self.lm_head(sel).float()
+        return sel.new_zeros((x.shape[0], 0, self.config.vocab_size), dtype=torch.float32)
 
     def _check_static(self, cache: StaticKVCache, B: int, Q: int, position_ids, mask) -> None:
         """Metadata checks of a call over a static cache (no host sync)."""
