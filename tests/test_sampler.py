@@ -11,7 +11,7 @@ from lladauni.model_core.generation.sampler import _Branches
 from lladauni.model_core.generation.sampling import adaptive_transfer, confidence_scores, quota_transfer, transfer_schedule
 from lladauni.model_core.generation.sprint import prune_prefix
 
-MASK, EOS, OFFSET = 156895, 156892, 157184
+from tests.sampler_fixtures import EOS, MASK, OFFSET, prompt_ids, run_seeded
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +24,7 @@ def sampler(model):
     return BlockDiffusionSampler(model, mask_id=MASK, eos_id=EOS)
 
 
-def _prompt(n, seed=0, hi=150000):
-    return torch.randint(0, hi, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-def _run(sampler, prompt, seed=0, **kw):
-    return sampler.generate(prompt, SamplerConfig(**kw), generator=torch.Generator().manual_seed(seed))
+_prompt, _run = prompt_ids, run_seeded
 
 
 # ---------------------------------------------------------------------------------- policies

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from lladauni.model_core import load_backbone
-from lladauni.model_core.backbone import KVCache, StaticKVCache
-from lladauni.model_core.generation import BlockDiffusionSampler, CFGSpec, SamplerConfig
+from lladauni.model_core.backbone import StaticKVCache
+from lladauni.model_core.generation import BlockDiffusionSampler, CFGSpec
 from lladauni.model_core.generation.sampling import quota_transfer, quota_transfer_on_device
 from lladauni.model_core.generation.static_loop import CAPACITY_QUANTUM, capacity_for
 from lladauni.model_core.layers.attention import AttentionMask
 
-MASK, EOS, OFFSET = 156895, 156892, 157184
+from tests.sampler_fixtures import EOS, MASK, OFFSET, prompt_ids, run_seeded
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +27,7 @@ def sampler(model):
     return BlockDiffusionSampler(model, mask_id=MASK, eos_id=EOS)
 
 
-def _prompt(n, seed=0, hi=150000):
-    return torch.randint(0, hi, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-def _run(sampler, prompt, seed=0, **kw):
-    return sampler.generate(prompt, SamplerConfig(**kw), generator=torch.Generator().manual_seed(seed))
+_prompt, _run = prompt_ids, run_seeded
 
 
 def _same(sampler, prompt, **kw):
