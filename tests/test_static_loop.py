@@ -4,6 +4,8 @@ captures, and must give the exact cache's tokens for every kind of run (fp32).""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -205,3 +207,28 @@ def test_graphs_only_on_cuda_and_never_for_streamed_experts(tiny_ckpt, monkeypat
     monkeypatch.delenv("LLADAUNI_CUDA_GRAPHS")
     offload_experts(m, "cpu")
     assert not graphs_enabled(cuda, m)
+
+
+def test_failed_capture_warns_once_and_runs_eagerly(tiny_ckpt, monkeypatch):
+    """Where capture fails (here: no CUDA at all), the stepper says why once and runs the same
+    step eagerly; the warm-up's commits are undone, so the tokens are still the exact cache's."""
+    from lladauni.model_core.generation import static_loop
+
+    class NoStream:
+        def wait_stream(self, other):
+            pass
+
+    def no_graph():
+        raise RuntimeError("capture refused")
+
+    monkeypatch.setattr(static_loop, "graphs_enabled", lambda device, model=None: True)
+    # streams that do nothing, so the warm-up really runs (and commits) before capture fails
+    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: NoStream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: NoStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", no_graph)
+    s = BlockDiffusionSampler(load_backbone(tiny_ckpt), mask_id=MASK, eos_id=EOS)
+    with pytest.warns(RuntimeWarning, match="static denoising step failed .RuntimeError: capture refused"):
+        exact, static = _same(s, _prompt(30, seed=4), gen_length=64, steps=4, record_trace=True)
+    assert [r.committed for r in exact.trace] == [r.committed for r in static.trace]
+    assert s.static_workspace.use_graphs is False and s.static_workspace.captured == []

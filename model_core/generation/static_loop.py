@@ -180,7 +180,8 @@ class StaticStepper:
         self.commit.copy_(commit)
         self.prob.copy_(prob)
         self.status[0] = (new == self.spec.mask_id).sum()
-        self.status[1] = (torch.isin(x0, self.stops) & commit).any().long()
+        is_stop = (x0.unsqueeze(-1) == self.stops).any(-1)  # a broadcast compare: no data-dependent shapes
+        self.status[1] = (is_stop & commit).any().long()
 
     def _greedy_step(self) -> None:
         x0, prob = sample_tokens(self._guided_logits(), 0.0)
@@ -250,7 +251,8 @@ class StaticStepper:
             graph = torch.cuda.CUDAGraph()
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
-            with torch.cuda.graph(graph, pool=self._pool):
+            # thread_local: a server thread that touches CUDA meanwhile does not void this capture
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 out = fn()
         except Exception as exc:  # capture is an optimisation: say why and run eagerly
             self.seq.copy_(saved)
