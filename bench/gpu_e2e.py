@@ -16,6 +16,8 @@ memory of the row:
   answer about it;
 - ``edit_1024``: a 1024² source ("edit" crop, 1,024 codes), editing CFG (3 rows), decode;
 - ``chat_512``: a 512-token answer after a 64-token prompt;
+- ``answer_256_triton_attention``: ``answer_256`` with the Triton attention kernel forced (``auto``
+  runs SDPA for static-cache steps, measured faster at that shape in isolation);
 - the same answer and text-to-image rows with FP8 experts, and an answer with experts streamed
   from host memory (``--offload``; slow by nature: every forward reads every expert over PCIe).
 
@@ -237,6 +239,15 @@ def run_rows(m: dict[str, Any], dry: bool, budget: Budget, offload: bool) -> Non
     row("understand_1024", understand, budget, heavy)
     row("edit_1024", edit, budget, heavy)
     row("chat_512", chat, budget, heavy)
+
+    def forced_triton_attention() -> dict:  # auto runs SDPA for static steps: the measured reason
+        m["backbone"].set_backends(attn="triton")
+        try:
+            return answer("auto")
+        finally:
+            m["backbone"].set_backends(attn="auto")
+
+    row("answer_256_triton_attention", forced_triton_attention, budget, heavy)
     fp8_rows(m, budget, heavy, answer, t2i, cfg)
     if offload:
         offload_row(m, budget, dry, prompt_len)

@@ -290,3 +290,21 @@ def test_a_report_is_logged_as_well_as_warned(fresh_choice, caplog):
     with caplog.at_level("WARNING", logger="lladauni.kernels"), pytest.warns(RuntimeWarning, match="kernel news"):
         kc.report_once("k", "kernel news")
     assert [r.getMessage() for r in caplog.records] == ["kernel news"]
+
+
+def test_a_static_cache_step_runs_sdpa_on_a_kernel_device(monkeypatch):
+    """A denoising step over a static cache comes with its dense mask: ``auto`` runs SDPA there
+    (no sync to build the mask, and faster than the kernel at that shape on the H200); a prefill
+    or the same step with a plain mask still gets the kernel."""
+    monkeypatch.setattr(triton_glue, "can_launch", lambda *t: True)
+    B, Hq, Hkv, Q, C, D = 2, 16, 4, 32, 1280, 128
+    q = torch.zeros(B, Hq, Q, D)
+    k = torch.zeros(B, Hkv, C, D)
+    step = AttentionMask.static_block(torch.tensor(1024), Q, torch.arange(C), row_valid=torch.ones(B, C, dtype=torch.bool))
+    assert step.prebuilt
+    assert choose_attention(q, k, k, step, kernel_device=True)[0] == "sdpa"
+    plain = AttentionMask.prefix_and_block(C - Q, Q)
+    assert not plain.prebuilt and choose_attention(q, k, k, plain, kernel_device=True)[0] == "triton"
+    big_q = torch.zeros(B, Hq, 128, D)
+    prefill = AttentionMask.static_block(torch.tensor(0), 128, torch.arange(C))
+    assert choose_attention(big_q, k, k, prefill, kernel_device=True)[0] == "triton"

@@ -153,6 +153,12 @@ class AttentionMask:
 
     # ------------------------------------------------------------------ queries
     @property
+    def prebuilt(self) -> bool:
+        """Whether the dense form and ``sees_everything`` are already known (no host sync to use
+        the mask with SDPA or eager attention)."""
+        return self._dense is not None and self._sees_everything is not None
+
+    @property
     def num_queries(self) -> int:
         return self.query_block.shape[0]
 
@@ -183,6 +189,8 @@ class AttentionMask:
         kv = None if self.key_valid is None else self.key_valid.to(device)
         return AttentionMask(self.query_block.to(device), self.key_block.to(device), kv)
 
+
+STEP_QUERIES = 64  # at most this many queries: a denoising step, not a prefill
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMask, float], torch.Tensor]
 
@@ -287,8 +295,15 @@ def choose_attention(
 ) -> tuple[str, AttentionFn]:
     """The backend ``auto`` runs for this call, by capability: the Triton kernel when the
     tensors are on CUDA (``kernel_device``, default ``q.is_cuda``) and the kernel serves their
-    shape, dtype and strides; SDPA otherwise. Metadata only: no host sync."""
+    shape, dtype and strides; SDPA otherwise, and also for a denoising step (at most
+    ``STEP_QUERIES`` queries) whose mask comes with its dense form (``AttentionMask.static_block``):
+    SDPA then needs no host sync either, and the H200 run measured it faster than the kernel at
+    that shape (0.156 vs 0.280 ms at batch 1). Metadata only: no host sync."""
     on_device = q.is_cuda if kernel_device is None else kernel_device
+    if on_device and mask.prebuilt and q.shape[2] <= STEP_QUERIES:
+        # a denoising step over a static cache: its dense mask exists (no sync to build it), and
+        # SDPA measured 1.8x (batch 1) and 2.2x (batch 2) faster than the kernel at this shape
+        return "sdpa", sdpa_attention
     if kernel_serves("attention", on_device, q, k, v, mask.query_block, mask.key_block, mask.key_valid):
         return "triton", triton_attention
     return "sdpa", sdpa_attention
