@@ -180,9 +180,10 @@ def test_capacity_buckets():
     assert capacity_for(CAPACITY_QUANTUM + 1) == 2 * CAPACITY_QUANTUM
 
 
-def test_new_weights_get_a_new_workspace(tiny_ckpt):
-    """Graphs read the weights where they were captured: replacing a parameter (as an FP8
-    conversion or a reload does) must not reuse the old workspace."""
+def test_new_weights_or_backends_get_a_new_workspace(tiny_ckpt):
+    """Graphs read the weights where they were captured and replay the kernels chosen then:
+    replacing a parameter (as an FP8 conversion or a reload does) or the backends must not reuse
+    the old workspace."""
     m = load_backbone(tiny_ckpt)
     s = BlockDiffusionSampler(m, mask_id=MASK, eos_id=EOS)
     _run(s, _prompt(30), cache="static", gen_length=32, steps=4)
@@ -191,6 +192,10 @@ def test_new_weights_get_a_new_workspace(tiny_ckpt):
     assert s.static_workspace is ws
     layer = m.model.layers[1].attention.dense
     layer.weight = torch.nn.Parameter(layer.weight.detach().clone())
+    _same(s, _prompt(30), gen_length=32, steps=4)
+    assert s.static_workspace is not ws
+    ws = s.static_workspace
+    m.set_backends(attn="eager")  # graphs replay the kernels chosen at capture
     _same(s, _prompt(30), gen_length=32, steps=4)
     assert s.static_workspace is not ws
 

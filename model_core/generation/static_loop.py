@@ -57,9 +57,11 @@ def graphs_enabled(device: torch.device, model: Optional[torch.nn.Module] = None
 
 
 def weights_key(model: torch.nn.Module) -> tuple:
-    """The addresses of the model's parameters and buffers. A captured graph reads the weights
-    where they were at capture, so new ones (FP8 conversion, offload, a reload) need a new capture."""
-    return tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers()))
+    """The addresses of the model's parameters and buffers, and its backend choices. A captured
+    graph reads the weights where they were at capture and replays the kernels chosen then, so new
+    weights (FP8 conversion, offload, a reload) or ``set_backends`` need a new capture."""
+    backends = tuple(getattr(model, f"{k}_backend", None) for k in ("attn", "moe", "norm", "routing"))
+    return backends + tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers()))
 
 
 @dataclass(frozen=True)
