@@ -237,3 +237,56 @@ def test_failed_capture_warns_once_and_runs_eagerly(tiny_ckpt, monkeypatch):
         exact, static = _same(s, _prompt(30, seed=4), gen_length=64, steps=4, record_trace=True)
     assert [r.committed for r in exact.trace] == [r.committed for r in static.trace]
     assert s.static_workspace.use_graphs is False and s.static_workspace.captured == []
+
+
+def _gather_moe(x_TH, gate_up_EIH, down_EHI, topk_ids_TK, topk_weights_TK, *scales):
+    """loop_moe's combination without its host sync (bincount + tolist): each assignment gathers
+    its expert's weights. Capturable, like the Triton kernel on a GPU; fine at tiny sizes only."""
+    T, K = topk_ids_TK.shape
+    I = gate_up_EIH.shape[1] // 2
+    xs = x_TH[:, None].expand(T, K, x_TH.shape[1]).reshape(T * K, -1)
+    gu = torch.einsum("ah,aih->ai", xs, gate_up_EIH[topk_ids_TK.reshape(-1)])
+    h = torch.nn.functional.silu(gu[:, :I]) * gu[:, I:]
+    y = torch.einsum("ai,ahi->ah", h, down_EHI[topk_ids_TK.reshape(-1)]).view(T, K, -1)
+    return (y.float() * topk_weights_TK.unsqueeze(-1)).sum(dim=1).to(x_TH.dtype)
+
+
+@pytest.fixture()
+def emulated_graphs(monkeypatch):
+    """Static steppers 'capture' through tests/graph_emulator.py: ops recorded once (host syncs and
+    data-dependent shapes refused), nothing executed while recording, replays rerun the ops on the
+    recorded tensors without rerunning Python. The MoE runs a capturable torch backend (the loop
+    backend syncs, and is refused, as capture on a GPU refuses it)."""
+    from lladauni.model_core.moe import register_moe_backend
+
+    register_moe_backend("gather_test", _gather_moe)
+    from lladauni.model_core.generation import static_loop
+
+    from tests.graph_emulator import record
+
+    def capture(self, name, fn):
+        graph, out = record(fn)
+        self._graphs[name] = (graph, out)
+        return self._graphs[name]
+
+    monkeypatch.setattr(static_loop, "graphs_enabled", lambda device, model=None: True)
+    monkeypatch.setattr(static_loop.StaticStepper, "_capture", capture)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(gen_length=64, steps=8),
+        dict(gen_length=64, steps=4, temperature=1.0, top_k=50),
+        dict(gen_length=64, steps=8, image_only=True, cfg=CFGSpec("simple", null_ids=list(range(100, 109)), scale=4.0)),
+        dict(gen_length=32, steps=8, image_only=True, cfg=CFGSpec("editing", null_ids=list(range(10, 50)),
+                                                                  null_image_ids=list(range(60, 72)), text_scale=4.0, image_scale=0.5)),
+    ],
+    ids=["greedy", "sampled", "image_cfg", "edit_cfg"],
+)
+def test_replayed_steps_equal_the_exact_cache(tiny_ckpt, emulated_graphs, kw):
+    """The captured functions replayed, not rerun: same tokens as the exact cache, and every step
+    and commit went through a graph (none of them syncs with the host)."""
+    s = BlockDiffusionSampler(load_backbone(tiny_ckpt).set_backends(moe="gather_test"), mask_id=MASK, eos_id=EOS)
+    _same(s, _prompt(45, seed=8), **kw)
+    assert s.static_workspace.captured == (["commit", "step"] if "temperature" not in kw else ["commit", "logits"])
