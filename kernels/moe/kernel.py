@@ -147,3 +147,70 @@ def moe_combine_kernel(
     for k in tl.static_range(K):  # rank order, fp32
         acc += tl.load(y_ptr + (t * K + k) * H + offs, mask=mask, other=0.0)
     tl.store(out_ptr + t * H + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ------------------------------------------------------------------ grouping by expert
+# Two launches over chunks of BLOCK_A assignments, one program per chunk (the grid depends on
+# the shape only). The first writes each chunk's per-expert counts; the second sums them into
+# the experts' offsets and places its chunk's assignments at their stable positions
+# offsets[e] + (earlier assignments of expert e). Ids outside [0, E) get no row.
+
+
+@triton.jit
+def _chunk_ids(ids_ptr, A, E, BLOCK_A: tl.constexpr):
+    """This program's assignment indices, their expert ids (-1 where out of range or past A)
+    and the mask of those that get a row."""
+    offs = tl.program_id(0) * BLOCK_A + tl.arange(0, BLOCK_A)
+    ids = tl.load(ids_ptr + offs, mask=offs < A, other=-1).to(tl.int32)
+    valid = (offs < A) & (ids >= 0) & (ids < E)
+    return offs, tl.where(valid, ids, -1), valid
+
+
+@triton.jit
+def expert_count_kernel(
+    ids_ptr,  # (A,) expert id of each assignment t*K+k, int32 or int64
+    counts_ptr,  # (C, BLOCK_E) int32 out: per chunk, assignments of each expert
+    A, E,
+    BLOCK_A: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+):
+    _, ids, _ = _chunk_ids(ids_ptr, A, E, BLOCK_A)
+    experts = tl.arange(0, BLOCK_E)
+    hits = (ids[:, None] == experts[None, :]).to(tl.int32)
+    tl.store(counts_ptr + tl.program_id(0) * BLOCK_E + experts, tl.sum(hits, 0))
+
+
+@triton.jit
+def expert_scatter_kernel(
+    ids_ptr,  # (A,) expert ids, as above
+    counts_ptr,  # (C, BLOCK_E) from expert_count_kernel
+    order_ptr,  # (A,) int32 out: sorted position -> assignment index
+    tok_ptr,  # (A,) int32 out: sorted position -> token row (assignment // K)
+    offsets_ptr,  # (E + 1,) int32 out, written by program 0
+    A, E, C, K,
+    BLOCK_A: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    c = tl.program_id(0)
+    experts = tl.arange(0, BLOCK_E)
+    total = tl.zeros([BLOCK_E], tl.int32)  # all chunks
+    before = tl.zeros([BLOCK_E], tl.int32)  # chunks before this one
+    for r0 in range(0, C, BLOCK_C):
+        rows = r0 + tl.arange(0, BLOCK_C)
+        tile = tl.load(counts_ptr + rows[:, None] * BLOCK_E + experts[None, :], mask=(rows < C)[:, None], other=0)
+        total += tl.sum(tile, 0)
+        before += tl.sum(tl.where((rows < c)[:, None], tile, 0), 0)
+    ends = tl.cumsum(total, 0)
+    if c == 0:
+        tl.store(offsets_ptr + 1 + experts, ends, mask=experts < E)
+        tl.store(offsets_ptr + experts, tl.zeros([BLOCK_E], tl.int32), mask=experts == 0)
+    first = ends - total + before  # first sorted row of each expert's assignments in this chunk
+
+    offs, ids, valid = _chunk_ids(ids_ptr, A, E, BLOCK_A)
+    start = tl.sum(tl.where(ids[:, None] == experts[None, :], first[None, :], 0), 1)
+    j = tl.arange(0, BLOCK_A)
+    earlier = (ids[:, None] == ids[None, :]) & (j[None, :] < j[:, None])
+    pos = start + tl.sum(earlier.to(tl.int32), 1)
+    tl.store(order_ptr + pos, offs, mask=valid)
+    tl.store(tok_ptr + pos, offs // K, mask=valid)

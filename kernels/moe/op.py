@@ -1,4 +1,4 @@
-"""Host wrapper of the fused MoE: checks, sort-by-expert on the device, three launches.
+"""Host wrapper of the fused MoE: checks, sort-by-expert on the device (two launches), three launches.
 
 ``fused_moe`` takes plain tensors in the layout of a routed-expert call (the signature of
 ``lladauni.model_core.moe.loop_moe``, plus optional FP8 scales); ``unsupported`` says, from
@@ -9,35 +9,108 @@ that uses it capturable in a CUDA graph.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from .._triton import HAS_TRITON, NO_TRITON, launch_problem, load_config, require_triton
-from .reference import FP8_BLOCK
+from .reference import FP8_BLOCK, sort_by_expert_reference
 
-__all__ = ["fused_moe", "unsupported", "sort_by_expert", "ACT_DTYPES"]
+__all__ = [
+    "fused_moe", "unsupported", "sort_by_expert", "sort_unsupported", "triton_sort_by_expert", "ACT_DTYPES",
+    "MAX_SORT_EXPERTS", "MAX_SORT_ASSIGNMENTS",
+]
 
 ACT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+SORT_ID_DTYPES = (torch.int32, torch.int64)
+MAX_SORT_EXPERTS = 1024  # experts held as one padded vector by each sort program
+MAX_SORT_ASSIGNMENTS = 1 << 24  # T*K; keeps the sort kernels' int32 offsets in range
+SORT_TILE = 16384  # elements of a sort program's (assignments x experts) tile
 _HERE = Path(__file__).parent
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def sort_unsupported(topk_ids_TK: torch.Tensor, num_experts: int) -> Optional[str]:
+    """Why ``triton_sort_by_expert`` would refuse these ids (Triton missing, tensors where no
+    kernel runs, or a shape, dtype or size it does not serve); None when it serves them."""
+    problem = launch_problem(topk_ids_TK)
+    if problem:
+        return problem
+    if topk_ids_TK.dim() != 2:
+        return f"topk_ids must be (T, K), got shape {tuple(topk_ids_TK.shape)}"
+    if topk_ids_TK.dtype not in SORT_ID_DTYPES:
+        return f"topk_ids dtype {topk_ids_TK.dtype}: the sort kernel takes {SORT_ID_DTYPES}"
+    if not 1 <= num_experts <= MAX_SORT_EXPERTS:
+        return f"num_experts={num_experts} must lie in [1, MAX_SORT_EXPERTS={MAX_SORT_EXPERTS}]; raise it in {__name__}"
+    if topk_ids_TK.numel() > MAX_SORT_ASSIGNMENTS:
+        return (
+            f"{topk_ids_TK.numel()} assignments (T*K) exceed MAX_SORT_ASSIGNMENTS={MAX_SORT_ASSIGNMENTS} "
+            f"(int32 indexing); raise it in {__name__} only with 64-bit offsets in the kernel"
+        )
+    return None
+
+
+def triton_sort_by_expert(topk_ids_TK: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``sort_by_expert_reference``'s outputs, bit for bit, in two Triton launches (no host sync:
+    the grid depends on T*K and E only). Ids outside [0, E) get no row (the reference would
+    fail on them); the rows of the others are as if those assignments were not there.
+    RuntimeError without Triton; ValueError for any other problem ``sort_unsupported`` names."""
+    require_triton(topk_ids_TK)
+    problem = sort_unsupported(topk_ids_TK, num_experts)
+    if problem:
+        raise ValueError(problem)
+    from . import kernel
+
+    dev = topk_ids_TK.device
+    flat_A = topk_ids_TK.reshape(-1)
+    A = flat_A.numel()
+    block_e = _next_pow2(num_experts)
+    block_a = min(max(SORT_TILE // block_e, 16), 128)
+    chunks = max(-(-A // block_a), 1)  # program 0 writes the offsets even when A == 0
+    block_c = min(_next_pow2(chunks), max(SORT_TILE // block_e, 1))
+    counts_CE = torch.empty(chunks, block_e, dtype=torch.int32, device=dev)
+    order_A = torch.empty(A, dtype=torch.int32, device=dev)
+    sorted_tok_A = torch.empty(A, dtype=torch.int32, device=dev)
+    offsets_E1 = torch.empty(num_experts + 1, dtype=torch.int32, device=dev)
+    kernel.expert_count_kernel[(chunks,)](flat_A, counts_CE, A, num_experts, BLOCK_A=block_a, BLOCK_E=block_e, num_warps=4)
+    kernel.expert_scatter_kernel[(chunks,)](
+        flat_A, counts_CE, order_A, sorted_tok_A, offsets_E1, A, num_experts, chunks, topk_ids_TK.shape[1],
+        BLOCK_A=block_a, BLOCK_E=block_e, BLOCK_C=block_c, num_warps=4,
+    )
+    return order_A, sorted_tok_A, offsets_E1
 
 
 def sort_by_expert(topk_ids_TK: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Device-side grouping of the T*K assignments by expert, without host syncs.
 
-    Returns order_A (sorted position -> original assignment t*K+k), sorted_tok_A (its token row)
-    and offsets_E1 (E+1,) int32 (expert e owns sorted rows offsets[e]..offsets[e+1]).
+    Returns order_A (A,) int32 (sorted position -> original assignment t*K+k, the stable argsort
+    of the ids), sorted_tok_A (A,) int32 (its token row) and offsets_E1 (E+1,) int32 (expert e owns
+    sorted rows offsets[e]..offsets[e+1]). Two Triton launches where ``sort_unsupported`` has no
+    objection, else ``sort_by_expert_reference`` (torch); both give the same tensors.
     """
-    flat_A = topk_ids_TK.reshape(-1)
-    order_A = torch.argsort(flat_A, stable=True).to(torch.int32)
-    # scatter_add_ instead of bincount: bincount sizes its output on the host (a sync).
-    counts_E = torch.zeros(num_experts, dtype=torch.int32, device=flat_A.device)
-    counts_E.scatter_add_(0, flat_A.long(), torch.ones_like(flat_A, dtype=torch.int32))
-    offsets_E1 = torch.zeros(num_experts + 1, dtype=torch.int32, device=flat_A.device)
-    torch.cumsum(counts_E, 0, out=offsets_E1[1:])
-    sorted_tok_A = torch.div(order_A, topk_ids_TK.shape[1], rounding_mode="floor")
-    return order_A, sorted_tok_A, offsets_E1
+    if _SORT_FAILURE is None and sort_unsupported(topk_ids_TK, num_experts) is None:
+        try:
+            return triton_sort_by_expert(topk_ids_TK, num_experts)
+        except Exception as exc:  # a compiler or driver that refuses the kernel: say so once, keep going
+            _sort_failed(exc)
+    return sort_by_expert_reference(topk_ids_TK, num_experts)
+
+
+_SORT_FAILURE: Optional[str] = None
+
+
+def _sort_failed(exc: Exception) -> None:
+    """The sort kernel failed to compile or launch here: remembered (the torch sort serves from
+    now on, same tensors) and reported once as a RuntimeWarning with its cause."""
+    global _SORT_FAILURE
+    _SORT_FAILURE = f"{type(exc).__name__}: {exc}"
+    warnings.warn(f"the MoE sort-by-expert kernel failed ({_SORT_FAILURE[:300]}); using the torch sort "
+                  f"(same result, a few more launches)", RuntimeWarning, stacklevel=3)
 
 
 def _problem(

@@ -14,9 +14,29 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["moe_reference", "dequantize_blockwise", "quantize_blockwise", "quantize_experts", "FP8_BLOCK"]
+__all__ = [
+    "moe_reference", "dequantize_blockwise", "quantize_blockwise", "quantize_experts", "sort_by_expert_reference", "FP8_BLOCK",
+]
 
 FP8_BLOCK = 128
+
+
+def sort_by_expert_reference(topk_ids_TK: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Grouping of the T*K assignments by expert in torch (several launches, no host sync).
+
+    Returns order_A (A,) int32: the stable argsort of the flattened ids (sorted position ->
+    assignment t*K+k), sorted_tok_A (A,) int32: its token row t, and offsets_E1 (E+1,) int32:
+    expert e owns sorted rows offsets[e]..offsets[e+1].
+    """
+    flat_A = topk_ids_TK.reshape(-1)
+    order_A = torch.argsort(flat_A, stable=True).to(torch.int32)
+    # scatter_add_ instead of bincount: bincount sizes its output on the host (a sync).
+    counts_E = torch.zeros(num_experts, dtype=torch.int32, device=flat_A.device)
+    counts_E.scatter_add_(0, flat_A.long(), torch.ones_like(flat_A, dtype=torch.int32))
+    offsets_E1 = torch.zeros(num_experts + 1, dtype=torch.int32, device=flat_A.device)
+    torch.cumsum(counts_E, 0, out=offsets_E1[1:])
+    sorted_tok_A = torch.div(order_A, topk_ids_TK.shape[1], rounding_mode="floor")
+    return order_A, sorted_tok_A, offsets_E1
 
 
 def dequantize_blockwise(w_fp8: torch.Tensor, scale_inv: torch.Tensor, block: int = FP8_BLOCK) -> torch.Tensor:
