@@ -131,7 +131,7 @@ def low_vram_modes(prompt: list, gen: int) -> dict:
 
 
 def _low_vram_markdown(res: dict) -> str:
-    lines = ["### Low-VRAM modes (same small backbone, fp32 activations; a 300-token prompt, exact cache)", "",
+    lines = ["", "### Low-VRAM modes (same small backbone, fp32 activations; a 300-token prompt, exact cache)", "",
              "On the CPU the \"device\" is host memory too, so streaming costs copies only (on a GPU, PCIe "
              "transfers), and FP8 costs a dequantization per expert used (on a GPU the fused kernel reads FP8 "
              "directly). At this size the 173,568-row embedding and head dominate the dense weights; at full size "
