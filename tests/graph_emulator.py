@@ -80,3 +80,55 @@ def record(fn: Callable[[], Any]) -> tuple[EmulatedGraph, Any]:
         with torch.no_grad():
             target.copy_(before)
     return EmulatedGraph(rec.ops), out
+
+
+class _FakeGraph:
+    """``torch.cuda.CUDAGraph`` on the CPU: filled by ``_fake_graph_context``, replayed emulated."""
+
+    def __init__(self) -> None:
+        self.emulated: EmulatedGraph | None = None
+
+    def replay(self) -> None:
+        if self.emulated is None:
+            raise RuntimeError("replay of a graph that was never captured")
+        self.emulated.replay()
+
+
+class _fake_graph_context:
+    """``torch.cuda.graph(g, pool=..., ...)``: records what runs inside, then undoes its writes."""
+
+    def __init__(self, graph: _FakeGraph, pool: Any = None, **kwargs: Any) -> None:
+        if pool is None or not isinstance(pool, tuple):
+            raise RuntimeError(f"a graph pool handle was expected, got {pool!r}")
+        self.graph = graph
+        self.rec = _Recorder()
+
+    def __enter__(self):
+        self.rec.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.rec.__exit__(*exc)
+        for target, before in self.rec.saved.values():
+            with torch.no_grad():
+                target.copy_(before)
+        self.graph.emulated = EmulatedGraph(self.rec.ops)
+        return False
+
+
+class _NoStream:
+    def wait_stream(self, other: Any) -> None:
+        pass
+
+
+def emulate_cuda_graphs(monkeypatch) -> None:
+    """Patch ``torch.cuda``'s stream and graph API with the CPU emulation above, so code written
+    for CUDA graphs runs its real capture path on the CPU."""
+    import contextlib
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: _NoStream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: _NoStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", _fake_graph_context)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: ("pool",))

@@ -86,12 +86,23 @@ def test_static_matches_exact_with_early_stop_and_stop_ids(model, sampler):
                 model.lm_head.weight[stop_id] = saved
         assert 20 + 40 < exact.tokens.shape[0] < 20 + 128 and exact.tokens[-1] == stop_id  # stopped mid-way
         assert exact.forwards <= static.forwards <= exact.forwards + 128 // 32  # at most one no-op step a block
+        with torch.no_grad():
+            model.lm_head.weight[stop_id] = model.lm_head.weight[late] * 1.05
+        try:  # traced runs read every step's status at once: the very same steps, the stop included
+            exact, static = _same(sampler, prompt, gen_length=128, steps=8, stop_ids=stop_ids, record_trace=True)
+        finally:
+            with torch.no_grad():
+                model.lm_head.weight[stop_id] = saved
+        assert [(r.block, r.step, r.committed) for r in exact.trace] == [(r.block, r.step, r.committed) for r in static.trace]
+        assert exact.forwards == static.forwards
 
 
 def test_static_trace_equals_exact_trace(sampler):
     prompt = _prompt(30, seed=11)
     exact, static = _same(sampler, prompt, gen_length=64, steps=4, record_trace=True, eos_early_stop=False)
     assert [(r.block, r.step, r.committed) for r in exact.trace] == [(r.block, r.step, r.committed) for r in static.trace]
+    for a, b in zip(exact.trace, static.trace):
+        torch.testing.assert_close(torch.tensor(b.confidences), torch.tensor(a.confidences), rtol=1e-5, atol=1e-6)
     assert exact.forwards == static.forwards
 
 
@@ -262,15 +273,10 @@ def emulated_graphs(monkeypatch):
     register_moe_backend("gather_test", _gather_moe)
     from lladauni.model_core.generation import static_loop
 
-    from tests.graph_emulator import record
+    from tests.graph_emulator import emulate_cuda_graphs
 
-    def capture(self, name, fn):
-        graph, out = record(fn)
-        self._graphs[name] = (graph, out)
-        return self._graphs[name]
-
+    emulate_cuda_graphs(monkeypatch)  # the stepper's own capture code runs, on emulated graphs
     monkeypatch.setattr(static_loop, "graphs_enabled", lambda device, model=None: True)
-    monkeypatch.setattr(static_loop.StaticStepper, "_capture", capture)
 
 
 @pytest.mark.parametrize(

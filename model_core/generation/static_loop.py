@@ -130,15 +130,13 @@ class StaticStepper:
         """One generation's inputs: the sequence x (total,), the rows' prompts (R, P), positions
         and key validity (R, total), and the prefilled keys/values of the prompt's whole blocks."""
         total, P = x.shape[0], prompts.shape[1]
-        self.seq.fill_(self.spec.mask_id)
+        # positions past ``total`` (or past P for the prompts) keep what an earlier run left: no
+        # step of this run reads them (active blocks end at ``total``, the prompt overlay at P)
         self.seq[:total].copy_(x)
-        self.row_ids.zero_()
         self.row_ids[:, :P].copy_(prompts)
         self.is_prompt.zero_()
         self.is_prompt[:P] = True
-        self.positions.zero_()
         self.positions[:, :total].copy_(positions)
-        self.row_valid.zero_()
         self.row_valid[:, :total].copy_(valid)
         if prefill is not None:
             n = prefill.length
