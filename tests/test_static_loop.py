@@ -86,13 +86,27 @@ def test_static_matches_exact_with_early_stop_and_stop_ids(model, sampler):
                 model.lm_head.weight[stop_id] = saved
         assert 20 + 40 < exact.tokens.shape[0] < 20 + 128 and exact.tokens[-1] == stop_id  # stopped mid-way
         assert exact.forwards <= static.forwards <= exact.forwards + 128 // 32  # at most one no-op step a block
+
+
+def test_static_stops_mid_block_at_the_exact_step(model, sampler):
+    """Traced runs read each step's status at once, so they take the exact loop's very steps: a
+    stop settled mid-block with masks left after it (here at step 4 of 8, 12 positions still masked;
+    eos and an extra stop id) ends both there, not at the block's end."""
+    prompt = _prompt(20, seed=29)
+    plain = _run(sampler, prompt, cache="exact", gen_length=128, steps=8).generated.tolist()
+    late = next(t for i, t in enumerate(plain) if i >= 40 and t not in plain[:i])
+    for stop_id, stop_ids in ((EOS, ()), (12345, (12345,))):
         with torch.no_grad():
+            saved = model.lm_head.weight[stop_id].clone()
             model.lm_head.weight[stop_id] = model.lm_head.weight[late] * 1.05
-        try:  # traced runs read every step's status at once: the very same steps, the stop included
+        try:
             exact, static = _same(sampler, prompt, gen_length=128, steps=8, stop_ids=stop_ids, record_trace=True)
         finally:
             with torch.no_grad():
                 model.lm_head.weight[stop_id] = saved
+        last = exact.trace[-1].block
+        committed = {p for r in exact.trace if r.block == last for p in r.committed}
+        assert exact.tokens[-1] == stop_id and len(set(range(last * 32, last * 32 + 32)) - committed) > 0  # masks left
         assert [(r.block, r.step, r.committed) for r in exact.trace] == [(r.block, r.step, r.committed) for r in static.trace]
         assert exact.forwards == static.forwards
 
@@ -225,7 +239,7 @@ def test_graphs_only_on_cuda_and_never_for_streamed_experts(tiny_ckpt, monkeypat
     assert not graphs_enabled(cuda, m)
 
 
-def test_failed_capture_warns_once_and_runs_eagerly(tiny_ckpt, monkeypatch):
+def test_failed_capture_warns_once_and_runs_eagerly(tiny_ckpt, monkeypatch, caplog):
     """Where capture fails (here: no CUDA at all), the stepper says why once and runs the same
     step eagerly; the warm-up's commits are undone, so the tokens are still the exact cache's."""
     from lladauni.model_core.generation import static_loop
@@ -248,6 +262,7 @@ def test_failed_capture_warns_once_and_runs_eagerly(tiny_ckpt, monkeypatch):
         exact, static = _same(s, _prompt(30, seed=4), gen_length=64, steps=4, record_trace=True)
     assert [r.committed for r in exact.trace] == [r.committed for r in static.trace]
     assert s.static_workspace.use_graphs is False and s.static_workspace.captured == []
+    assert any("capture of the static denoising step failed" in r.getMessage() for r in caplog.records)
 
 
 def _gather_moe(x_TH, gate_up_EIH, down_EHI, topk_ids_TK, topk_weights_TK, *scales):
@@ -294,5 +309,9 @@ def test_replayed_steps_equal_the_exact_cache(tiny_ckpt, emulated_graphs, kw):
     """The captured functions replayed, not rerun: same tokens as the exact cache, and every step
     and commit went through a graph (none of them syncs with the host)."""
     s = BlockDiffusionSampler(load_backbone(tiny_ckpt).set_backends(moe="gather_test"), mask_id=MASK, eos_id=EOS)
-    _same(s, _prompt(45, seed=8), **kw)
+    exact, static = _same(s, _prompt(45, seed=8), record_trace=True, **kw)
+    # the warm-up before capture commits for real (two steps): undone, or the first steps differ
+    assert [(r.block, r.step, r.committed) for r in exact.trace] == [(r.block, r.step, r.committed) for r in static.trace]
     assert s.static_workspace.captured == (["commit", "step"] if "temperature" not in kw else ["commit", "logits"])
+    s.release_static()
+    _same(s, _prompt(45, seed=8), **kw)  # untraced (greedy: the lagged status reads)

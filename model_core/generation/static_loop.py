@@ -122,7 +122,7 @@ class StaticStepper:
     @property
     def captured(self) -> list[str]:
         """The step functions replayed from CUDA graphs (none on the CPU or after a fallback)."""
-        return sorted(self._graphs)
+        return sorted(self._graphs) if self.use_graphs else []
 
     # ------------------------------------------------------------------ state
     def load(self, x: torch.Tensor, prompts: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
@@ -243,11 +243,13 @@ class StaticStepper:
         try:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    fn()
-            torch.cuda.current_stream().wait_stream(side)
-            self.seq.copy_(saved)
+            try:
+                with torch.cuda.stream(side):
+                    for _ in range(2):
+                        fn()
+            finally:
+                torch.cuda.current_stream().wait_stream(side)
+                self.seq.copy_(saved)  # the warm-up's commits never happened
             graph = torch.cuda.CUDAGraph()
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
@@ -255,9 +257,7 @@ class StaticStepper:
             with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 out = fn()
         except Exception as exc:  # capture is an optimisation: say why and run eagerly
-            self.seq.copy_(saved)
             self.use_graphs = False
-            self._graphs.clear()
             msg = (f"CUDA graph capture of the static denoising step failed ({type(exc).__name__}: {exc}); "
                    f"running it eagerly. A backend that synchronises with the host (moe='loop') cannot be captured.")
             log.warning(msg)
