@@ -22,9 +22,9 @@ from torch import nn
 from .config import BackboneConfig
 from .layers.attention import AttentionFn, AttentionMask, get_attention_backend
 from .layers.mlp import SwiGLU
-from .layers.norm import NORM_BACKENDS, RMSNorm, add_rms_norm, norm_kernel_wanted
+from .layers.norm import RMSNorm, add_rms_norm, norm_kernel_wanted
 from .layers.rope import PartialRotaryEmbedding, apply_partial_rope
-from .kernel_choice import kernel_module
+from .kernel_choice import KERNEL_SETTINGS, kernel_module
 from .moe import MoeFn, Router, SparseMoeBlock, get_moe_backend
 
 __all__ = ["LLaDA2Backbone", "BackboneOutput", "KVCache", "StaticKVCache", "LogitsSelector"]
@@ -211,11 +211,11 @@ class LLaDA2Backbone(nn.Module):
         for value, kind, what in ((norm, RMSNorm, "norm"), (routing, Router, "routing")):
             if value is None:
                 continue
-            if value not in NORM_BACKENDS:
-                raise ValueError(f"unknown {what} backend {value!r}; choose one of {sorted(NORM_BACKENDS)}")
+            if value not in KERNEL_SETTINGS:
+                raise ValueError(f"unknown {what} backend {value!r}; choose one of {sorted(KERNEL_SETTINGS)}")
             for module in self.modules():
                 if isinstance(module, kind):
-                    module.kernel = NORM_BACKENDS[value]
+                    module.kernel = KERNEL_SETTINGS[value]
             setattr(self, f"{what}_backend", value)
         if attn is not None:
             fn = get_attention_backend(attn)

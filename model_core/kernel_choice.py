@@ -24,7 +24,10 @@ import torch
 
 from .extras import DISTRIBUTION
 
-__all__ = ["kernel_module", "kernel_serves", "kernel_status", "report_once"]
+__all__ = ["kernel_module", "kernel_serves", "kernel_wanted", "kernel_status", "report_once", "KERNEL_SETTINGS"]
+
+# A module's kernel setting by backend name: None = auto (``kernel_serves``), True = forced, False = torch.
+KERNEL_SETTINGS = {"auto": None, "triton": True, "torch": False}
 
 log = logging.getLogger("lladauni.kernels")
 
@@ -76,6 +79,14 @@ def kernel_serves(op: str, kernel_device: bool, *args: object) -> bool:
         return True
     report_fallback(op, module, reason)
     return False
+
+
+def kernel_wanted(setting: Optional[bool], op: str, kernel_device: bool, *args: object) -> bool:
+    """Whether to run ``op``'s kernel under a module's setting (``KERNEL_SETTINGS``): forced on or
+    off, or, for None, ``kernel_serves``."""
+    if setting is None:
+        return kernel_serves(op, kernel_device, *args)
+    return setting
 
 
 def report_fallback(op: str, module: ModuleType, reason: str) -> None:

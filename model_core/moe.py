@@ -27,7 +27,7 @@ from torch import nn
 
 from .config import BackboneConfig
 from .fp8 import FP8_DTYPE, dequantize_blockwise_fp8, dequantize_gate_up_fp8, quantize_blockwise_fp8, quantize_gate_up_fp8, scale_shape
-from .kernel_choice import kernel_module, kernel_serves
+from .kernel_choice import kernel_module, kernel_serves, kernel_wanted
 from .layers.mlp import SwiGLU
 
 __all__ = [
@@ -79,10 +79,8 @@ class Router(nn.Module):
         self.kernel: Optional[bool] = None  # None: the routing kernel where it serves (CUDA); True / False: forced
 
     def _use_kernel(self, logits_TE: torch.Tensor) -> bool:
-        if self.kernel is False:
-            return False
         args = (logits_TE, self.expert_bias, self.n_group, self.topk_group, self.top_k)
-        return True if self.kernel else kernel_serves("routing", logits_TE.is_cuda, *args)
+        return kernel_wanted(self.kernel, "routing", logits_TE.is_cuda, *args)
 
     def forward(self, x_TH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (T, H) -> topk_ids (T, K) int64, topk_weights (T, K) fp32, router_logits (T, E) fp32."""

@@ -48,3 +48,20 @@ def published_meta(tmp_path_factory) -> Path:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def model(tiny_ckpt):
+    """The tiny checkpoint's backbone, one per test module (a module may override it)."""
+    from lladauni.model_core import load_backbone
+
+    return load_backbone(tiny_ckpt)
+
+
+@pytest.fixture(scope="module")
+def sampler(model):
+    from lladauni.model_core.generation import BlockDiffusionSampler
+
+    from tests.sampler_fixtures import EOS, MASK
+
+    return BlockDiffusionSampler(model, mask_id=MASK, eos_id=EOS)

@@ -1,5 +1,5 @@
 """What the sampler tests share: the tiny checkpoint's special ids, random prompts and one seeded
-generation."""
+generation (the tiny backbone and its sampler are conftest's ``model`` / ``sampler`` fixtures)."""
 
 from __future__ import annotations
 
@@ -16,3 +16,4 @@ def prompt_ids(n: int, seed: int = 0, hi: int = 150000) -> list[int]:
 
 def run_seeded(sampler, prompt, seed: int = 0, **kw):
     return sampler.generate(prompt, SamplerConfig(**kw), generator=torch.Generator().manual_seed(seed))
+

@@ -14,16 +14,6 @@ from lladauni.model_core.generation.sprint import prune_prefix
 from tests.sampler_fixtures import EOS, MASK, OFFSET, prompt_ids, run_seeded
 
 
-@pytest.fixture(scope="module")
-def model(tiny_ckpt):
-    return load_backbone(tiny_ckpt)
-
-
-@pytest.fixture(scope="module")
-def sampler(model):
-    return BlockDiffusionSampler(model, mask_id=MASK, eos_id=EOS)
-
-
 _prompt, _run = prompt_ids, run_seeded
 
 

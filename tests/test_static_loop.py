@@ -19,16 +19,6 @@ from lladauni.model_core.layers.attention import AttentionMask
 from tests.sampler_fixtures import EOS, MASK, OFFSET, prompt_ids, run_seeded
 
 
-@pytest.fixture(scope="module")
-def model(tiny_ckpt):
-    return load_backbone(tiny_ckpt)
-
-
-@pytest.fixture(scope="module")
-def sampler(model):
-    return BlockDiffusionSampler(model, mask_id=MASK, eos_id=EOS)
-
-
 _prompt, _run = prompt_ids, run_seeded
 
 
@@ -68,22 +58,34 @@ def test_static_matches_exact_editing_cfg_sampled(sampler):
     _same(sampler, _prompt(50, seed=5), gen_length=48, steps=8, image_only=True, cfg=cfg, temperature=1.0)
 
 
+@contextlib.contextmanager
+def _stop_where(model, stop_id, late):
+    """The stop token's lm_head row made a copy (x1.05) of ``late``'s, restored afterwards."""
+    with torch.no_grad():
+        saved = model.lm_head.weight[stop_id].clone()
+        model.lm_head.weight[stop_id] = model.lm_head.weight[late] * 1.05
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            model.lm_head.weight[stop_id] = saved
+
+
+def _late_token(sampler, prompt):
+    """A token the plain run first writes 40 or more positions in."""
+    plain = _run(sampler, prompt, cache="exact", gen_length=128, steps=8).generated.tolist()
+    return next(t for i, t in enumerate(plain) if i >= 40 and t not in plain[:i])
+
+
 def test_static_matches_exact_with_early_stop_and_stop_ids(model, sampler):
     """Text that stops inside a later block: the stop token's lm_head row is a copy (x1.05) of a
     token that the plain run first produces late, so the stop appears where that token would
     have. Same cut and tokens with eos and with an extra stop id (interleaving's <boi>)."""
     prompt = _prompt(20, seed=9)
-    plain = _run(sampler, prompt, cache="exact", gen_length=128, steps=8).generated.tolist()
-    late = next(t for i, t in enumerate(plain) if i >= 40 and t not in plain[:i])
+    late = _late_token(sampler, prompt)
     for stop_id, stop_ids in ((EOS, ()), (12345, (12345,))):
-        with torch.no_grad():
-            saved = model.lm_head.weight[stop_id].clone()
-            model.lm_head.weight[stop_id] = model.lm_head.weight[late] * 1.05
-        try:
+        with _stop_where(model, stop_id, late):
             exact, static = _same(sampler, prompt, gen_length=128, steps=8, stop_ids=stop_ids)
-        finally:
-            with torch.no_grad():
-                model.lm_head.weight[stop_id] = saved
         assert 20 + 40 < exact.tokens.shape[0] < 20 + 128 and exact.tokens[-1] == stop_id  # stopped mid-way
         assert exact.forwards <= static.forwards <= exact.forwards + 128 // 32  # at most one no-op step a block
 
@@ -93,17 +95,10 @@ def test_static_stops_mid_block_at_the_exact_step(model, sampler):
     stop settled mid-block with masks left after it (here at step 4 of 8, 12 positions still masked;
     eos and an extra stop id) ends both there, not at the block's end."""
     prompt = _prompt(20, seed=29)
-    plain = _run(sampler, prompt, cache="exact", gen_length=128, steps=8).generated.tolist()
-    late = next(t for i, t in enumerate(plain) if i >= 40 and t not in plain[:i])
+    late = _late_token(sampler, prompt)
     for stop_id, stop_ids in ((EOS, ()), (12345, (12345,))):
-        with torch.no_grad():
-            saved = model.lm_head.weight[stop_id].clone()
-            model.lm_head.weight[stop_id] = model.lm_head.weight[late] * 1.05
-        try:
+        with _stop_where(model, stop_id, late):
             exact, static = _same(sampler, prompt, gen_length=128, steps=8, stop_ids=stop_ids, record_trace=True)
-        finally:
-            with torch.no_grad():
-                model.lm_head.weight[stop_id] = saved
         last = exact.trace[-1].block
         committed = {p for r in exact.trace if r.block == last for p in r.committed}
         assert exact.tokens[-1] == stop_id and len(set(range(last * 32, last * 32 + 32)) - committed) > 0  # masks left

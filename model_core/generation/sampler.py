@@ -209,7 +209,6 @@ class BlockDiffusionSampler:
         self.image_token_offset = image_token_offset if image_token_offset is not None else model.config.image_token_offset
         # static-loop workspaces (cache buffers and captured graphs), most recently used last
         self._static_ws: "OrderedDict[StepSpec, StaticStepper]" = OrderedDict()
-        self._static: Optional[StaticStepper] = None  # the one the last static run used
 
     # ------------------------------------------------------------------ public
     @torch.no_grad()
@@ -377,12 +376,11 @@ class BlockDiffusionSampler:
     def static_workspace(self) -> Optional[StaticStepper]:
         """The static loop's workspace of the last ``cache="static"`` run (its cache buffers and
         captured graphs), kept for the next run of the same shape; None before any."""
-        return self._static
+        return next(reversed(self._static_ws.values()), None)
 
     def release_static(self) -> None:
         """Free the static loop's buffers and graphs (the next static run builds them again)."""
         self._static_ws.clear()
-        self._static = None
 
     def _stepper(self, run: _Run) -> StaticStepper:
         """The workspace for this run's shape and settings (kept, with its graphs, for the next
@@ -403,8 +401,7 @@ class BlockDiffusionSampler:
                 self._static_ws.popitem(last=False)
             emb = self.model.model.word_embeddings.weight
             st = StaticStepper(self.model, spec, emb.device, emb.dtype)
-        self._static_ws[spec] = st
-        self._static = st
+        self._static_ws[spec] = st  # (re)inserted last: the most recently used
         return st
 
     def _generate_static(self, run: _Run, progress: Optional[Callable[[int, int], None]], t0: float) -> SamplerResult:

@@ -13,11 +13,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..kernel_choice import kernel_module, kernel_serves
+from ..kernel_choice import kernel_module, kernel_wanted
 
-__all__ = ["RMSNorm", "rms_norm", "add_rms_norm", "norm_kernel_wanted", "NORM_BACKENDS"]
-
-NORM_BACKENDS = {"auto": None, "triton": True, "torch": False}
+__all__ = ["RMSNorm", "rms_norm", "add_rms_norm", "norm_kernel_wanted"]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -33,10 +31,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 def norm_kernel_wanted(kernel: Optional[bool], kind: str, *args: object) -> bool:
     """Whether to run the norm kernel ``kind`` for this call under setting ``kernel``."""
-    if kernel is None:
-        first = args[0]
-        return kernel_serves("norm", isinstance(first, torch.Tensor) and first.is_cuda, kind, *args)
-    return kernel
+    first = args[0]
+    return kernel_wanted(kernel, "norm", isinstance(first, torch.Tensor) and first.is_cuda, kind, *args)
 
 
 def _norm_op():
