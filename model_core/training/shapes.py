@@ -12,6 +12,7 @@ Imports only numpy and pillow.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -193,19 +194,49 @@ def sample_shape(rng: np.random.Generator, kind: str, color: str, position: str)
     return Shape(kind, color, position, round(scale, 4), round(dx, 4), round(dy, 4))
 
 
-def sample_scene(rng: np.random.Generator, min_shapes: int = MIN_SHAPES, max_shapes: int = MAX_SHAPES) -> Scene:
-    """A random scene with distinct cells and distinct colours (so 'the red shape' is never ambiguous)."""
+SPLITS: tuple[str, ...] = ("train", "heldout")
+"""The two parts of the scene space: training draws only ``train`` scenes, evaluation only ``heldout`` ones."""
+HELD_OUT_SHARE = 0.2
+"""The share of all scenes (by a hash of what they show) that never enters training."""
+
+
+def scene_split(scene: Scene) -> str:
+    """'heldout' or 'train': a fixed function of what the scene shows (its signature), not of how it was drawn.
+
+    A scene of one, two or three shapes is held out when the first 8 bytes of the SHA-256 of its signature,
+    read as a fraction, fall below :data:`HELD_OUT_SHARE`; so a held-out scene is never drawn by any training
+    stream, whatever its size and offsets, and the split needs no table."""
+    key = ";".join(",".join(t) for t in scene.signature()).encode()
+    frac = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2.0 ** 64
+    return "heldout" if frac < HELD_OUT_SHARE else "train"
+
+
+def check_split(split: str | None) -> None:
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split={split!r}: expected one of {', '.join(SPLITS)} or None")
+
+
+def sample_scene(rng: np.random.Generator, min_shapes: int = MIN_SHAPES, max_shapes: int = MAX_SHAPES,
+                 split: str | None = None) -> Scene:
+    """A random scene with distinct cells and distinct colours (so 'the red shape' is never ambiguous).
+
+    ``split``: draw again until the scene lies in that part of the scene space (:func:`scene_split`);
+    None draws from all scenes."""
     if not 0 <= min_shapes <= max_shapes <= min(len(POSITIONS), len(COLORS)):
         raise ValueError(f"bad shape count range [{min_shapes}, {max_shapes}]")
-    n = int(rng.integers(min_shapes, max_shapes + 1))
-    positions = rng.choice(len(POSITIONS), size=n, replace=False)
-    colors = rng.choice(len(COLORS), size=n, replace=False)
-    color_names = list(COLORS)
-    shapes = [
-        sample_shape(rng, SHAPES[int(rng.integers(len(SHAPES)))], color_names[int(c)], POSITIONS[int(p)])
-        for p, c in zip(positions, colors)
-    ]
-    return Scene(tuple(shapes))
+    check_split(split)
+    while True:
+        n = int(rng.integers(min_shapes, max_shapes + 1))
+        positions = rng.choice(len(POSITIONS), size=n, replace=False)
+        colors = rng.choice(len(COLORS), size=n, replace=False)
+        color_names = list(COLORS)
+        shapes = [
+            sample_shape(rng, SHAPES[int(rng.integers(len(SHAPES)))], color_names[int(c)], POSITIONS[int(p)])
+            for p, c in zip(positions, colors)
+        ]
+        scene = Scene(tuple(shapes))
+        if split is None or not scene.shapes or scene_split(scene) == split:
+            return scene
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -307,6 +338,10 @@ class QA:
     kind: str
     question: str
     answer: str
+    intent: tuple = ()
+    """What is asked, for rephrasing (``phrasing.question_text``): ("count_all",), ("count_kind", kind),
+    ("color_at", position), ("where", colour, kind), ("is_there", colour, kind) or
+    ("is_there_at", colour, kind, position)."""
 
 
 COUNT_ALL_QUESTION = "How many shapes are there?"
@@ -321,30 +356,31 @@ def questions(scene: Scene, rng: np.random.Generator) -> list[QA]:
     """
     out: list[QA] = []
     n = len(scene)
-    out.append(QA("count", COUNT_ALL_QUESTION, str(n)))
+    out.append(QA("count", COUNT_ALL_QUESTION, str(n), ("count_all",)))
     kind = SHAPES[int(rng.integers(len(SHAPES)))]
-    out.append(QA("count", COUNT_KIND_QUESTION.format(kind=kind), str(len(scene.find(kind=kind)))))
+    out.append(QA("count", COUNT_KIND_QUESTION.format(kind=kind), str(len(scene.find(kind=kind))), ("count_kind", kind)))
     if n:
         s = scene.shapes[int(rng.integers(n))]
-        out.append(QA("color", f"What color is the shape {position_phrase(s.position)}?", s.color))
+        out.append(QA("color", f"What color is the shape {position_phrase(s.position)}?", s.color, ("color_at", s.position)))
         s = scene.shapes[int(rng.integers(n))]
-        out.append(QA("position", f"Where is the {s.name}?", s.position))
+        out.append(QA("position", f"Where is the {s.name}?", s.position, ("where", s.color, s.kind)))
     # presence anywhere
     if n and rng.random() < 0.5:
         s = scene.shapes[int(rng.integers(n))]
-        out.append(QA("presence", f"Is there a {s.name}?", "yes"))
+        out.append(QA("presence", f"Is there a {s.name}?", "yes", ("is_there", s.color, s.kind)))
     else:
         absent = [(c, k) for c in COLORS for k in SHAPES if not scene.find(color=c, kind=k)]
         c, k = absent[int(rng.integers(len(absent)))]
-        out.append(QA("presence", f"Is there a {c} {k}?", "no"))
+        out.append(QA("presence", f"Is there a {c} {k}?", "no", ("is_there", c, k)))
     # presence at a position
     if n and rng.random() < 0.5:
         s = scene.shapes[int(rng.integers(n))]
-        out.append(QA("presence", f"Is there a {s.name} {position_phrase(s.position)}?", "yes"))
+        out.append(QA("presence", f"Is there a {s.name} {position_phrase(s.position)}?", "yes",
+                      ("is_there_at", s.color, s.kind, s.position)))
     else:
         triples = [(c, k, p) for c in COLORS for k in SHAPES for p in POSITIONS if not scene.find(c, k, p)]
         c, k, p = triples[int(rng.integers(len(triples)))]
-        out.append(QA("presence", f"Is there a {c} {k} {position_phrase(p)}?", "no"))
+        out.append(QA("presence", f"Is there a {c} {k} {position_phrase(p)}?", "no", ("is_there_at", c, k, p)))
     return out
 
 
@@ -448,10 +484,11 @@ def example_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(index)])
 
 
-def make_example(seed: int, index: int = 0) -> Example:
-    """Example ``index`` of world ``seed``: a pure function of the two numbers."""
+def make_example(seed: int, index: int = 0, split: str | None = None) -> Example:
+    """Example ``index`` of world ``seed``: a pure function of the numbers (and ``split``, the part of the
+    scene space its scene is drawn from; None: all of it)."""
     rng = example_rng(seed, index)
-    scene = sample_scene(rng)
+    scene = sample_scene(rng, split=split)
     return Example(
         seed=seed,
         index=index,
@@ -468,15 +505,20 @@ class ShapesWorld:
     """A seeded stream of examples: ``ShapesWorld(seed)[i]`` is always the same example."""
 
     seed: int = 0
+    split: str | None = None
+    """Draw scenes only from this part of the scene space (``scene_split``); None: all scenes."""
+
+    def __post_init__(self) -> None:
+        check_split(self.split)
 
     def __getitem__(self, index: int) -> Example:
-        return make_example(self.seed, index)
+        return make_example(self.seed, index, self.split)
 
     def examples(self, n: int, start: int = 0) -> list[Example]:
-        return [make_example(self.seed, i) for i in range(start, start + n)]
+        return [make_example(self.seed, i, self.split) for i in range(start, start + n)]
 
     def __iter__(self) -> Iterator[Example]:
         i = 0
         while True:
-            yield make_example(self.seed, i)
+            yield make_example(self.seed, i, self.split)
             i += 1

@@ -29,8 +29,12 @@ class StageSteps:
 
     image_tokenizer: int = 1500
     vae: int = 2000
-    decoder: int = 8000
-    backbone: int = 10000  # about 36 min at one thread, beside the decoder's 39 with build --jobs 2
+    decoder: int = 20000  # about 0.12 s a step at one thread from the pool, plus ~3 min to make the pool
+    backbone: int = 10500  # about 0.27 s a step at one thread (47 min), beside the decoder with build --jobs 2
+    # scenes encoded once for the decoder (stages.decoder_pool; 0: fresh scenes every step, the first recipe)
+    decoder_pool: int = 24576
+    # the decoder loss's extra weight on latent pixels near ink (stages.decoder_pool)
+    decoder_ink_weight: float = 4.0
     image_tokenizer_batch: int = 64
     vae_batch: int = 16
     decoder_batch: int = 32
@@ -119,7 +123,7 @@ class ShapesModelSpec:
             num_experts=4, moe_intermediate=64, vit_hidden=32, vae_channels=(8, 8, 16, 16), latent_channels=4,
             dit_dim=32, dit_heads=1, cap_feat_dim=16,
             steps=StageSteps(image_tokenizer=40, vae=30, decoder=40, backbone=40, image_tokenizer_batch=32,
-                             vae_batch=8, decoder_batch=16, backbone_batch=16, backbone_second=0),
+                             vae_batch=8, decoder_batch=16, backbone_batch=16, backbone_second=0, decoder_pool=256),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from typing import Optional
 
 import numpy as np
 
+from . import phrasing
 from .shapes import (
     COLORS,
     COUNT_KIND_QUESTION,
@@ -47,6 +48,7 @@ from .shapes import (
     questions,
     sample_scene,
     sample_shape,
+    scene_split,
 )
 
 __all__ = [
@@ -101,6 +103,9 @@ class Task:
     answer: str = ""
     source: Optional[Scene] = None
     target: Optional[Scene] = None
+    about: tuple = ()
+    """Every scene the task shows or names (images, requests, corrupted drawings): what the held-out split
+    keeps out of training."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -185,12 +190,12 @@ def corrupt_scene(scene: Scene, rng: np.random.Generator, max_errors: int = 2) -
 # more than half: the backbone learns to write images sooner than to read them.
 DEFAULT_MIX: dict[str, float] = {
     "t2i": 2.5,
-    "t2i_thinking": 0.5,
+    "t2i_thinking": 1.2,
     "caption": 2.5,
     "qa": 4.0,
     "verify": 3.0,
     "claim": 0.8,
-    "claims": 0.3,
+    "claims": 0.5,
     "edit": 2.5,
     "fix": 2.0,
 }
@@ -272,19 +277,41 @@ def _pick_question_kind(kinds: list[str], weights: dict, rng: np.random.Generato
     return kinds[int(rng.choice(len(kinds), p=w / w.sum()))]
 
 
-def sample_task(kind: str, rng: np.random.Generator, options: Optional[TaskOptions] = None) -> Task:
-    """A random task of the given kind."""
+def sample_task(kind: str, rng: np.random.Generator, options: Optional[TaskOptions] = None,
+                split: Optional[str] = "train") -> Task:
+    """A random task of the given kind whose every scene (``Task.about``) lies in ``split`` (None: any scene);
+    its texts are phrased by the grammar (``phrasing``) in that split's frames, or canonically."""
     options = options or TaskOptions()
     if kind not in TASKS:
         raise ValueError(f"unknown task kind {kind!r}; expected one of {', '.join(TASKS)}")
-    scene = sample_scene(rng)
+    while True:
+        task = _draw_task(kind, rng, options, split)
+        if split is None or all(not s.shapes or scene_split(s) == split for s in task.about):
+            return task
+
+
+def _phrased(rng: np.random.Generator, split: Optional[str], share: float, canonical: str, phrase) -> str:
+    """``phrase()`` (a grammar phrasing) with probability ``share``, else the canonical text."""
+    return phrase() if split is not None and rng.random() < share else canonical
+
+
+def _draw_task(kind: str, rng: np.random.Generator, options: TaskOptions, split: Optional[str]) -> Task:
+    task = _draw_task_texts(kind, rng, options, split)
+    scenes = tuple(s for s in (task.source, task.target) if s is not None)
+    return replace(task, about=scenes + task.about)
+
+
+def _draw_task_texts(kind: str, rng: np.random.Generator, options: TaskOptions, split: Optional[str]) -> Task:
+    scene = sample_scene(rng, split=split)
     cap = caption(scene)
+    request = _phrased(rng, split, 0.7, cap, lambda: phrasing.request_text(scene, rng, split))
     if kind == "t2i":
-        return Task(kind, cap, target=scene)
+        return Task(kind, request, target=scene)
     if kind == "t2i_thinking":
-        return Task(kind, cap, answer=plan(scene), target=scene)
+        return Task(kind, request, answer=plan(scene), target=scene)
     if kind == "caption":
-        return Task(kind, DESCRIBE_QUESTION, answer=cap, source=scene)
+        return Task(kind, _phrased(rng, split, 0.5, DESCRIBE_QUESTION, lambda: phrasing.describe_text(rng, split)),
+                    answer=cap, source=scene)
     if kind == "qa":
         # one question kind drawn uniformly (count, colour, position, presence), then one of its questions:
         # drawing among all questions would ask twice as often about counts and presence
@@ -297,7 +324,8 @@ def sample_task(kind: str, rng: np.random.Generator, options: Optional[TaskOptio
         if counted and options.count_present and scene.shapes and rng.random() < options.count_present:
             present = sorted({s.kind for s in scene.shapes}, key=SHAPES.index)
             counted = present[int(rng.integers(len(present)))]
-            qa = QA("count", COUNT_KIND_QUESTION.format(kind=counted), str(len(scene.find(kind=counted))))
+            qa = QA("count", COUNT_KIND_QUESTION.format(kind=counted), str(len(scene.find(kind=counted))),
+                    ("count_kind", counted))
         if options.shape_questions and k == "color" and rng.random() < options.shape_questions:
             s = scene.shapes[int(rng.integers(len(scene)))]
             qa = QA("color", SHAPE_QUESTION.format(where=position_phrase(s.position)), s.kind)
@@ -305,34 +333,42 @@ def sample_task(kind: str, rng: np.random.Generator, options: Optional[TaskOptio
             found = scene.find(kind=counted)
             if found:
                 qa = QA("count", qa.question, f"{len(found)}: {join_phrases([s.describe() for s in found])}.")
-        return Task(kind, qa.question, answer=qa.answer, source=scene)
+        question = _phrased(rng, split, 0.7, qa.question, lambda: phrasing.question_text(qa, rng, split)) \
+            if qa.intent else qa.question
+        return Task(kind, question, answer=qa.answer, source=scene)
     if kind == "verify":
         # half the images match the request, half are flawed drawings of it
         shown = scene if rng.random() < 0.5 else corrupt_scene(scene, rng)
         q = CHECK_QUESTION if rng.random() < 0.6 else RECHECK_QUESTION
-        return Task(kind, q.format(prompt=cap), answer=verify_answer(scene, shown), source=shown, target=scene)
+        return Task(kind, q.format(prompt=request), answer=verify_answer(scene, shown), source=shown, about=(scene,))
     if kind == "claim":
         shown = scene if rng.random() < 0.5 else corrupt_scene(scene, rng)
         s = scene.shapes[int(rng.integers(len(scene)))]
-        return Task(kind, INSPECT_PROMPT.format(claim=s.describe()), answer=_claim_answer(shown, s), source=shown)
+        claim = _phrased(rng, split, 0.3, s.describe(), lambda: phrasing.shape_text(s, rng, split))
+        return Task(kind, INSPECT_PROMPT.format(claim=claim), answer=_claim_answer(shown, s), source=shown, about=(scene,))
     if kind == "claims":
-        return Task(kind, CLAIMS_PROMPT.format(prompt=cap), answer="\n".join(s.describe() for s in scene.shapes))
+        return Task(kind, CLAIMS_PROMPT.format(prompt=request), answer="\n".join(s.describe() for s in scene.shapes),
+                    about=(scene,))
     if kind == "edit":
         for _ in range(8):
             e = make_edit(scene, ("recolor", "move", "add", "remove")[int(rng.integers(4))], rng)
             if e is not None:
-                return Task(kind, e.instruction, source=e.source, target=e.target)
-        e = make_edit(scene, "recolor", rng)
-        assert e is not None  # a scene always has a shape to recolour
-        return Task(kind, e.instruction, source=e.source, target=e.target)
+                break
+        else:
+            e = make_edit(scene, "recolor", rng)
+            assert e is not None  # a scene always has a shape to recolour
+        text = _phrased(rng, split, 0.7, e.instruction, lambda: phrasing.edit_text(e, rng, split))
+        return Task(kind, text, source=e.source, target=e.target)
     # fix: a flawed drawing, the request, and the check's feedback (usually right, sometimes empty)
     if options.fix_correct and rng.random() < options.fix_correct:
         # the drawing is already right; the check wrongly complained (or said nothing): keep it as it is
-        feedback = verify_answer(scene, corrupt_scene(scene, rng)) if rng.random() < 0.85 else ""
-        return Task(kind, fix_instruction(cap, feedback).rstrip(), source=scene, target=scene)
+        wrong = corrupt_scene(scene, rng)
+        feedback = verify_answer(scene, wrong) if rng.random() < 0.85 else ""
+        return Task(kind, fix_instruction(request, feedback).rstrip(), source=scene, target=scene, about=(wrong,))
     shown = corrupt_scene(scene, rng)
     feedback = verify_answer(scene, shown) if rng.random() < 0.85 else ""
-    return Task(kind, fix_instruction(cap, feedback).rstrip(), source=shown, target=_keep_unchanged(shown, scene))
+    return Task(kind, fix_instruction(request, feedback).rstrip(), source=shown, target=_keep_unchanged(shown, scene),
+                about=(scene,))
 
 
 def _keep_unchanged(shown: Scene, target: Scene) -> Scene:
