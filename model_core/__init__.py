@@ -11,7 +11,7 @@ from .generation.prompts import ChatMessage, ImageCodes
 from .image_config import ImageTokenizerConfig, PreprocessorConfig
 from .image_tokenizer import ImageTokenizer, ImageTokens
 from .layers.attention import AttentionMask
-from .pipeline import GenerationError, ImageResult, InterleavedResult, LLaDAUni, TextResult
+from .pipeline import GenerationError, ImageResult, InterleavedResult, LLaDAUni, OutOfWorldError, TextResult
 from .tokenizer import SpecialTokens, TextTokenizer, TokenizerError
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "KVCache",
     "LLaDA2Backbone",
     "LLaDAUni",
+    "OutOfWorldError",
     "PreprocessorConfig",
     "SpecialTokens",
     "TextResult",

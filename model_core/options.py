@@ -311,7 +311,12 @@ def options_markdown() -> str:
            "(`--steps`, `--cfg-scale` ...), the HTTP `image_generation` object (SGLang-Omni's names where it has "
            "one: `dllm_steps`, `text_max_new_tokens`, `decode_mode`; see `lladauni_agent/wire.py`) and the MCP / "
            "LangChain tools. A checkpoint's `lladauni.json` may set its own defaults under `options`; a value "
-           "the caller leaves unset (None) takes them.", ""]
+           "the caller leaves unset (None) takes them. Its top-level `\"world\"` declares a closed world "
+           "(known: `\"shapes\"`; any other value is refused when the checkpoint loads): a drawing request, edit "
+           "or interleaved prompt outside it raises `OutOfWorldError` (a ValueError; HTTP 400 `out_of_world`, an "
+           "MCP tool error) whose message says what the model can draw, and a question naming a colour or kind "
+           "the world lacks is answered without the model (\"no: ...\" to a yes/no question). Checkpoints "
+           "without the key (the real model) are open.", ""]
     for task, cls in TASK_OPTIONS.items():
         out += [f"## {task}: `{cls.__name__}`", "", (cls.__doc__ or "").strip(), "",
                 "| option | type | default | range | what it does |", "| --- | --- | --- | --- | --- |"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, Union
 
@@ -36,9 +37,18 @@ from .options import (TASK_OPTIONS, ChatOptions, EditOptions, ImageOptions, Inte
 from .tasks.common import Progress, as_codes
 from .tokenizer import TextTokenizer
 
-__all__ = ["LLaDAUni", "TextResult", "ImageResult", "InterleavedResult", "GenerationStats", "GenerationError"]
+__all__ = ["LLaDAUni", "OutOfWorldError", "TextResult", "ImageResult", "InterleavedResult", "GenerationStats",
+           "GenerationError", "WORLDS"]
 
 DEFAULTS_FILE = "lladauni.json"
+
+# closed worlds a checkpoint may declare in lladauni.json ("world"); requests outside one are refused
+WORLDS = ("shapes",)
+
+
+class OutOfWorldError(ValueError):
+    """A request that lies outside the closed world the checkpoint declares (``lladauni.json``
+    "world"): the message says what is outside and what the model can draw or see."""
 
 
 def read_defaults(checkpoint_dir: Union[str, os.PathLike]) -> dict:
@@ -48,19 +58,61 @@ def read_defaults(checkpoint_dir: Union[str, os.PathLike]) -> dict:
     ``decoder_cfg`` {variant: scale}, the decoder's classifier-free guidance for that variant's sampler
     (``NormClampedCFG(scale)``; 0 = none) in place of the published policy (normal: 1.0, turbo: none);
     ``options`` {task: {option: value}}, the task options (``model_core.options``) the checkpoint
-    runs with when the caller gives none (its steps, lengths and sizes)."""
+    runs with when the caller gives none (its steps, lengths and sizes); ``world``, the closed world
+    the model knows (one of ``WORLDS``; absent for an open-world model), whose requests outside it
+    are refused with ``OutOfWorldError`` instead of drawn wrong."""
     path = Path(checkpoint_dir) / DEFAULTS_FILE
     if not path.is_file():
         return {}
     data = read_json(path)  # ConfigError (a ValueError) naming the file: bad JSON, too large or too deep
     if not isinstance(data, dict):
         return {}
-    for key, check in (("image_size", _check_image_size), ("decoder_cfg", _check_decoder_cfg), ("options", _check_options)):
+    for key, check in (("image_size", _check_image_size), ("decoder_cfg", _check_decoder_cfg), ("options", _check_options),
+                       ("world", _check_world)):
         if data.get(key) is not None:
             problem = check(data[key])
             if problem:
                 raise ValueError(f"{path}: {key}={data[key]!r}: {problem}")
     return data
+
+
+_YES_NO_OPENERS = frozenset(("is", "are", "do", "does", "did", "can", "could", "was", "were", "has", "have", "will",
+                             "would", "should", "may"))
+
+
+def shapes_scope_problem(request: Any, kind: str = "draw") -> Optional[str]:
+    """Why a drawing request or edit instruction lies outside the shapes world, ending with what the
+    model can draw (``training.phrasing.scope_problem``); None when it may lie inside (or is no text:
+    the task itself refuses that)."""
+    if not isinstance(request, str):
+        return None
+    from .training.phrasing import scope_problem
+
+    return scope_problem(request, edit=kind == "edit")
+
+
+def shapes_question_answer(question: Any) -> Optional[str]:
+    """The answer to a question about a shapes-world image that names a colour or kind the world lacks
+    ("Is there a black hexagon?"): "no: ..." and what the model can see for a yes/no question, else
+    what it can see; None when the question names nothing outside the world."""
+    if not isinstance(question, str):
+        return None
+    from .training.phrasing import OTHER_COLORS, OTHER_SHAPES, world_summary
+
+    others = set(OTHER_COLORS) | set(OTHER_SHAPES)
+    words = re.findall(r"[a-z]+", question.lower())
+    found: list[str] = []
+    for w in words:
+        forms = [w]
+        if w.endswith("s"):  # plurals: 'hexagons', 'crosses'
+            forms += [w[:-1], w[:-2]] if w.endswith("es") else [w[:-1]]
+        stem = next((f for f in forms if f in others), None)
+        if stem and stem not in found:
+            found.append(stem)
+    if not found:
+        return None
+    reason = f"'{', '.join(found)}' is outside what this model can see. {world_summary()}"
+    return f"no: {reason}" if words and words[0] in _YES_NO_OPENERS else reason
 
 
 def _checkpoint_name(path_or_repo: Any, resolved: Path) -> str:
@@ -90,6 +142,12 @@ def _check_decoder_cfg(cfg: Any) -> Optional[str]:
     ):
         return None
     return f"expected {{variant: scale}} with variants from {sorted(VARIANTS)} and finite scales >= 0"
+
+
+def _check_world(world: Any) -> Optional[str]:
+    if isinstance(world, str) and world in WORLDS:
+        return None
+    return f"unknown world; known worlds: {list(WORLDS)} (or leave the key out for an open-world model)"
 
 
 def _check_options(options: Any) -> Optional[str]:
@@ -218,6 +276,21 @@ class LLaDAUni:
             self._decoder = decoder
         return self._decoder
 
+    # ------------------------------------------------------------------ closed world
+    @property
+    def world(self) -> Optional[str]:
+        """The closed world the checkpoint declares (``lladauni.json`` "world", one of ``WORLDS``), or
+        None for an open-world model; it comes with the checkpoint and cannot be set."""
+        return self.defaults.get("world")
+
+    def check_in_world(self, request: Any, kind: str = "draw") -> None:
+        """Raise ``OutOfWorldError`` (a ValueError saying what is outside and what the model can
+        draw) when a drawing request or (``kind="edit"``) an edit instruction lies outside the
+        checkpoint's world. An edit need not name a shape ("make it blue")."""
+        problem = shapes_scope_problem(request, kind) if self.world == "shapes" else None
+        if problem:
+            raise OutOfWorldError(problem)
+
     def _need_dir(self, what: str) -> Path:
         if self.checkpoint_dir is None:
             raise ValueError(f"no checkpoint directory to load the {what} from; pass it to LLaDAUni(...)")
@@ -253,32 +326,43 @@ class LLaDAUni:
     def understand(self, image: Any, question: str = "", *, options: Optional[UnderstandOptions] = None,
                    generator: Optional[torch.Generator] = None, progress: Optional[Progress] = None,
                    **overrides: Any) -> TextResult:
-        """Answer a question about an image (PIL/path/bytes/array, or already-encoded codes)."""
+        """Answer a question about an image (PIL/path/bytes/array, or already-encoded codes). On a
+        shapes-world checkpoint a question naming a colour or kind the world lacks is answered
+        without the model ("no: ..." to a yes/no question) with what the model can see."""
         o = self.options_for("understand", options, overrides)
+        answer = shapes_question_answer(question) if self.world == "shapes" else None
+        if answer is not None:  # a colour or kind the world lacks: answered without the model
+            return TextResult(answer, [], [], GenerationStats())
         return tasks.understand(self, image, question, o, generator, progress)
 
     @takes_options(ImageOptions)
     def generate_image(self, prompt: str, *, options: Optional[ImageOptions] = None,
                        generator: Optional[torch.Generator] = None, progress: Optional[Progress] = None,
                        **overrides: Any) -> ImageResult:
-        """Text to image (mode ``normal`` or ``thinking``)."""
+        """Text to image (mode ``normal`` or ``thinking``); ``OutOfWorldError`` for a prompt outside
+        the checkpoint's world (``world``), before any model work."""
         o = self.options_for("image", options, overrides)
+        self.check_in_world(prompt)
         return tasks.generate_image(self, prompt, o, generator, progress)
 
     @takes_options(EditOptions)
     def edit_image(self, image: Any, instruction: str, *, options: Optional[EditOptions] = None,
                    generator: Optional[torch.Generator] = None, progress: Optional[Progress] = None,
                    **overrides: Any) -> ImageResult:
-        """Edit an image (or a list of reference images; the output grid is the first one's)."""
+        """Edit an image (or a list of reference images; the output grid is the first one's);
+        ``OutOfWorldError`` for an instruction outside the checkpoint's world."""
         o = self.options_for("edit", options, overrides)
+        self.check_in_world(instruction, "edit")
         return tasks.edit_image(self, image, instruction, o, generator, progress)
 
     @takes_options(InterleavedOptions)
     def generate_interleaved(self, prompt: str, *, images: Sequence[Any] = (), options: Optional[InterleavedOptions] = None,
                              generator: Optional[torch.Generator] = None, progress: Optional[Progress] = None,
                              **overrides: Any) -> InterleavedResult:
-        """Interleaved text and images (SGLang-Omni's protocol)."""
+        """Interleaved text and images (SGLang-Omni's protocol); ``OutOfWorldError`` for a prompt
+        outside the checkpoint's world."""
         o = self.options_for("interleaved", options, overrides)
+        self.check_in_world(prompt)
         return tasks.generate_interleaved(self, prompt, images, o, generator, progress)
 
     def _as_codes(self, image: Any, purpose: str) -> ImageCodes:

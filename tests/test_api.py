@@ -22,7 +22,7 @@ MODEL_CORE_API = {
     "image_config": "ImageTokenizerConfig PreprocessorConfig",
     "image_tokenizer": "ImageTokenizer ImageTokens",
     "layers.attention": "AttentionMask",
-    "pipeline": "GenerationError ImageResult InterleavedResult LLaDAUni TextResult",
+    "pipeline": "GenerationError ImageResult InterleavedResult LLaDAUni OutOfWorldError TextResult",
     "tokenizer": "SpecialTokens TextTokenizer TokenizerError",
 }
 

@@ -12,6 +12,7 @@ from starlette.requests import ClientDisconnect
 
 from lladauni.agent.backend import BackendError
 from lladauni.model_core.generation.results import GenerationError
+from lladauni.model_core.pipeline import OutOfWorldError
 
 from .runtime import Busy, Cancelled, InputError
 
@@ -57,6 +58,7 @@ _CODES = {400: "invalid_request", 401: "invalid_api_key", 403: "forbidden", 404:
 ERRORS: dict[type[Exception], tuple[int, str, Optional[Callable[[Any], dict]]]] = {
     InputError: (400, "invalid_request", None),
     ValueError: (400, "invalid_request", None),  # bad input found by the model
+    OutOfWorldError: (400, "out_of_world", None),  # outside the checkpoint's closed world: the message says what it knows
     GenerationError: (422, "generation_failed", None),  # the model's output, not the request
     BackendError: (502, "backend_error", None),
     Busy: (429, "queue_full", lambda exc: {"Retry-After": str(exc.retry_after)}),
