@@ -72,7 +72,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from lladauni.model_core.training import checker, shapes, tasks
+import numpy as np
+
+from lladauni.model_core.training import checker, phrasing, puzzles, shapes, tasks
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "RESULTS.md"
@@ -81,7 +83,9 @@ SECTION = "shapes_eval"
 SIZE = 96
 SEED_STRIDE = 64
 WORKFLOW = "draw-check-refine"
-METRICS = ("understanding", "t2i", "t2i_thinking", "edits", "loop", "loop_thinking")
+METRICS = ("understanding", "t2i", "t2i_thinking", "colors", "edits", "loop", "loop_thinking", "reasoning")
+PHRASINGS = ("train", "heldout")
+"""Phrasing splits the language metrics are measured in (``phrasing``): frames training uses, frames it never sees."""
 QUESTION_KINDS = ("count", "color", "position", "presence")
 MODEL_CALLS = ("chat", "understand", "generate_image", "edit_image", "generate_interleaved")
 _KEEP_WRONG = 5  # wrong answers kept per metric in the JSON, for diagnosis
@@ -142,6 +146,45 @@ def caption_correct(answer: str, scene: shapes.Scene) -> bool:
 def gen_seed(seed: int, index: int) -> int:
     """The generation seed of scene ``index``: redraws use the next ``SEED_STRIDE - 1`` seeds."""
     return seed + SEED_STRIDE * index
+
+
+def text_rng(seed: int, index: int, salt: int) -> np.random.Generator:
+    """The generator of the phrasings for scene ``index`` (``salt`` keeps questions, edits and requests apart)."""
+    return np.random.default_rng([int(seed), int(index), 1000 + int(salt)])
+
+
+def phrased_questions(seed: int, ex: shapes.Example, split: str | None) -> list[str]:
+    """The questions of ``ex`` phrased in ``split``'s frames (None: the canonical questions)."""
+    if split is None:
+        return [q.question for q in ex.questions]
+    rng = text_rng(seed, ex.index, 1)
+    return [phrasing.question_text(q, rng, split) for q in ex.questions]
+
+
+def phrased_describe(seed: int, ex: shapes.Example, split: str | None) -> str:
+    return tasks.DESCRIBE_QUESTION if split is None else phrasing.describe_text(text_rng(seed, ex.index, 2), split)
+
+
+def phrased_request(seed: int, ex: shapes.Example, split: str | None) -> str:
+    return ex.caption if split is None else phrasing.request_text(ex.scene, text_rng(seed, ex.index, 3), split)
+
+
+def phrased_edits(seed: int, ex: shapes.Example, split: str | None) -> list[str]:
+    if split is None:
+        return [e.instruction for e in ex.edits]
+    rng = text_rng(seed, ex.index, 4)
+    return [phrasing.edit_text(e, rng, split) for e in ex.edits]
+
+
+def wilson(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of an accuracy (0, 0 for no trials)."""
+    if total <= 0:
+        return 0.0, 0.0
+    p = correct / total
+    d = 1 + z * z / total
+    c = (p + z * z / (2 * total)) / d
+    h = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / d
+    return max(0.0, c - h), min(1.0, c + h)
 
 
 @dataclass
@@ -232,29 +275,34 @@ def _image_opts(options: Mapping[str, Mapping[str, Any]]) -> dict:
 
 
 # ------------------------------------------------------------------------------------- metrics
-def eval_understanding(backend: Any, examples: Sequence[shapes.Example], options: Mapping, seed: int) -> dict:
+def eval_understanding(backend: Any, examples: Sequence[shapes.Example], options: Mapping, seed: int,
+                       split: str | None = "train") -> dict:
+    """Every question of every scene and a caption, phrased in ``split``'s frames (None: canonical)."""
     kinds = {k: Tally() for k in QUESTION_KINDS}
     cap = Tally()
     text = dict(options.get("text", {}))
-    prog = _Progress("understanding", len(examples))
+    prog = _Progress(f"understanding ({split or 'canonical'} phrasings)", len(examples))
     for ex in examples:
         image = shapes.render(ex.scene, SIZE)
         s = gen_seed(seed, ex.index)
-        for qa in ex.questions:
+        for qa, question in zip(ex.questions, phrased_questions(seed, ex, split)):
             try:
-                ans, err = backend.understand(image, qa.question, seed=s, **text).text, False
+                ans, err = backend.understand(image, question, seed=s, **text).text, False
             except _ERRORS as exc:
                 ans, err = f"<error: {exc}>", True
             kinds[qa.kind].add(answer_correct(ans, qa.answer), error=err,
-                               detail={"scene": ex.index, "question": qa.question, "expected": qa.answer, "got": ans})
+                               detail={"scene": ex.index, "question": question, "expected": qa.answer, "got": ans})
+        describe = phrased_describe(seed, ex, split)
         try:
-            ans, err = backend.understand(image, tasks.DESCRIBE_QUESTION, seed=s, **text).text, False
+            ans, err = backend.understand(image, describe, seed=s, **text).text, False
         except _ERRORS as exc:
             ans, err = f"<error: {exc}>", True
-        cap.add(caption_correct(ans, ex.scene), error=err, detail={"scene": ex.index, "expected": ex.caption, "got": ans})
+        cap.add(caption_correct(ans, ex.scene), error=err,
+                detail={"scene": ex.index, "question": describe, "expected": ex.caption, "got": ans})
         prog.step()
     overall = Tally.merge(list(kinds.values()))
-    return {"questions": {**{k: t.as_dict() for k, t in kinds.items()}, "overall": overall.as_dict()},
+    return {"phrasing": split or "canonical", "questions": {**{k: t.as_dict() for k, t in kinds.items()},
+                                                             "overall": overall.as_dict()},
             "caption": cap.as_dict()}
 
 
@@ -281,39 +329,71 @@ def _found(result: Any) -> str:
     return "<unreadable: two shapes in one cell>" if found is None else shapes.caption(found)
 
 
-def eval_t2i(backend: Any, examples: Sequence[shapes.Example], options: Mapping, seed: int, mode: str = "normal") -> dict:
+def eval_t2i(backend: Any, examples: Sequence[shapes.Example], options: Mapping, seed: int, mode: str = "normal",
+             split: str | None = None) -> dict:
+    """One drawing per scene from its request phrased in ``split``'s frames (None: the canonical caption)."""
     all_ = Tally()
     by_n: dict[int, Tally] = {}
-    prog = _Progress("text-to-image" + (" (thinking)" if mode == "thinking" else ""), len(examples))
+    label = "text-to-image" + (" (thinking)" if mode == "thinking" else "") + f" ({split or 'canonical'} phrasings)"
+    prog = _Progress(label, len(examples))
     for ex in examples:
-        r, err = _draw(backend, ex.caption, gen_seed(seed, ex.index), options, mode)
+        request = phrased_request(seed, ex, split)
+        r, err = _draw(backend, request, gen_seed(seed, ex.index), options, mode)
         ok = _matches(ex.scene, r)
-        detail = {"scene": ex.index, "prompt": ex.caption, "drawn": _found(r)}
+        detail = {"scene": ex.index, "prompt": request, "expected": ex.caption, "drawn": _found(r)}
         if mode == "thinking" and r is not None:
             detail["thinking"] = getattr(r, "thinking", None)
         all_.add(ok, error=err, detail=detail)
         by_n.setdefault(len(ex.scene), Tally()).add(ok)
         prog.step()
-    return {"overall": all_.as_dict(), "by_shapes": {str(n): t.as_dict() for n, t in sorted(by_n.items())}}
+    return {"phrasing": split or "canonical", "overall": all_.as_dict(),
+            "by_shapes": {str(n): t.as_dict() for n, t in sorted(by_n.items())}}
 
 
-def eval_edits(backend: Any, examples: Sequence[shapes.Example], options: Mapping, seed: int) -> dict:
+def one_shape_scenes() -> list[shapes.Scene]:
+    """All 216 scenes of one shape (every kind, colour and cell)."""
+    return [shapes.Scene((shapes.Shape(k, c, p),)) for p in shapes.POSITIONS for c in shapes.COLORS for k in shapes.SHAPES]
+
+
+def eval_colors(backend: Any, options: Mapping, seed: int) -> dict:
+    """Colour fidelity: each of the 216 one-shape scenes drawn once from its canonical caption (seed + i), judged by
+    the pixel checker; per colour and overall. These include training scenes: the question is whether the drawn
+    image keeps the requested colour, which the decoder, not the backbone, decides."""
+    per = {c: Tally() for c in shapes.COLORS}
+    held = Tally()
+    scenes = one_shape_scenes()
+    prog = _Progress("colour fidelity (216 one-shape scenes)", len(scenes))
+    for i, scene in enumerate(scenes):
+        r, err = _draw(backend, shapes.caption(scene), seed + i, options)
+        ok = _matches(scene, r)
+        per[scene.shapes[0].color].add(ok, error=err, detail={"prompt": shapes.caption(scene), "drawn": _found(r)})
+        if shapes.scene_split(scene) == "heldout":
+            held.add(ok)
+        prog.step()
+    return {"colors": {c: t.as_dict() for c, t in per.items()}, "overall": Tally.merge(list(per.values())).as_dict(),
+            "heldout_scenes": held.as_dict()}
+
+
+def eval_edits(backend: Any, examples: Sequence[shapes.Example], options: Mapping, seed: int,
+               split: str | None = None) -> dict:
+    """Every edit of every scene, its instruction phrased in ``split``'s frames (None: canonical)."""
     kinds = {k: Tally() for k in shapes.EDIT_KINDS}
     opts = dict(options.get("edit", {}))
-    prog = _Progress("edits", len(examples))
+    prog = _Progress(f"edits ({split or 'canonical'} phrasings)", len(examples))
     for ex in examples:
         s = gen_seed(seed, ex.index)
-        for j, e in enumerate(ex.edits):
+        for j, (e, instruction) in enumerate(zip(ex.edits, phrased_edits(seed, ex, split))):
             try:
-                r, err = backend.edit_image(shapes.render(e.source, SIZE), e.instruction, seed=s + j, **opts), False
+                r, err = backend.edit_image(shapes.render(e.source, SIZE), instruction, seed=s + j, **opts), False
             except _ERRORS as exc:
                 _say(f"\n  edit_image failed ({type(exc).__name__}: {exc})")
                 r, err = None, True
             kinds[e.kind].add(_matches(e.target, r), error=err,
-                              detail={"scene": ex.index, "source": shapes.caption(e.source), "instruction": e.instruction,
+                              detail={"scene": ex.index, "source": shapes.caption(e.source), "instruction": instruction,
                                       "expected": shapes.caption(e.target), "drawn": _found(r)})
         prog.step()
-    return {"kinds": {k: t.as_dict() for k, t in kinds.items()}, "overall": Tally.merge(list(kinds.values())).as_dict()}
+    return {"phrasing": split or "canonical", "kinds": {k: t.as_dict() for k, t in kinds.items()},
+            "overall": Tally.merge(list(kinds.values())).as_dict()}
 
 
 @dataclass
@@ -476,10 +556,61 @@ def eval_loop(backend: Any, examples: Sequence[shapes.Example], options: Mapping
     }
 
 
+def eval_reasoning(backend: Any, n: int, seed: int, options: Mapping, runs_dir: Optional[Path] = None) -> dict:
+    """Multi-step spatial questions (``puzzles.make_puzzle`` on held-out scenes, ``puzzle_rng(seed, i)``): answered
+    directly (one ``understand`` of the start image with the whole question) and by the ``visual_reasoning``
+    graph with ``sketch="steps"`` (each step an edit of the last sketch, then the question asked of the last
+    sketch). Both judged by the short-answer rule against the answer read off the final scene."""
+    from lladauni.agent import Agent
+
+    direct, sketched = Tally(), Tally()
+    by_steps: dict[int, list[Tally]] = {}
+    counting = CountingBackend(backend)
+    calls = {"direct": 0, "sketch": 0}
+    text, image_opts, edit = dict(options.get("text", {})), _image_opts(options), dict(options.get("edit", {}))
+    tmp = tempfile.TemporaryDirectory(prefix="shapes_reasoning_") if runs_dir is None else None
+    root = Path(tmp.name) if tmp is not None else Path(runs_dir)
+    prog = _Progress("visual reasoning (direct, then sketched)", n)
+    try:
+        for i in range(n):
+            p = puzzles.make_puzzle(puzzles.puzzle_rng(seed, i), split="heldout")
+            image = shapes.render(p.source, SIZE)
+            s = gen_seed(seed, i)
+            counting.take()
+            try:
+                ans, err = counting.understand(image, p.text, seed=s, **text).text, False
+            except _ERRORS as exc:
+                ans, err = f"<error: {exc}>", True
+            calls["direct"] += counting.take()[0]
+            ok_d = answer_correct(ans, p.question.answer)
+            direct.add(ok_d, error=err, detail={"puzzle": i, "question": p.text, "expected": p.question.answer, "got": ans})
+            agent = Agent(counting, runs_dir=root, seed=s, text_options=text, image_options=image_opts, edit_options=edit)
+            res = agent.run(p.text, images=[image], graph="visual_reasoning", sketch="steps",
+                            max_iterations=len(p.steps), thread_id=f"puzzle-{seed}-{i:04d}")
+            calls["sketch"] += counting.take()[0]
+            ok_s = res.error is None and answer_correct(res.answer or "", p.question.answer)
+            sketched.add(ok_s, error=res.error is not None,
+                         detail={"puzzle": i, "question": p.text, "expected": p.question.answer, "got": res.answer,
+                                 "error": res.error})
+            pair = by_steps.setdefault(len(p.steps), [Tally(), Tally()])
+            pair[0].add(ok_d)
+            pair[1].add(ok_s)
+            prog.step()
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return {"direct": {**direct.as_dict(), "mean_calls": calls["direct"] / n},
+            "sketched": {**sketched.as_dict(), "mean_calls": calls["sketch"] / n},
+            "by_steps": {str(k): {"direct": v[0].as_dict(), "sketched": v[1].as_dict()} for k, v in sorted(by_steps.items())},
+            "gain_points": 100.0 * (sketched.accuracy - direct.accuracy)}
+
+
 # ------------------------------------------------------------------------------------- driver
 def evaluate(backend: Any, *, n: int = 100, seed: int = 1000, options: Optional[Mapping] = None,
-             metrics: Sequence[str] = METRICS, max_rounds: int = 2, runs_dir: Optional[Path] = None) -> dict:
-    """Every metric of ``metrics`` on scenes ``0 .. n-1`` of ``ShapesWorld(seed)``; JSON-able figures."""
+             metrics: Sequence[str] = METRICS, max_rounds: int = 2, runs_dir: Optional[Path] = None,
+             split: str = "heldout") -> dict:
+    """Every metric of ``metrics`` on scenes ``0 .. n-1`` of ``ShapesWorld(seed, split)`` (held-out scenes unless
+    told otherwise); language metrics in training and held-out phrasings. JSON-able figures."""
     from lladauni.agent.context import SHAPES_OPTIONS
 
     options = dict(SHAPES_OPTIONS if options is None else options)
@@ -488,8 +619,8 @@ def evaluate(backend: Any, *, n: int = 100, seed: int = 1000, options: Optional[
         raise ValueError(f"unknown metric(s) {sorted(unknown)}; choose from {', '.join(METRICS)}")
     if n < 1:
         raise ValueError(f"n={n}: need at least one scene")
-    examples = shapes.ShapesWorld(seed).examples(n)
-    out: dict[str, Any] = {"config": {"n": n, "seed": seed, "size": SIZE, "max_rounds": max_rounds,
+    examples = shapes.ShapesWorld(seed, split=split).examples(n)
+    out: dict[str, Any] = {"config": {"n": n, "seed": seed, "split": split, "size": SIZE, "max_rounds": max_rounds,
                                       "backend": getattr(backend, "name", type(backend).__name__),
                                       "options": json.loads(json.dumps(options, default=str))}}
     for name in METRICS:
@@ -497,13 +628,20 @@ def evaluate(backend: Any, *, n: int = 100, seed: int = 1000, options: Optional[
             continue
         t0 = time.perf_counter()
         if name == "understanding":
-            r = eval_understanding(backend, examples, options, seed)
+            r = eval_understanding(backend, examples, options, seed, "train")
+            r["heldout_phrasing"] = eval_understanding(backend, examples, options, seed, "heldout")
         elif name == "t2i":
             r = eval_t2i(backend, examples, options, seed)
+            r["phrasings"] = {sp: eval_t2i(backend, examples, options, seed, split=sp)["overall"] for sp in PHRASINGS}
         elif name == "t2i_thinking":
             r = eval_t2i(backend, examples, options, seed, mode="thinking")
+        elif name == "colors":
+            r = eval_colors(backend, options, seed)
         elif name == "edits":
             r = eval_edits(backend, examples, options, seed)
+            r["heldout_phrasing"] = eval_edits(backend, examples, options, seed, "heldout")
+        elif name == "reasoning":
+            r = eval_reasoning(backend, n, seed, options, Path(runs_dir) / "reasoning" if runs_dir is not None else None)
         else:
             mode = "thinking" if name == "loop_thinking" else "normal"
             sub = Path(runs_dir) / mode if runs_dir is not None and mode != "normal" else runs_dir
@@ -596,6 +734,112 @@ def format_markdown(results: Mapping, *, model: str = "", machine: str = "") -> 
     return "\n".join(lines)
 
 
+def _get(r: Mapping, path: str) -> Optional[Mapping]:
+    cur: Any = r
+    for key in path.split("."):
+        if not isinstance(cur, Mapping) or key not in cur:
+            return None
+        cur = cur[key]
+    return cur
+
+
+# (label, path into one seed's results, aim or None)
+HEADLINES: tuple[tuple[str, str, Optional[float]], ...] = (
+    *((f"understanding, training phrasings: {k}", f"understanding.questions.{k}", None) for k in QUESTION_KINDS),
+    ("understanding, training phrasings: all questions", "understanding.questions.overall", 0.95),
+    *((f"understanding, held-out phrasings: {k}", f"understanding.heldout_phrasing.questions.{k}", None) for k in QUESTION_KINDS),
+    ("understanding, held-out phrasings: all questions", "understanding.heldout_phrasing.questions.overall", 0.85),
+    ("captioning, training phrasings", "understanding.caption", None),
+    ("captioning, held-out phrasings", "understanding.heldout_phrasing.caption", None),
+    ("text-to-image, canonical captions", "t2i.overall", 0.92),
+    ("text-to-image, training phrasings", "t2i.phrasings.train", None),
+    ("text-to-image, held-out phrasings", "t2i.phrasings.heldout", 0.80),
+    ("text-to-image, thinking mode (single shot)", "t2i_thinking.overall", 0.75),
+    *((f"colour fidelity: {c} (36 scenes)", f"colors.colors.{c}", None) for c in shapes.COLORS),
+    ("colour fidelity: all 216 one-shape scenes", "colors.overall", 0.97),
+    *((f"edits, canonical: {k}", f"edits.kinds.{k}", None) for k in shapes.EDIT_KINDS),
+    ("edits, canonical: all", "edits.overall", 0.85),
+    ("edits, held-out phrasings: all", "edits.heldout_phrasing.overall", None),
+    ("loop, normal mode: (a) single shot", "loop.single", None),
+    ("loop, normal mode: (b) draw-check-refine", "loop.loop", None),
+    ("loop, normal mode: (c) blind redraws at equal calls, last kept", "loop.equal_calls_last", None),
+    ("loop, normal mode: (d) best of draws by the model's own check", "loop.best_of_self_check", None),
+    ("loop, thinking mode: (a) single shot", "loop_thinking.single", None),
+    ("loop, thinking mode: (b) draw-check-refine", "loop_thinking.loop", None),
+    ("loop, thinking mode: (c) blind redraws at equal calls, last kept", "loop_thinking.equal_calls_last", None),
+    ("visual reasoning: answered directly", "reasoning.direct", None),
+    ("visual reasoning: sketched step by step (visual_reasoning, sketch=steps)", "reasoning.sketched", None),
+)
+GAINS: tuple[tuple[str, str, str, float], ...] = (
+    ("normal-mode loop over (c) blind redraws at equal calls", "loop.loop", "loop.equal_calls_last", 5.0),
+    ("normal-mode loop over (a) single shot", "loop.loop", "loop.single", 5.0),
+    ("thinking-mode loop over (a) single shot", "loop_thinking.loop", "loop_thinking.single", 0.0),
+    ("visual reasoning: sketched over direct", "reasoning.sketched", "reasoning.direct", 10.0),
+)
+
+
+def pooled(runs: Sequence[Mapping]) -> dict:
+    """Headline figures pooled over seeds: {label: {correct, total, accuracy, ci, per_seed, aim}} and the gains
+    {label: {points, per_seed, aim}} (points of the pooled accuracies; per seed, each seed's own)."""
+    rows: dict[str, dict] = {}
+    for label, path, aim in HEADLINES:
+        parts = [t for t in (_get(r, path) for r in runs) if t is not None]
+        if not parts:
+            continue
+        c, n = sum(t["correct"] for t in parts), sum(t["total"] for t in parts)
+        calls = [t["mean_calls"] for t in parts if "mean_calls" in t]
+        rows[label] = {"correct": c, "total": n, "accuracy": c / n if n else 0.0, "ci": wilson(c, n),
+                       "per_seed": [t["accuracy"] for t in parts], "aim": aim,
+                       "mean_calls": sum(calls) / len(calls) if calls else None}
+    gains: dict[str, dict] = {}
+    for label, a, b, aim in GAINS:
+        pairs = [(_get(r, a), _get(r, b)) for r in runs]
+        pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+        if not pairs:
+            continue
+        acc = lambda ts: sum(t["correct"] for t in ts) / max(1, sum(t["total"] for t in ts))  # noqa: E731
+        gains[label] = {"points": 100 * (acc([x for x, _ in pairs]) - acc([y for _, y in pairs])),
+                        "per_seed": [100 * (x["accuracy"] - y["accuracy"]) for x, y in pairs], "aim": aim}
+    return {"rows": rows, "gains": gains}
+
+
+def format_pooled(runs: Sequence[Mapping], *, model: str = "", machine: str = "") -> str:
+    """The ``## shapes_eval`` section for several seeds: pooled figures with 95% Wilson intervals."""
+    pool = pooled(runs)
+    c = runs[0]["config"]
+    seeds = ", ".join(str(r["config"]["seed"]) for r in runs)
+    lines = [
+        "## shapes_eval: the shapes model on held-out scenes and phrasings",
+        "",
+        f"{model or 'Model: ' + str(c['backend'])}; world seeds {seeds}, {c['n']} scenes each from the held-out part "
+        "of the scene space (`shapes.scene_split`: no training stream ever draws them, `tests/test_held_out.py`), "
+        f"{SIZE}x{SIZE} images, options `SHAPES_OPTIONS`. Held-out phrasings use only frames training never sees "
+        "(`phrasing.py`, `Frame.held_out`); training phrasings are the grammar's training frames. Definitions in "
+        "`bench/shapes_eval.py`; colour fidelity draws each of the 216 one-shape scenes once per seed. Counts are "
+        "pooled over the seeds; the interval is the 95% Wilson score interval; per seed in the last column.",
+        "",
+        "| metric | correct | accuracy | 95% interval | aim | per seed | model calls |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, row in pool["rows"].items():
+        lo, hi = row["ci"]
+        aim = f">= {100 * row['aim']:.0f}%" if row["aim"] is not None else ""
+        calls = f"{row['mean_calls']:.2f}" if row["mean_calls"] is not None else ""
+        per = " / ".join(f"{100 * a:.1f}" for a in row["per_seed"])
+        lines.append(f"| {label} | {row['correct']}/{row['total']} | {100 * row['accuracy']:.1f}% | "
+                     f"{100 * lo:.1f}-{100 * hi:.1f}% | {aim} | {per} | {calls} |")
+    if pool["gains"]:
+        lines += ["", "| gain | points (pooled) | per seed | aim |", "|---|---|---|---|"]
+        for label, g in pool["gains"].items():
+            per = " / ".join(f"{p:+.1f}" for p in g["per_seed"])
+            aim = f">= +{g['aim']:.0f}" if g["aim"] else ""
+            lines.append(f"| {label} | {g['points']:+.1f} | {per} | {aim} |")
+    lines.append("")
+    if machine:
+        lines += [f"_Measured {dt.date.today().isoformat()} on {machine}._", ""]
+    return "\n".join(lines)
+
+
 def write_results(md: str, path: Path = RESULTS, section: str = SECTION) -> None:
     """Replace the ``## <section>`` section of RESULTS.md (up to the next ``## `` heading), or append it."""
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
@@ -627,8 +871,10 @@ def main(argv: Optional[Sequence[str]] = None, backend: Any = None) -> int:
                                  description="Quality of the shapes model on held-out scenes (see the module docstring).")
     ap.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the embedded default model)")
     ap.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
-    ap.add_argument("--n", type=int, default=100, help="scenes per metric (default: 100)")
-    ap.add_argument("--seed", type=int, default=1000, help="world seed of the held-out scenes (default: 1000)")
+    ap.add_argument("--n", type=int, default=100, help="held-out scenes per metric and seed (default: 100)")
+    ap.add_argument("--seed", type=int, default=None, help="one world seed (same as --seeds SEED)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="world seeds of the held-out scenes, pooled with 95%% intervals (default: 1000 2000 3000)")
     ap.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS))
     ap.add_argument("--max-rounds", type=int, default=2, help="fix rounds of the loop (default: 2)")
     ap.add_argument("--keep-runs", metavar="DIR",
@@ -661,13 +907,18 @@ def main(argv: Optional[Sequence[str]] = None, backend: Any = None) -> int:
         _say("loading the model ...")
         backend.load()
         load_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    results = evaluate(backend, n=args.n, seed=args.seed, metrics=args.metrics, max_rounds=args.max_rounds,
-                       runs_dir=Path(args.keep_runs) if args.keep_runs else None)
-    results["config"].update(model=model, load_seconds=load_s, seconds=time.perf_counter() - t0)
+    seeds = args.seeds or ([args.seed] if args.seed is not None else [1000, 2000, 3000])
+    runs = []
+    for seed in seeds:
+        t0 = time.perf_counter()
+        keep = Path(args.keep_runs) / f"seed-{seed}" if args.keep_runs else None
+        r = evaluate(backend, n=args.n, seed=seed, metrics=args.metrics, max_rounds=args.max_rounds, runs_dir=keep)
+        r["config"].update(model=model, load_seconds=load_s, seconds=time.perf_counter() - t0)
+        runs.append(r)
     machine = machine_description()
-    md = format_markdown(results, model=model, machine=machine)
+    md = format_pooled(runs, model=model, machine=machine)
     print(md)
+    results = {"seeds": seeds, "runs": runs, "pooled": pooled(runs)}
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     if args.write_results:

@@ -16,7 +16,7 @@ N, SEED = 4, 1000
 
 
 def _examples():
-    return shapes.ShapesWorld(SEED).examples(N)
+    return shapes.ShapesWorld(SEED, split="heldout").examples(N)
 
 
 @pytest.mark.parametrize("answer, expected, ok", [
@@ -40,14 +40,20 @@ def test_caption_rule():
 
 def _all_accuracies(r: dict) -> list[float]:
     u, e, lp = r["understanding"], r["edits"], r["loop"]
+    h, he = u["heldout_phrasing"], e["heldout_phrasing"]
     return ([t["accuracy"] for t in u["questions"].values()] + [u["caption"]["accuracy"]]
+            + [t["accuracy"] for t in h["questions"].values()] + [h["caption"]["accuracy"]]
             + [r["t2i"]["overall"]["accuracy"], r["t2i_thinking"]["overall"]["accuracy"]]
+            + [t["accuracy"] for t in r["t2i"]["phrasings"].values()]
+            + [t["accuracy"] for t in r["colors"]["colors"].values()] + [r["colors"]["overall"]["accuracy"]]
             + [t["accuracy"] for t in e["kinds"].values() if t["total"]] + [e["overall"]["accuracy"]]
-            + [lp[k]["accuracy"] for k in ("single", "loop", "equal_calls_last", "best_of_self_check")])
+            + [t["accuracy"] for t in he["kinds"].values() if t["total"]]
+            + [lp[k]["accuracy"] for k in ("single", "loop", "equal_calls_last", "best_of_self_check")]
+            + [r["reasoning"][k]["accuracy"] for k in ("direct", "sketched")])
 
 
 def test_perfect_backend_scores_100_percent_everywhere():
-    b = ShapesOracle(_examples(), "perfect")
+    b = ShapesOracle(_examples(), "perfect", SEED, N)
     r = se.evaluate(b, n=N, seed=SEED)
     assert set(_all_accuracies(r)) == {1.0}
     assert r["understanding"]["questions"]["overall"]["total"] == sum(len(ex.questions) for ex in _examples())
@@ -63,7 +69,7 @@ def test_perfect_backend_scores_100_percent_everywhere():
 
 
 def test_wrong_backend_scores_0_percent_everywhere():
-    r = se.evaluate(ShapesOracle(_examples(), "wrong"), n=N, seed=SEED)
+    r = se.evaluate(ShapesOracle(_examples(), "wrong", SEED, N), n=N, seed=SEED)
     assert set(_all_accuracies(r)) == {0.0}
     lp = r["loop"]
     # no verdict in "I cannot tell": the loop runs to its cap (draw, check, 2 x (fix, recheck))
@@ -72,7 +78,7 @@ def test_wrong_backend_scores_0_percent_everywhere():
 
 
 def test_loop_repairs_a_bad_first_draw(tmp_path):
-    b = ShapesOracle(_examples(), "bad_first_draw")
+    b = ShapesOracle(_examples(), "bad_first_draw", SEED, N)
     r = se.evaluate(b, n=N, seed=SEED, metrics=["loop"], runs_dir=tmp_path)
     lp = r["loop"]
     assert lp["single"]["accuracy"] == 0.0 and lp["loop"]["accuracy"] == 1.0 and lp["gain_points"] == 100.0
@@ -88,7 +94,7 @@ def test_loop_repairs_a_bad_first_draw(tmp_path):
 
 
 def test_loop_in_thinking_mode_draws_every_image_in_thinking_mode(tmp_path):
-    b = ShapesOracle(_examples(), "bad_first_draw")
+    b = ShapesOracle(_examples(), "bad_first_draw", SEED, N)
     r = se.evaluate(b, n=N, seed=SEED, metrics=["loop_thinking"], runs_dir=tmp_path)
     lp = r["loop_thinking"]
     assert lp["mode"] == "thinking" and "loop" not in r
@@ -103,7 +109,7 @@ def test_loop_in_thinking_mode_draws_every_image_in_thinking_mode(tmp_path):
 
 
 def test_markdown_and_results_section(tmp_path):
-    r = se.evaluate(ShapesOracle(_examples(), "perfect"), n=2, seed=SEED, metrics=["understanding", "t2i", "edits"])
+    r = se.evaluate(ShapesOracle(_examples(), "perfect", SEED, N), n=2, seed=SEED, metrics=["understanding", "t2i", "edits"])
     md = se.format_markdown(r, model="Fake", machine="a test machine")
     assert md.startswith("## shapes_eval") and "understanding: count questions" in md and "edits: all" in md
     assert "_Measured" in md and "a test machine" in md
@@ -124,9 +130,14 @@ def test_markdown_and_results_section(tmp_path):
 
 def test_main_with_a_given_backend_writes_json(tmp_path, capsys):
     out = tmp_path / "r.json"
-    assert se.main(["--n", "2", "--metrics", "t2i", "--json", str(out)], backend=ShapesOracle(_examples(), "perfect")) == 0
+    args = ["--n", "2", "--seeds", str(SEED), str(SEED + 1), "--metrics", "t2i", "--json", str(out)]
+    assert se.main(args, backend=ShapesOracle(_examples(), "perfect", SEED, N)) == 0
     data = json.loads(out.read_text())
-    assert data["t2i"]["overall"] == {**data["t2i"]["overall"], "correct": 2, "total": 2, "accuracy": 1.0}
+    assert data["seeds"] == [SEED, SEED + 1]
+    for run in data["runs"]:
+        assert run["t2i"]["overall"] == {**run["t2i"]["overall"], "correct": 2, "total": 2, "accuracy": 1.0}
+    row = data["pooled"]["rows"]["text-to-image, held-out phrasings"]
+    assert (row["correct"], row["total"], row["per_seed"]) == (4, 4, [1.0, 1.0]) and row["ci"][1] == 1.0
     assert "text-to-image" in capsys.readouterr().out
 
 

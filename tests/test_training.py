@@ -14,6 +14,7 @@ from lladauni.model_core.generation.prompts import ImageCodes, PromptBuilder
 from lladauni.model_core.training import shapes, tasks
 from lladauni.model_core.training.build import STAGES, build_shapes_model
 from lladauni.model_core.training.corpus import BatchBuilder, task_sequence
+from lladauni.model_core.training.phrasing import parse_request
 from lladauni.model_core.training.shapes import Scene, Shape, caption, render, sample_scene
 from lladauni.model_core.training.spec import ShapesModelSpec, StageSteps
 from lladauni.model_core.training.text_tokenizer import SPECIAL_TOKENS, build_compact_tokenizer
@@ -101,7 +102,15 @@ def test_every_task_kind_is_consistent(kind):
         if kind in ("edit", "fix"):
             assert t.source is not None and t.source.signature() != t.target.signature()
         if kind == "verify":
-            assert (t.answer == "yes") == (t.source.signature() == t.target.signature())
+            assert (t.answer == "yes") == (t.source.signature() == t.about[-1].signature())
+        if kind in ("t2i", "claims", "verify", "fix"):  # the request (any phrasing) names the scene asked for
+            request = t.text.split('"')[1] if kind == "verify" else t.text
+            if kind == "claims":
+                request = t.text.split("Request: ")[1]
+            if kind == "fix":
+                request = t.text[len("Change the image so that it shows: "):].split(". no")[0].split(". yes")[0]
+            asked = t.target if kind in ("t2i", "fix") else t.about[-1]
+            assert parse_request(request).signature() == asked.signature(), t.text
 
 
 def test_corrupt_scene_always_differs():
@@ -316,13 +325,13 @@ def test_task_options_weight_question_kinds_and_keep_right_drawings():
 
     opts = tasks.TaskOptions(qa_kinds={"presence": 3, "count": 1})
     rng = np.random.default_rng(5)
-    answers = [tasks.sample_task("qa", rng, opts).answer for _ in range(400)]
+    answers = [tasks.sample_task("qa", rng, opts, split=None).answer for _ in range(400)]
     presence = sum(a in ("yes", "no") for a in answers)
     assert sum(a.isdigit() for a in answers) + presence == 400  # weight 0: never asked
     assert 0.68 <= presence / 400 <= 0.82, presence
     # fix_correct=1: the image already shows the request and is the target; the feedback complains wrongly
     rng = np.random.default_rng(6)
-    items = [tasks.sample_task("fix", rng, tasks.TaskOptions(fix_correct=1.0)) for _ in range(40)]
+    items = [tasks.sample_task("fix", rng, tasks.TaskOptions(fix_correct=1.0), split=None) for _ in range(40)]
     assert all(t.source == t.target and caption(t.target) in t.text for t in items)
     assert sum(", not a " in t.text or "missing" in t.text or "extra" in t.text for t in items) >= 25
     plain = [tasks.sample_task("fix", rng) for _ in range(40)]
@@ -345,7 +354,7 @@ def test_count_present_asks_about_kinds_the_scene_holds():
     def kind_counts(option: float) -> tuple[int, int]:
         rng = np.random.default_rng(11)
         opts = tasks.TaskOptions(qa_kinds={"count": 1}, count_present=option)
-        items = [tasks.sample_task("qa", rng, opts) for _ in range(1200)]
+        items = [tasks.sample_task("qa", rng, opts, split=None) for _ in range(1200)]
         per_kind = [t for t in items if t.text != shapes.COUNT_ALL_QUESTION]
         for t in per_kind:  # every answer is read off the scene shown
             kind = t.text.split()[2][:-1]
@@ -365,7 +374,8 @@ def test_count_list_answers_name_the_shapes_counted():
 
     rng = np.random.default_rng(12)
     opts = tasks.TaskOptions(qa_kinds={"count": 1}, count_present=1.0, count_list=1.0)
-    items = [t for t in (tasks.sample_task("qa", rng, opts) for _ in range(300)) if t.text != shapes.COUNT_ALL_QUESTION]
+    items = [t for t in (tasks.sample_task("qa", rng, opts, split=None) for _ in range(300))
+             if t.text != shapes.COUNT_ALL_QUESTION]
     assert len(items) > 100
     for t in items:
         kind = t.text.split()[2][:-1]
@@ -374,14 +384,14 @@ def test_count_list_answers_name_the_shapes_counted():
         assert answer_correct(t.answer, str(len(found)))  # the benchmark reads the number
     # the total count and every other kind of question keep their short answers
     rng = np.random.default_rng(12)
-    others = [tasks.sample_task("qa", rng, tasks.TaskOptions(count_list=1.0)) for _ in range(200)]
+    others = [tasks.sample_task("qa", rng, tasks.TaskOptions(count_list=1.0), split=None) for _ in range(200)]
     assert all(":" not in t.answer for t in others if t.text == shapes.COUNT_ALL_QUESTION or not t.text.startswith("How many"))
 
 
 def test_shape_questions_ask_for_the_kind_in_a_cell():
     rng = np.random.default_rng(13)
     opts = tasks.TaskOptions(qa_kinds={"color": 1}, shape_questions=0.5)
-    items = [tasks.sample_task("qa", rng, opts) for _ in range(300)]
+    items = [tasks.sample_task("qa", rng, opts, split=None) for _ in range(300)]
     asked = [t for t in items if t.text.startswith("What shape is")]
     assert 0.38 <= len(asked) / 300 <= 0.62
     for t in asked:

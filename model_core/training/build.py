@@ -260,7 +260,9 @@ def _publish(spec: ShapesModelSpec, record: dict, partial: Path, out: Path) -> N
     """Write the generation defaults and the training record into ``partial``, then put it in ``out``'s place."""
     defaults = {
         "about": "Generation defaults for this checkpoint (read by LLaDAUni when the caller gives none): options per "
-                 "task (model_core.options), the image size and the decoder's guidance.",
+                 "task (model_core.options), the image size and the decoder's guidance; 'world' names the closed world "
+                 "it was trained on (requests outside it are refused with what it can draw).",
+        "world": "shapes",
         "image_size": [spec.image_size, spec.image_size],
         "block_length": spec.block_length,
         "decoder_cfg": {"turbo": spec.decoder_cfg},

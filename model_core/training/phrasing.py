@@ -28,13 +28,15 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .shapes import COLORS, GRID, MAX_SHAPES, POSITIONS, SHAPES, Edit, QA, Scene, Shape, check_split, join_phrases
+from .shapes import COLORS, GRID, MAX_SHAPES, SHAPES, Edit, QA, Scene, Shape, check_split, join_phrases
 
 __all__ = [
     "Frame",
     "describe_text",
     "edit_text",
+    "parse_position",
     "parse_request",
+    "pick_frame",
     "position_text",
     "question_text",
     "request_text",
@@ -100,7 +102,7 @@ def _articles(text: str, rng: np.random.Generator) -> str:
     return re.sub(r"\b([Aa]) (orange)\b", r"\1n \2", text) if rng.random() < 0.7 else text
 
 
-def _pick(frames: Sequence[Frame], rng: np.random.Generator, split: Optional[str]) -> Frame:
+def pick_frame(frames: Sequence[Frame], rng: np.random.Generator, split: Optional[str]) -> Frame:
     """A frame for ``split``: train frames only, held-out frames only, or (None) any."""
     check_split(split)
     pool = [f for f in frames if split is None or f.held_out == (split == "heldout")]
@@ -148,7 +150,7 @@ JOINS = (" and ", ", ", "; ", " plus ", " with ")
 
 def shape_text(shape: Shape, rng: np.random.Generator, split: Optional[str] = "train") -> str:
     """One shape with its place: 'a red circle at the top left', 'a circle coloured red in the upper left corner'."""
-    form = _pick(SHAPE_FORMS, rng, split)
+    form = pick_frame(SHAPE_FORMS, rng, split)
     return form.text.format(c=shape.color, k=shape.kind, p=position_text(shape.position, rng))
 
 
@@ -162,7 +164,7 @@ def request_text(scene: Scene, rng: np.random.Generator, split: Optional[str] = 
         shapes = [shapes[i] for i in rng.permutation(len(shapes))]
     held_lead = split == "heldout" and rng.random() < 0.5
     held_shape = -1 if split != "heldout" or held_lead else int(rng.integers(len(shapes)))
-    lead = _pick(LEADS, rng, "heldout" if held_lead else "train").text
+    lead = pick_frame(LEADS, rng, "heldout" if held_lead else "train").text
     parts = [shape_text(s, rng, "heldout" if i == held_shape else "train") for i, s in enumerate(shapes)]
     if len(parts) > 1 and rng.random() < 0.5:
         text = join_phrases(parts)
@@ -216,7 +218,7 @@ def question_text(qa: QA, rng: np.random.Generator, split: Optional[str] = "trai
     if not qa.intent:
         raise ValueError(f"{qa.question!r}: a QA needs its intent to be rephrased")
     what, *args = qa.intent
-    frame = _pick(QUESTION_FRAMES[what], rng, split).text
+    frame = pick_frame(QUESTION_FRAMES[what], rng, split).text
     slots: dict[str, str] = {}
     if what == "count_kind":
         slots["k"] = args[0]
@@ -238,7 +240,7 @@ DESCRIBE_FRAMES = _frames(
 
 
 def describe_text(rng: np.random.Generator, split: Optional[str] = "train") -> str:
-    text = _pick(DESCRIBE_FRAMES, rng, split).text
+    text = pick_frame(DESCRIBE_FRAMES, rng, split).text
     return _end(_case(text, rng, sentence=True), rng, text[-1])
 
 
@@ -277,7 +279,7 @@ def shape_reference(shape: Shape, scene: Scene, rng: np.random.Generator) -> str
 
 def edit_text(edit: Edit, rng: np.random.Generator, split: Optional[str] = "train") -> str:
     """The instruction of ``edit`` in a frame of ``split``; the shape named as :func:`shape_reference` does."""
-    frame = _pick(EDIT_FRAMES[edit.kind], rng, split).text
+    frame = pick_frame(EDIT_FRAMES[edit.kind], rng, split).text
     s = edit.shape
     slots = {"r": shape_reference(s, edit.source, rng), "n": _name(s.color, s.kind, rng)}
     if edit.kind == "move":
@@ -305,6 +307,12 @@ def _normalize(text: str) -> str:
     return " ".join(t.split())
 
 
+def parse_position(text: str) -> Optional[str]:
+    """The first cell a text names ('in the upper-left corner' -> 'top left'), or None."""
+    m = _POSITION_RE.search(_normalize(text))
+    return _NOUN_TO_CELL[m.group(1)] if m else None
+
+
 def parse_request(text: str) -> Optional[Scene]:
     """The scene a request of this grammar asks for, or None when it is not one (a clause names a shape
     without its colour or place, two shapes share a cell or a colour, or no shape is named).
@@ -329,9 +337,9 @@ def parse_request(text: str) -> Optional[Scene]:
 OTHER_COLORS = ("black", "white", "grey", "gray", "pink", "brown", "cyan", "magenta", "violet", "gold", "golden",
                 "silver", "teal", "navy", "maroon", "beige", "turquoise", "lime", "indigo", "olive", "crimson",
                 "scarlet", "lavender", "tan", "aqua")
-OTHER_SHAPES = ("hexagon", "pentagon", "octagon", "star", "heart", "rectangle", "oval", "ellipse", "line", "arrow",
-                "cross", "cube", "sphere", "cylinder", "cone", "polygon", "crescent", "ring", "rhombus", "trapezoid",
-                "spiral", "dot", "point")
+# ("line", "point", "dot" and "ring" are left out: "in line with", "at this point" are no request for a shape)
+OTHER_SHAPES = ("hexagon", "pentagon", "octagon", "star", "heart", "rectangle", "oval", "ellipse", "arrow",
+                "cross", "cube", "sphere", "cylinder", "cone", "polygon", "crescent", "rhombus", "trapezoid", "spiral")
 _NUMBER_WORDS = {"four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11,
                  "twelve": 12, "twenty": 20, "hundred": 100, "dozen": 12, "many": 4, "several": 4, "lots": 4}
 _WORDS = ("zero", "one", "two", "three", "four")
@@ -346,12 +354,14 @@ def world_summary() -> str:
             f"in its own cell of a {GRID}x{GRID} grid and each in its own colour.")
 
 
-def scope_problem(text: str) -> Optional[str]:
-    """Why a drawing request lies outside the shapes world, or None when it may lie inside.
+def scope_problem(text: str, edit: bool = False) -> Optional[str]:
+    """Why a drawing request (or, ``edit=True``, an edit instruction) lies outside the shapes world, or None
+    when it may lie inside.
 
     Outside: a colour or kind the world lacks ('a black hexagon'), more than three shapes or a count the world
-    cannot hold ('ten red circles', 'two red circles': colours are unique), or no shape named at all ('a cat').
-    The reason ends with :func:`world_summary`."""
+    cannot hold ('ten red circles', 'two red circles': colours are unique), or, for a drawing request, no shape
+    named at all ('a cat'; an edit may say 'make it blue'). The reason ends with :func:`world_summary`.
+    Not caught: a request that repeats a colour in other words ('a red circle and a red square')."""
     t = _normalize(text)
     found = sorted(set(_OTHER_RE.findall(t)))
     if found:
@@ -362,6 +372,6 @@ def scope_problem(text: str) -> Optional[str]:
     plural = re.search(r"\b(two|three|2|3)\s+(?:(" + "|".join(COLORS) + r")\s+)(" + "|".join(SHAPES) + r")s\b", t)
     if plural:
         return f"'{plural.group(0)}': each shape has its own colour. {world_summary()}"
-    if not _SHAPE_WORD_RE.search(t):
+    if not edit and not _SHAPE_WORD_RE.search(t):
         return f"The request names no shape this model can draw. {world_summary()}"
     return None

@@ -50,6 +50,7 @@ __all__ = [
     "train_decoder",
     "train_image_tokenizer",
     "train_vae",
+    "training_scenes",
     "vae_latents",
 ]
 
@@ -80,7 +81,7 @@ def code_contents(image_tokenizer, scenes: list[Scene], size: int) -> np.ndarray
     return table.argmax(1)
 
 
-def _scenes(rng: np.random.Generator, n: int) -> list[Scene]:
+def training_scenes(rng: np.random.Generator, n: int) -> list[Scene]:
     """Training scenes: never one of the held-out part of the scene space (``shapes.scene_split``)."""
     return [sample_scene(rng, split="train") for _ in range(n)]
 
@@ -124,7 +125,7 @@ def train_image_tokenizer(
 
     def step(s: int) -> dict:
         rng, gen = step_rngs(spec.seed, "image_tokenizer", s)
-        scenes = _scenes(rng, bs)
+        scenes = training_scenes(rng, bs)
         px = scene_pixels(scenes, spec.image_size, pre)
         labels = cell_labels(scenes)
         f = net.features(px, [(grid, grid)] * bs)
@@ -200,7 +201,7 @@ def train_vae(spec: ShapesModelSpec, work_dir: Work = None, *, progress: bool = 
 
     def step(s: int) -> dict:
         rng, gen = step_rngs(spec.seed, "vae", s)
-        x = scene_images(_scenes(rng, bs), spec.image_size)
+        x = scene_images(training_scenes(rng, bs), spec.image_size)
         # the VAE is convolutional: train on 8-aligned half-size crops (4x cheaper), decode whole images later
         c = spec.image_size // 2
         top, left = (int(v) * 8 for v in rng.integers(0, (spec.image_size - c) // 8 + 1, size=2))
@@ -225,7 +226,7 @@ def train_vae(spec: ShapesModelSpec, work_dir: Work = None, *, progress: bool = 
     # Flux convention: decoder input = latent / scaling_factor + shift_factor
     with torch.no_grad():
         rng, _ = step_rngs(spec.seed, "vae_stats", 0)
-        z = torch.cat([vae.encode(scene_images(_scenes(rng, 64), spec.image_size)).latent_dist.mean for _ in range(4)])
+        z = torch.cat([vae.encode(scene_images(training_scenes(rng, 64), spec.image_size)).latent_dist.mean for _ in range(4)])
         shift, std = float(z.mean()), float(z.std())
     vae.register_to_config(shift_factor=round(shift, 6), scaling_factor=round(1.0 / std, 6))
     return vae, log
@@ -253,7 +254,7 @@ def decoder_pool(spec: ShapesModelSpec, tokenizer_net: SigLIPVQ, vae, n: int, ch
     g = spec.grid
     codes, lat, weight = [], [], []
     for start in range(0, n, chunk):
-        scenes = _scenes(rng, min(chunk, n - start))
+        scenes = training_scenes(rng, min(chunk, n - start))
         codes.append(encode_scenes(tokenizer_net, scenes, spec).view(len(scenes), g, g))
         x = scene_images(scenes, spec.image_size)
         with torch.no_grad():
@@ -294,7 +295,7 @@ def train_decoder(
             idx = torch.from_numpy(rng.integers(len(pool["codes"]), size=bs))
             codes, x1, w = pool["codes"][idx], pool["latents"][idx], pool["weight"][idx]
         else:  # the first releases' recipe: fresh scenes every step, unweighted
-            scenes = _scenes(rng, bs)
+            scenes = training_scenes(rng, bs)
             codes = encode_scenes(tokenizer_net, scenes, spec).view(bs, spec.grid, spec.grid)
             x1, w = vae_latents(vae, scenes, spec), None
         x0 = torch.randn(x1.shape, generator=gen)
