@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
 
 __all__ = ["Backend", "BackendError", "LocalBackend", "HTTPBackend", "ScriptedBackend", "backend_from_args",
-           "require_default_model"]
+           "require_default_model", "shapes_pixel_check"]
 
 
 class BackendError(RuntimeError):
@@ -80,6 +80,21 @@ def require_default_model(hint: str) -> Path:
         return default_checkpoint()
     except CheckpointError as exc:
         raise ValueError(f"no model given and {str(exc).split(';')[0]}; {hint}") from None
+
+
+def shapes_pixel_check(request: Any, image: Any) -> Optional[dict]:
+    """The shapes world's pixel checker on a PIL ``image`` drawn for ``request``: ``{"passed": bool,
+    "problems": [str, ...]}`` (the checker's differences, 'missing: a red circle at the top left',
+    'unexpected: ...'), or None when the request is not a drawing request of the shapes world
+    (``phrasing.parse_request`` reads no scene from it). No model is involved."""
+    from lladauni.model_core.training import checker
+    from lladauni.model_core.training.phrasing import parse_request
+
+    scene = parse_request(request) if isinstance(request, str) else None
+    if scene is None:
+        return None
+    problems = checker.diff_scenes(scene, checker.try_read_scene(image))
+    return {"passed": not problems, "problems": problems}
 
 
 def backend_from_args(server: Optional[str], checkpoint: Optional[str], *, api_key: Optional[str] = None,
@@ -142,6 +157,42 @@ class LocalBackend:
     def uses_default_model(self) -> bool:
         """True when this backend loads the embedded default model (no checkpoint, no model given)."""
         return self.checkpoint is None and self._reloadable
+
+    @property
+    def embedded(self) -> bool:
+        """True when this backend runs the embedded shapes model: no checkpoint given, the default
+        checkpoint's folder, or a wrapped model loaded from it. Loads nothing. Workflows marked
+        ``requires: full`` refuse to run on it."""
+        from lladauni.model_core.checkpoint import DEFAULT_CHECKPOINT_DIR
+
+        if self.uses_default_model:
+            return True
+        where = self.checkpoint if self.checkpoint is not None else getattr(self._model, "checkpoint_dir", None)
+        try:
+            return where is not None and Path(where).expanduser().resolve() == DEFAULT_CHECKPOINT_DIR.resolve()
+        except (OSError, TypeError, ValueError):
+            return False
+
+    @property
+    def shapes_world(self) -> bool:
+        """True when the model is the shapes world: the loaded model says so (``world == "shapes"``,
+        from its lladauni.json), the checkpoint's lladauni.json says so, or it is the embedded
+        default model. Loads nothing."""
+        if getattr(self._model, "world", None) == "shapes" or self.embedded:
+            return True
+        if self._model is not None or self.checkpoint is None:
+            return False
+        try:
+            meta = json.loads((Path(self.checkpoint) / "lladauni.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError, TypeError):
+            return False
+        return isinstance(meta, dict) and meta.get("world") == "shapes"
+
+    def pixel_check(self, request: str, image: Any) -> Optional[dict]:
+        """The pixel checker's verdict on ``image`` (PIL) for ``request`` on the shapes world
+        (``shapes_pixel_check``); None on any other model, or when the request is not a shapes
+        drawing request. Makes no model call."""
+        return shapes_pixel_check(request, image) if self.shapes_world else None
 
     def load(self):
         """Load the model (once) and return it."""

@@ -34,7 +34,13 @@ def add_agent_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--review", help="reply to a human review: approve, stop, or 'edit:<new prompt>'")
     p.add_argument("--human-review", action="store_true", help="pause for approval before drawing")
     p.add_argument("--max-iterations", type=int, default=None)
-    p.add_argument("--retokenize", choices=["reuse", "roundtrip"], default="reuse")
+    p.add_argument("--retokenize", choices=["reuse", "roundtrip"], default="roundtrip",
+                   help="how inspection sees a drawn image: roundtrip (default) re-encodes the decoded pixels, "
+                        "so the model looks at what the decoder drew; reuse hands it the codes it wrote")
+    p.add_argument("--sketch", choices=["auto", "always", "never", "steps"], default=None,
+                   help="visual_reasoning: let the model decide (auto), force or forbid a sketch, or sketch each step "
+                        "of a multi-step question as an edit of the input image and ask the question of the last "
+                        "sketch (steps)")
     p.add_argument("--size", default=None, help="HxW output pixels, multiples of 32 (default: the checkpoint's size)")
     p.add_argument("--steps", type=int, default=None, help="image denoising steps (default: the checkpoint's)")
     p.add_argument("--decoder-steps", type=int, default=None)
@@ -115,6 +121,10 @@ def run_agent_command(args: argparse.Namespace) -> int:
             result = agent.resume(args.resume, _review(args.review) if args.review else None, on_event=on_event)
         else:
             opts = {"retokenize": args.retokenize, "human_review": args.human_review}
+            if args.sketch is not None:
+                if args.graph != "visual_reasoning":
+                    raise ValueError(f"--sketch applies to the visual_reasoning graph, not {args.graph}")
+                opts["sketch"] = args.sketch
             result = agent.run(args.prompt, images=args.image, graph=args.graph, thread_id=args.thread_id,
                                max_iterations=args.max_iterations, on_event=on_event, **opts)
     finally:

@@ -22,6 +22,7 @@ from . import prompts
 from .context import AgentContext
 from .nodes import (add_step, call_model, error_update, event, finished_status, guarded, image_input,
                     interleaved_segments, make_finish, make_start, seed_for, store_image)
+from .reasoning import split_steps
 from .state import AgentState, InspectTask, Verdict
 
 __all__ = ["build_graph", "GRAPHS"]
@@ -118,12 +119,21 @@ def make_claims(max_claims: int) -> Callable:
                     "timeline": [event("claims", "claims", state, data={"claims": list(given)[:max_claims], "source": "user"})]}
         r, s = call_model(runtime, "claims", "chat", prompts.CLAIMS.format(prompt=state["prompt"]), seed=seed_for(runtime, 0),
                      **runtime.context.text_options)
-        found = prompts.parse_claims(r.text, max_claims)
+        found = prompts.parse_claims(r.text, 1000)
+        # only claims the request states survive: a model that writes "a blue circle" for "a blue square"
+        # would make the loop punish a right image (the claims a user gives are kept as given)
+        faithful = prompts.faithful_claims(found, state["prompt"])
+        dropped = [c for c in found if c not in faithful][:20]
+        kept = faithful[:max_claims]
+        source = "model" if set(faithful) & set(found) else "request"
         ev = [event("claims", "claims", state, seconds=s, text=prompts.clean(r.text),
-                     data={"claims": found or [state["prompt"]], "source": "model" if found else "request"})]
-        if not found:
-            ev.append(event("claims", "note", state, text="no checkable claims in the reply; checking the whole request"))
-        return {"claims": found or [state["prompt"]], "timeline": ev}
+                     data={"claims": kept, "source": source, "dropped": dropped})]
+        if source == "request":
+            why = "no checkable claims in the reply" if not found else "no claim in the reply sticks to the request"
+            ev.append(event("claims", "note", state, text=f"{why}; checking the whole request"))
+        elif dropped:
+            ev.append(event("claims", "note", state, text="dropped claims the request does not make: " + "; ".join(dropped)))
+        return {"claims": kept, "timeline": ev}
 
     return claims
 
@@ -168,6 +178,8 @@ def judge(state: AgentState) -> dict:
     passed, score = prompts.verdict_tally([v["passed"] for v in mine])
     update: dict = {"timeline": [event("judge", "note", state, text=f"{passed}/{len(mine)} claims pass",
                                         data={"score": score})]}
+    # strictly better only: the best is never below the first image's score, and a tie keeps the earlier image
+    # (tests/test_inspect_by_looking.py fails if this becomes >= or the best is simply the last image)
     if score > state.get("best_score", -1.0):
         update.update(best=state["current"], best_score=score)
     if score == 1.0:
@@ -209,7 +221,10 @@ def make_refine(strategy: Literal["auto", "edit", "redraw"]) -> Callable:
 
 
 # ------------------------------------------------------------------------ visual_reasoning
-def make_think(sketch: Literal["auto", "always", "never"]) -> Callable:
+def make_think(sketch: Literal["auto", "always", "never", "steps"]) -> Callable:
+    if sketch == "steps":
+        return think_steps
+
     @guarded("think")
     def think(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
         ctx = runtime.context
@@ -240,8 +255,66 @@ def make_think(sketch: Literal["auto", "always", "never"]) -> Callable:
     return think
 
 
-def after_think(state: AgentState) -> Literal["sketch", "final_answer", "finish"]:
-    return {"sketch": "sketch", "final": "final_answer"}.get(state.get("action", ""), FINISH)
+def after_think(state: AgentState) -> Literal["sketch", "final_answer", "observe", "finish"]:
+    return {"sketch": "sketch", "final": "final_answer", "observe": "observe"}.get(state.get("action", ""), FINISH)
+
+
+# sketch="steps": the question's steps, sketched one edit each on the previous sketch, then re-read
+NO_START_IMAGE = ("visual_reasoning with sketch='steps' needs a starting image: each step of the question is an edit "
+                  "of the picture it is about; pass that picture (images=[...]), or use sketch='auto' to answer "
+                  "from text alone")
+
+
+@guarded("think")
+def think_steps(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
+    """Split the question into its steps and its final question (``split_steps``; no model call)."""
+    steps, question = split_steps(state["current_prompt"])
+    if not state.get("inputs"):
+        return error_update("think", state, NO_START_IMAGE)
+    if len(steps) > state["max_iterations"]:
+        return error_update("think", state, f"visual_reasoning with sketch='steps': the question has {len(steps)} "
+                                            f"steps but max_iterations={state['max_iterations']} caps the sketches; "
+                                            f"raise max_iterations to at least {len(steps)}")
+    lines = [f"Step {i}: {s}" for i, s in enumerate(steps, 1)] + [f"Question: {question}"]
+    action = "sketch" if steps else "observe"
+    return {"plan": "\n".join(steps), "action": action, "current_sketch": steps[0] if steps else "",
+            "notes": list(state.get("notes", [])) + lines,
+            "timeline": [event("think", "text", state, text="\n".join(lines),
+                               data={"role": "thought", "action": action, "steps": steps, "question": question})]}
+
+
+def after_step(state: AgentState) -> Literal["sketch", "observe"]:
+    """Another step to sketch, or re-read the last sketch."""
+    return "sketch" if state["iteration"] < len(state.get("plan", "").splitlines()) else "observe"
+
+
+@guarded("sketch")
+def sketch_step(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
+    """Apply the next step as an edit of the previous sketch (of the first input image at first)."""
+    it = state["iteration"]
+    steps = state["plan"].splitlines()
+    image, _ = image_input(runtime, state["current"] if it else state["inputs"][0], state["retokenize"])
+    r, s = call_model(runtime, "sketch", "edit_image", image, steps[it], seed=seed_for(runtime, it),
+                      **runtime.context.edit_options)
+    ref = store_image(runtime, "sketch", r, "sketch")
+    return {"images": [ref], "current": ref, "iteration": it + 1,
+            "current_sketch": steps[it + 1] if it + 1 < len(steps) else "",
+            "timeline": [event("sketch", "image", state, image=ref, text=steps[it], seconds=s,
+                               data={"step": it + 1, "steps": len(steps)})]}
+
+
+@guarded("observe")
+def observe_steps(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
+    """Ask the final question of the last sketch (of the input image when there were no steps); its reply is the answer."""
+    _, question = split_steps(state["current_prompt"])
+    ref = state["current"] if state["iteration"] else state["inputs"][0]
+    image, path = image_input(runtime, ref, state["retokenize"])
+    r, s = call_model(runtime, "observe", "understand", image, question, seed=seed_for(runtime, 0),
+                      **runtime.context.text_options)
+    answer = prompts.clean(r.text)
+    return {"answer": answer, "best": ref, "notes": list(state.get("notes", [])) + [f"Observation: {answer}"],
+            "timeline": [event("observe", "text", state, image=ref, text=answer or "(empty)", seconds=s,
+                               data={"role": "observation", "question": question, "retokenize": path})]}
 
 
 @guarded("sketch")
@@ -313,8 +386,8 @@ def _check_options(kind: str, retokenize: str, max_iterations: Optional[int], pl
         raise ValueError(f"planner={planner!r}: 'chat' or 'thinking'")
     if refine not in ("auto", "edit", "redraw"):
         raise ValueError(f"refine={refine!r}: 'auto', 'edit' or 'redraw'")
-    if sketch not in ("auto", "always", "never"):
-        raise ValueError(f"sketch={sketch!r}: 'auto', 'always' or 'never'")
+    if sketch not in ("auto", "always", "never", "steps"):
+        raise ValueError(f"sketch={sketch!r}: 'auto', 'always', 'never' or 'steps'")
     if isinstance(max_claims, bool) or not isinstance(max_claims, int) or max_claims < 1:
         raise ValueError(f"max_claims={max_claims!r}: an integer >= 1")
     cap = DEFAULT_MAX_ITERATIONS[kind] if max_iterations is None else max_iterations
@@ -328,22 +401,27 @@ def build_graph(
     *,
     checkpointer: Any = None,
     human_review: bool = False,
-    retokenize: Literal["reuse", "roundtrip"] = "reuse",
+    retokenize: Literal["reuse", "roundtrip"] = "roundtrip",
     max_iterations: Optional[int] = None,
     planner: Literal["chat", "thinking"] = "chat",
     refine: Literal["auto", "edit", "redraw"] = "auto",
     max_claims: int = 4,
-    sketch: Literal["auto", "always", "never"] = "auto",
+    sketch: Literal["auto", "always", "never", "steps"] = "auto",
 ):
     """Compile one of ``GRAPHS``.
 
     human_review: pause for approval before the first model image call (needs a checkpointer);
-    retokenize: how inspection/observation sees a generated image (``reuse`` the codes, or
-    decode to pixels and re-encode: ``roundtrip``); max_iterations: the default loop cap
+    retokenize: how inspection/observation sees a generated image: ``roundtrip`` (the default)
+    re-encodes the decoded pixels with the image tokenizer, so the model looks at what the decoder
+    drew and a decoder failure fails the check; ``reuse`` hands the model the codes it wrote (no
+    decode/encode: cheaper, but blind to the decoder); max_iterations: the default loop cap
     (images drawn / sketches / frames), overridable per run in the input state;
     planner (plan_then_draw): a chat-written plan, or the model's own thinking mode;
     refine (draw_inspect_refine): edit, redraw, or ``auto`` (edit when at least half the claims pass);
-    sketch (visual_reasoning): let the model decide, force one sketch, or never sketch.
+    sketch (visual_reasoning): let the model decide, force one sketch, never sketch, or ``steps``:
+    split a multi-step question into its steps without a model call (``reasoning.split_steps``),
+    apply each as an edit of the previous sketch (starting from the first input image, which
+    this mode needs), then ask the final question of the last sketch.
     """
     cap = _check_options(kind, retokenize, max_iterations, planner, refine, max_claims, sketch)
     b = StateGraph(AgentState, context_schema=AgentContext)
@@ -361,6 +439,11 @@ def build_graph(
         b.add_edge("inspect_claim", "judge")
         add_step(b, "judge", judge, after_judge, finish=FINISH, dests=("refine",))
         add_step(b, "refine", make_refine(refine), fan_out, finish=FINISH, dests=("inspect_claim",))
+    elif kind == "visual_reasoning" and sketch == "steps":
+        _chain(b, lead, "think")
+        add_step(b, "think", make_think(sketch), after_think, finish=FINISH, dests=("sketch", "observe"))
+        add_step(b, "sketch", sketch_step, after_step, finish=FINISH, dests=("sketch", "observe"))
+        add_step(b, "observe", observe_steps, FINISH, finish=FINISH)
     elif kind == "visual_reasoning":
         _chain(b, lead, "think")
         add_step(b, "think", make_think(sketch), after_think, finish=FINISH, dests=("sketch", "final_answer"))

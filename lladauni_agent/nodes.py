@@ -6,7 +6,8 @@ on the custom stream), ``image_input`` / ``store_image`` (images in and out of t
 directory), ``seed_for``, ``interleaved_segments``; ``guarded`` (an exception becomes a
 readable ``error_update``) and ``is_ok``. The run's two ends: ``make_start`` (check the input,
 or fail with the shared error shape) and ``make_finish`` (``publish_run``: trace.json,
-report.html and the ``finished`` stream event).
+report.html and the ``finished`` stream event; ``pixel_check_event``: the embedded shapes
+model's pixel checker on every image, for the report).
 
 Routing, and the LangGraph semantics it rests on (checked on langgraph 1.2 in this venv)::
 
@@ -44,7 +45,8 @@ from .report import write_run_files
 from .state import ImageRef, TimelineEvent
 
 __all__ = ["event", "error_update", "is_ok", "guarded", "call_model", "store_image", "image_input", "seed_for",
-           "interleaved_segments", "routed", "add_step", "make_start", "make_finish", "finished_status", "publish_run"]
+           "interleaved_segments", "routed", "add_step", "make_start", "make_finish", "finished_status", "publish_run",
+           "run_request", "pixel_check_event"]
 
 Next = Union[str, Callable[[Mapping[str, Any]], Any]]
 
@@ -217,13 +219,53 @@ def publish_run(runtime: Runtime[AgentContext], state: Mapping[str, Any], update
     runtime.stream_writer({"type": "finished", "status": update["status"], "run_dir": str(runtime.context.run_dir)})
 
 
+def run_request(state: Mapping[str, Any]) -> Optional[str]:
+    """What the run was asked: a workflow's ``prompt`` input, else the graph's ``prompt``."""
+    inputs = state.get("inputs")
+    request = inputs.get("prompt") if isinstance(inputs, Mapping) else state.get("prompt")
+    return request if isinstance(request, str) and request.strip() else None
+
+
+def pixel_check_event(runtime: Runtime[AgentContext], state: Mapping[str, Any],
+                      update: Mapping[str, Any]) -> Optional[TimelineEvent]:
+    """The backend's own pixel checker (``pixel_check(request, image)``, on the embedded shapes
+    model) on every image event of the run, as one ``pixel_check`` timeline event whose data maps
+    each image's sha256 to ``{"passed", "problems"}`` (or ``{"error"}``); None when the backend has
+    no checker or it judges no image. No model call: the checker reads the stored pixels."""
+    check = getattr(runtime.context.get_backend(), "pixel_check", None)
+    request = run_request(state)
+    if not callable(check) or request is None:
+        return None
+    store = runtime.context.store()
+    checks: dict[str, dict] = {}
+    for ev in list(state.get("timeline", [])) + list(update.get("timeline", [])):
+        ref = ev.get("image") if ev.get("kind") == "image" else None
+        if not ref or not ref.get("png") or ref["sha256"] in checks:
+            continue
+        try:
+            verdict = check(request, store.load_image(ref))
+        except Exception as exc:  # noqa: BLE001 - the checker never fails the run; the report says why
+            verdict = {"error": f"{type(exc).__name__}: {exc}"}
+        if verdict is not None:
+            checks[ref["sha256"]] = dict(verdict)
+    if not checks:
+        return None
+    good = sum(1 for v in checks.values() if v.get("passed") is True)
+    return event("pixel_checker", "pixel_check", state, text=f"pixel checker: {good} of {len(checks)} images show the request",
+                 data={"request": request, "checks": checks})
+
+
 def make_finish(summarize: Callable[[Any], dict], *, write_files: bool = True) -> Callable:
     """The last node: ``summarize(state)`` gives the final update (with ``status``), then the run
-    files and the ``finished`` event (unless ``write_files`` is off, as for a sub-workflow)."""
+    files and the ``finished`` event (unless ``write_files`` is off, as for a sub-workflow). A
+    run whose backend has a pixel checker gets its verdict on every image (``pixel_check_event``)."""
 
     def finish(state: Any, runtime: Runtime[AgentContext]) -> dict:
         update = summarize(state)
         if write_files:
+            checked = pixel_check_event(runtime, state, update)
+            if checked is not None:
+                update = {**update, "timeline": list(update.get("timeline", [])) + [checked]}
             publish_run(runtime, state, update)
         return update
 

@@ -63,6 +63,74 @@ def parse_claims(text: str, limit: int) -> list[str]:
     return out[:limit]
 
 
+# Words a claim may use without the request using them: grammar, and the vocabulary of looking at a
+# picture ("the image shows", "is visible", "in the corner"), which states no fact about the content.
+# Negations ("not", "nor", "without") are content: a claim that negates needs a request that does.
+_STOPWORDS = frozenset("""
+    the and are was were has have had its their there here this that these those which who what where
+    for from with into onto upon than then also both each every any all some only just very
+    but yet can could should must will would may might shall does did done being been
+    image picture photo drawing canvas scene view frame shows show shown showing depicts depict depicted
+    contains contain containing includes include including displays display displayed features feature
+    visible appears appear appearing present seen see drawn located placed positioned position sits sit
+    sitting lies lie lying stands stand painted rendered exactly clearly single one shape object thing
+    coloured colored corner cell edge side area region part spot place
+    draw paint sketch please make create generate render want need give put you
+""".split())
+_SYNONYMS = {"center": "centre", "middle": "centre", "color": "colour", "upper": "top", "lower": "bottom"}
+
+
+def _singular(word: str) -> str:
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 4 and word.endswith("es") and word[:-2].endswith(("s", "x", "z", "ch", "sh")):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def content_words(text: str) -> set[str]:
+    """The content words of ``text``: alphabetic words of three or more letters that are not stopwords,
+    lower-cased, made singular, and with centre/center/middle, colour/color, upper/top and lower/bottom
+    each mapped to one form."""
+    words = (w for w in re.findall(r"[a-z]+", text.lower()) if len(w) >= 3 and w not in _STOPWORDS)
+    return {_SYNONYMS.get(_singular(w), _singular(w)) for w in words}
+
+
+_CLAUSES = re.compile(r"[,;]|\b(?:and|plus|with|also|as well as)\b", flags=re.I)
+
+
+def faithful_claims(claims: list[str], request: str) -> list[str]:
+    """The claims every content word of which (``content_words``) the request also uses, in order;
+    ``[request]`` when none is left. A model that writes claims can invent facts ("a blue circle"
+    for a request of "a blue square"); checking an image against an invented fact punishes a right
+    image, so such a claim is dropped.
+
+    Words are compared clause by clause (clauses end at commas, semicolons, "and", "plus", "with"):
+    each clause of a claim must find all its content words in one clause of the request, so a claim
+    cannot join the colour of one requested shape to the kind of another ("a blue circle" from "a red
+    circle and a blue square"). A clause of the request of which the kept claims say less than half the content words is added as a
+    claim of its own."""
+    asked = [content_words(part) for part in _CLAUSES.split(request)]
+
+    def faithful(claim: str) -> bool:
+        return all(any(content_words(part) <= words for words in asked) for part in _CLAUSES.split(claim))
+
+    kept = [c for c in claims if faithful(c)]
+    if not kept:
+        return [request]
+    # what the kept claims leave out of the request is checked as the request words it ("a red circle and a
+    # blue square": a lone claim about the circle still leaves the square to check)
+    said = set().union(*(content_words(c) for c in kept))
+    for part in _CLAUSES.split(request):
+        words, text = content_words(part), " ".join(part.split()).strip(" .")
+        if words and 2 * len(words & said) < len(words) and text:  # less than half of it said (synonyms differ)
+            kept.append(text)
+            said |= words
+    return kept
+
+
 def parse_verdict(text: str) -> Optional[bool]:
     """True/False from a leading yes/no (after cleaning); None when the answer says neither."""
     words = re.findall(r"[a-z]+", clean(text).lower())

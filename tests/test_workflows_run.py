@@ -1,6 +1,8 @@
 """Every bundled workflow compiles and runs: on the tiny checkpoint (CPU, tiny sizes), except
 multi-reference-edit, which edits two reference grids and runs through the ScriptedBackend
-(the real model takes ~14 s there on 2 cores)."""
+(the real model takes ~14 s there on 2 cores). The tiny checkpoint is not the embedded shapes
+model, so workflows marked ``requires: full`` run on it too (tests/test_workflows_embedded.py
+checks them on the embedded model)."""
 
 from __future__ import annotations
 
@@ -34,11 +36,15 @@ def _inputs(name, pictures):
             "caption-then-edit": {"image": pictures[0], "goal": "make it blue"},
             "visual-math-sketch": {"figure": pictures[0], "question": "what is x?"},
             "multi-reference-edit": {"references": pictures, "instruction": "merge them", "decoder_steps": 2},
-            "illustrated-story": {"prompt": "a fox", "frames": 2}}[name]
+            "illustrated-story": {"prompt": "a fox", "frames": 2},
+            "visual-reasoning-sketch": {"question": "Move the red circle to the center. Then make it blue. Where is it?",
+                                        "images": pictures[:1]}}[name]
 
 
-@pytest.mark.parametrize("name", ["draw-check-refine", "caption-then-edit", "visual-math-sketch", "illustrated-story"])
+@pytest.mark.parametrize("name", ["draw-check-refine", "caption-then-edit", "visual-math-sketch", "illustrated-story",
+                                  "visual-reasoning-sketch"])
 def test_bundled_workflow_runs_on_the_tiny_checkpoint(name, tiny_backend, tmp_path, pictures):  # noqa: F811
+    assert not tiny_backend.embedded  # requires: full workflows run here
     wf = load_workflow(name)
     compile_workflow(wf)
     r = run_workflow(wf, _inputs(name, pictures), tiny_backend, run_dir=tmp_path / "run", **TINY)

@@ -156,7 +156,7 @@ def test_every_bundled_workflow_validates_and_declares_the_schema():
     found = bundled_workflows()
     assert set(found) == {"draw-check-refine", "caption-then-edit", "visual-math-sketch", "multi-reference-edit",
                           "illustrated-story", "interleaved-story-graph", "plan-then-draw", "draw-inspect-refine-graph",
-                          "visual-reasoning-graph"}
+                          "visual-reasoning-graph", "visual-reasoning-sketch"}
     for name, path in found.items():
         wf = load_workflow(path)
         assert wf.name == name
@@ -182,7 +182,7 @@ def test_cli_validate_and_schema(tmp_path, capsys):
     bad.write_text(BROKEN["unknown_key"][0])
     paths = [str(p) for p in bundled_workflows().values()]
     assert _cli(["validate", *paths]) == 0
-    assert capsys.readouterr().out.count(": ok (") == 9
+    assert capsys.readouterr().out.count(": ok (") == 10
     assert _cli(["validate", paths[0], str(bad)]) == 1
     err = capsys.readouterr().err
     assert f"{bad}:8:5: nodes.draw.promt: unknown key 'promt'" in err.replace(str(bad.resolve()), str(bad)) or ":8:5:" in err

@@ -208,16 +208,17 @@ def _demo_summary(result, prompt: str, load_s: float, run_s: float) -> list[str]
     if isinstance(ref, dict) and ref.get("png"):
         store = ArtifactStore(result.run_dir)
         lines.append(f"image    {store.path(ref['png'])}")
-        from lladauni.model_core.training import parse_caption, scene_matches
+        from lladauni.agent.backend import shapes_pixel_check
 
-        try:
-            scene = parse_caption(prompt)
-        except ValueError:
-            lines.append("checker  (the prompt is not a shapes-world caption, so the pixel checker cannot judge it)")
+        # any phrasing the shapes grammar reads (phrasing.parse_request), as the report's checker line
+        check = shapes_pixel_check(prompt, store.load_image(ref))
+        if check is None:
+            lines.append("checker  (the prompt is not a shapes-world drawing request, so the pixel checker cannot judge it)")
+        elif check["passed"]:
+            lines.append("checker  the pixel checker agrees: the image shows the request")
         else:
-            ok = scene_matches(scene, store.load_image(ref))
-            lines.append(f"checker  the pixel checker {'agrees: the image shows' if ok else 'finds that the image does not show'} "
-                         f"the request")
+            lines.append("checker  the pixel checker finds that the image does not show the request "
+                         f"({'; '.join(check['problems'])})")
     lines.append(f"report   {result.report_path}")
     lines.append(f"wall     {load_s + run_s:.1f} s (model load {load_s:.1f} s, workflow {run_s:.1f} s)")
     return lines

@@ -38,11 +38,11 @@ from langgraph.types import Command, Send
 
 from .. import prompts
 from ..context import AgentContext
-from ..nodes import (add_step, call_model, event, finished_status, guarded, image_input, interleaved_segments, is_ok,
-                     make_finish, make_start, seed_for, store_image)
+from ..nodes import (add_step, call_model, error_update, event, finished_status, guarded, image_input,
+                     interleaved_segments, is_ok, make_finish, make_start, seed_for, store_image)
 from ..state import ImageRef, Status, TimelineEvent
 from . import schema as S
-from .loader import FALSE_WORDS, TRUE_WORDS, Workflow, check_inputs
+from .loader import FALSE_WORDS, TRUE_WORDS, Workflow, check_inputs, model_problem
 from .templates import TemplateRunError, evaluate, is_template, render, template_line
 
 __all__ = ["WorkflowState", "WorkflowContext", "compile_workflow", "coerce_inputs", "MAX_LOOP_ITERATIONS", "NODE_BUILDERS",
@@ -532,6 +532,9 @@ def _inputs_node(wf: Workflow) -> Callable:
                 "retokenize": spec.backend.retokenize}
 
     def begin(state: WorkflowState, runtime: Runtime[AgentContext]) -> dict:
+        problem = model_problem(wf, _backend_if_any(runtime.context))
+        if problem:  # before any model call: a ``requires: full`` workflow on the embedded shapes model
+            return {**base(), "prompt": spec.name, **error_update(INPUTS, state, problem)}
         values = coerce_inputs(wf, dict(state.get("inputs") or {}), runtime.context.store())
         shown = values.get("prompt") if isinstance(values.get("prompt"), str) else \
             json.dumps({k: v for k, v in values.items() if not _is_ref(v) and not isinstance(v, list)}, default=str)
@@ -539,6 +542,14 @@ def _inputs_node(wf: Workflow) -> Callable:
                 "timeline": [event(INPUTS, "text", state, text=json.dumps(values, default=str)[:2000], data={"role": "inputs"})]}
 
     return make_start(INPUTS, begin, failed={**base(), "prompt": ""}, prefix="inputs: ")
+
+
+def _backend_if_any(ctx: AgentContext) -> Any:
+    """The run's backend without loading a model; None when there is none (the first model call says why)."""
+    try:
+        return ctx.get_backend()
+    except ValueError:
+        return None
 
 
 # ---------------------------------------------------------------------------------- assembly

@@ -16,7 +16,11 @@ graphs use (``prompts.py``) and two small helpers the bundled graph workflows ne
 * ``keep_best(best, image, score)`` -> ``{"image", "score"}``: ``image`` when ``score`` beats
   ``best.score`` (ties keep the earlier one), else ``best``;
 * ``concat(first, second)`` -> the two lists joined (``null`` counts as empty);
-* ``value(value)`` -> ``value`` unchanged: names an expression's result once (``nodes.N.value``).
+* ``value(value)`` -> ``value`` unchanged: names an expression's result once (``nodes.N.value``);
+* ``split_steps(question)`` -> ``{"steps": [...], "question": ...}``: a multi-step visual question cut
+  into the steps to sketch and the final question (``lladauni_agent.reasoning.split_steps``);
+* ``require(value, message)`` -> ``value`` when it is truthy, else the node fails with ``message``
+  (a plain error for a missing input, say).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import re
 from typing import Any, Callable, Mapping, Optional
 
 from .. import prompts
+from ..reasoning import split_steps
 
 __all__ = ["register_function", "unregister_function", "registered_functions", "BUILTIN_FUNCTIONS"]
 
@@ -85,9 +90,20 @@ def _concat(first: Optional[list[Any]], second: Optional[list[Any]]) -> list[Any
     return list(first or []) + list(second or [])
 
 
+def _split_steps(question: str) -> dict[str, Any]:
+    steps, final = split_steps(question)
+    return {"steps": steps, "question": final}
+
+
+def _require(value: Any, message: str) -> Any:
+    if not value:
+        raise ValueError(str(message))
+    return value
+
+
 BUILTIN_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "clean": prompts.clean, "parse_claims": _parse_claims, "parse_verdict": prompts.parse_verdict,
     "parse_action": _parse_action, "verdict_score": _verdict_score, "keep_best": _keep_best, "concat": _concat,
-    "value": lambda value: value,
+    "value": lambda value: value, "split_steps": _split_steps, "require": _require,
 }
 _REGISTRY.update(BUILTIN_FUNCTIONS)

@@ -30,7 +30,7 @@ from .schema import WorkflowLimitError, WorkflowLimits
 from .templates import check as check_template, is_template
 
 __all__ = ["Issue", "WorkflowError", "Workflow", "load_workflow", "loads_workflow", "bundled_dir", "bundled_workflows",
-           "did_you_mean", "check_inputs", "TRUE_WORDS", "FALSE_WORDS"]
+           "did_you_mean", "check_inputs", "TRUE_WORDS", "FALSE_WORDS", "model_problem", "FULL_MODEL_ONLY"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -808,3 +808,20 @@ def check_inputs(wf: Workflow, inputs: Optional[Mapping[str, Any]]) -> None:
         if problem:
             sep = ", " if problem.startswith("got ") else ": "
             raise ValueError(f"input {name!r} expects {_TYPE_WORDS[inp.type]}{sep}{problem}")
+
+
+# ------------------------------------------------------------------------------ model needed
+FULL_MODEL_ONLY = (
+    "workflow {name!r} needs the full LLaDA2.0-Uni model; the embedded shapes model cannot write free text, "
+    "plans or stories, nor combine several reference images (it draws, describes, answers short questions about "
+    "and edits one to three coloured shapes). Run it on a full checkpoint: --checkpoint DIR or --server URL "
+    "(from Python: LocalBackend(DIR) or HTTPBackend(URL)); the file says so with `requires: full`"
+)
+
+
+def model_problem(wf: Workflow, backend: Any) -> Optional[str]:
+    """Why ``wf`` cannot run on ``backend``, or None: a ``requires: full`` workflow on a backend that
+    runs the embedded shapes model (``backend.embedded`` is true; loads nothing)."""
+    if wf.spec.requires == "full" and getattr(backend, "embedded", False) is True:
+        return FULL_MODEL_ONLY.format(name=wf.name)
+    return None

@@ -62,7 +62,9 @@ class BackendSpec(_Strict):
     caller's (``run_workflow(..., image_options=...)``, the CLI's ``--size``/``--steps``) override both."""
 
     seed: Optional[int] = Field(0, ge=0, le=MAX_SEED)
-    retokenize: Literal["reuse", "roundtrip"] = "reuse"
+    # how inspect/observe nodes see a generated image: "roundtrip" decodes it to pixels and re-encodes
+    # them (the model looks at what the decoder drew); "reuse" hands the model its own codes back
+    retokenize: Literal["reuse", "roundtrip"] = "roundtrip"
     text: TextOptions = Field(default_factory=TextOptions)
     image: ImageOptions = Field(default_factory=ImageOptions)
     edit: EditOptions = Field(default_factory=EditOptions)
@@ -211,6 +213,9 @@ class WorkflowSpec(_Strict):
     version: Literal[1] = Field(description="schema version; this is version 1")
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
     description: str = ""
+    requires: Literal["any", "full"] = Field(
+        "any", description="the model the workflow needs: 'any' (the embedded shapes model too) or 'full' "
+                           "(the full LLaDA2.0-Uni model; refused on the embedded shapes model before any model call)")
     inputs: dict[str, InputSpec] = Field(default_factory=dict)
     backend: BackendSpec = Field(default_factory=BackendSpec)
     nodes: Annotated[dict[str, Node], Field(min_length=1)]
