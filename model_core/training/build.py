@@ -36,7 +36,7 @@ from ..tokenizer import TextTokenizer
 from .corpus import BatchBuilder, texts_for_tokenizer
 from .tasks import TaskOptions
 from .spec import ShapesModelSpec
-from .stages import encode_scenes, init_backbone, train_backbone, train_decoder, train_image_tokenizer, train_vae
+from .stages import decoder_pool, encode_scenes, init_backbone, train_backbone, train_decoder, train_image_tokenizer, train_vae
 from .shapes import PLURAL_STEMS
 from .text_tokenizer import build_compact_tokenizer
 
@@ -151,12 +151,21 @@ def _vae_stage(spec: ShapesModelSpec, partial: Path, work: Path, progress: bool,
 def _decoder_stage(spec: ShapesModelSpec, partial: Path, work: Path, progress: bool, resume: bool, dtype: torch.dtype) -> dict:
     net = _load_image_tokenizer(partial)
     vae = _load_vae(partial)
-    sigvq, dit, log = train_decoder(spec, net, vae, work, progress=progress, resume=resume)
+    st = spec.steps
+    pool = decoder_pool(spec, net, vae, st.decoder_pool) if st.decoder_pool else None
+    sigvq, dit, log = train_decoder(spec, net, vae, work, progress=progress, resume=resume, pool=pool)
+    out = {"decoder": _summary(log)}
+    if st.decoder_second > 0:
+        sigvq, dit, log = train_decoder(spec, net, vae, work, progress=progress, resume=resume, start=(sigvq, dit),
+                                        total=st.decoder_second, lr=st.decoder_second_lr,
+                                        ink_weight=st.decoder_second_ink_weight, state_name="decoder_second",
+                                        pool=pool)
+        out["decoder_second"] = _summary(log)
     for folder in ("decoder", "decoder-turbo"):
         save_dit(dit, partial / folder, dtype=dtype)
     tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in sigvq.state_dict().items()}
     save_file(tensors, str(partial / TOKENIZER_DIR / SIGVQ_SAFETENSORS), metadata={"format": "pt"})
-    return {"decoder": _summary(log)}
+    return out
 
 
 def build_shapes_model(
@@ -200,6 +209,8 @@ def build_shapes_model(
         done.update(_vae_stage(spec, partial, work, progress, resume, dtype))
     if "backbone" in stages:
         done.pop("backbone_second", None)  # an earlier build's second schedule no longer applies
+    if "decoder" in stages:
+        done.pop("decoder_second", None)
     _decoder_and_backbone_stages(done, spec, stages, partial, work, progress, resume, dtype, init_from, jobs)
     record["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     record["jobs"] = jobs

@@ -35,6 +35,12 @@ class StageSteps:
     decoder_pool: int = 24576
     # the decoder loss's extra weight on latent pixels near ink (stages.decoder_pool)
     decoder_ink_weight: float = 4.0
+    # a second decoder schedule from the first one's weights, weighing ink harder: it runs while the backbone
+    # still trains (build --jobs 2). After the first schedule purple and orange still drifted (206 of 216
+    # one-shape scenes redrawn right from their own codes)
+    decoder_second: int = 4000
+    decoder_second_lr: float = 5e-4
+    decoder_second_ink_weight: float = 12.0
     image_tokenizer_batch: int = 64
     vae_batch: int = 16
     decoder_batch: int = 32
@@ -123,7 +129,8 @@ class ShapesModelSpec:
             num_experts=4, moe_intermediate=64, vit_hidden=32, vae_channels=(8, 8, 16, 16), latent_channels=4,
             dit_dim=32, dit_heads=1, cap_feat_dim=16,
             steps=StageSteps(image_tokenizer=40, vae=30, decoder=40, backbone=40, image_tokenizer_batch=32,
-                             vae_batch=8, decoder_batch=16, backbone_batch=16, backbone_second=0, decoder_pool=256),
+                             vae_batch=8, decoder_batch=16, backbone_batch=16, backbone_second=0, decoder_pool=256,
+                             decoder_second=10),
         )
 
     def to_dict(self) -> dict[str, Any]:

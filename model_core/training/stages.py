@@ -246,13 +246,13 @@ def vae_latents(vae, scenes: list[Scene], spec: ShapesModelSpec) -> torch.Tensor
 
 def decoder_pool(spec: ShapesModelSpec, tokenizer_net: SigLIPVQ, vae, n: int, chunk: int = 64) -> dict[str, torch.Tensor]:
     """The decoder's training examples, made once: ``n`` training scenes as codes (n, g, g), normalised VAE
-    latents (n, C, h, w) and a per-latent loss weight (n, 1, h, w): 1 + ``spec.steps.decoder_ink_weight`` x the
-    share of ink (non-white pixels) around each latent pixel. Encoding every batch afresh with the VAE took
+    latents (n, C, h, w) and the share of ink (non-white pixels) around each latent pixel (n, 1, h, w); the
+    loss weighs a latent pixel 1 + ink weight x that share. Encoding every batch afresh with the VAE took
     60% of a decoder step; a pool of tens of thousands of scenes (their sizes and offsets drawn at random)
     is more than the small DiT sees twice per position in its schedule."""
     rng, _ = step_rngs(spec.seed, "decoder_pool", 0)
     g = spec.grid
-    codes, lat, weight = [], [], []
+    codes, lat, share = [], [], []
     for start in range(0, n, chunk):
         scenes = training_scenes(rng, min(chunk, n - start))
         codes.append(encode_scenes(tokenizer_net, scenes, spec).view(len(scenes), g, g))
@@ -262,38 +262,50 @@ def decoder_pool(spec: ShapesModelSpec, tokenizer_net: SigLIPVQ, vae, n: int, ch
         lat.append((z - vae.config.shift_factor) * vae.config.scaling_factor)
         ink = (x.amin(1, keepdim=True) < 0.2).float()  # [-1, 1] pixels: white is 1, palette minima are < -0.3
         f = spec.image_size // z.shape[-1]
-        share = F.max_pool2d(F.avg_pool2d(ink, f), 3, stride=1, padding=1)
-        weight.append(1.0 + spec.steps.decoder_ink_weight * share)
-    return {"codes": torch.cat(codes), "latents": torch.cat(lat), "weight": torch.cat(weight)}
+        share.append(F.max_pool2d(F.avg_pool2d(ink, f), 3, stride=1, padding=1))
+    return {"codes": torch.cat(codes), "latents": torch.cat(lat), "share": torch.cat(share)}
 
 
 def train_decoder(
-    spec: ShapesModelSpec, tokenizer_net: SigLIPVQ, vae, work_dir: Work = None, *, progress: bool = True, resume: bool = True
+    spec: ShapesModelSpec, tokenizer_net: SigLIPVQ, vae, work_dir: Work = None, *, progress: bool = True, resume: bool = True,
+    start: Optional[tuple[SigVQ, ZImageDiT]] = None, total: Optional[int] = None, lr: float = 2e-3,
+    ink_weight: Optional[float] = None, state_name: str = "decoder", pool: Optional[dict] = None,
 ) -> tuple[SigVQ, ZImageDiT, StageLog]:
     """Rectified flow matching on a pool of training scenes (:func:`decoder_pool`), the squared error of each
     latent pixel weighted by the ink around it: colour and kind live in the shapes' few latent pixels, which an
-    unweighted mean lets the white background outvote (purple came out blue-ish on 18 of 36 one-shape scenes)."""
+    unweighted mean lets the white background outvote (purple came out blue-ish on 18 of 36 one-shape scenes).
+
+    A second schedule (``start``: the first one's modules; its own ``total``, ``lr``, ``ink_weight`` and
+    ``state_name``) continues from them, on the same pool when it is passed."""
     torch.manual_seed(spec.seed)
-    dit = ZImageDiT(spec.dit_config())
-    with torch.no_grad():
-        for block in dit.all_final_layer.values():
-            block.linear.weight.zero_()
-            block.linear.bias.zero_()
-    sigvq = SigVQ(vocab_size=spec.num_codes, width=spec.cap_feat_dim)
-    sigvq.init_weights(torch.Generator().manual_seed(spec.seed))
+    if start is None:
+        dit = ZImageDiT(spec.dit_config())
+        with torch.no_grad():
+            for block in dit.all_final_layer.values():
+                block.linear.weight.zero_()
+                block.linear.bias.zero_()
+        sigvq = SigVQ(vocab_size=spec.num_codes, width=spec.cap_feat_dim)
+        sigvq.init_weights(torch.Generator().manual_seed(spec.seed))
+    else:
+        sigvq, dit = start
+        dit.train()
     sigvq.requires_grad_(True)
+    dit.requires_grad_(True)
     params = list(dit.parameters()) + list(sigvq.parameters())
-    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0)
-    total = spec.steps.decoder
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    total = spec.steps.decoder if total is None else total
     sched = cosine_lr(opt, total)
     bs = spec.steps.decoder_batch
-    pool = decoder_pool(spec, tokenizer_net, vae, spec.steps.decoder_pool) if spec.steps.decoder_pool else None
+    if pool is None and spec.steps.decoder_pool:
+        pool = decoder_pool(spec, tokenizer_net, vae, spec.steps.decoder_pool)
+    extra = spec.steps.decoder_ink_weight if ink_weight is None else ink_weight
 
     def step(s: int) -> dict:
-        rng, gen = step_rngs(spec.seed, "decoder", s)
+        rng, gen = step_rngs(spec.seed, state_name, s)
         if pool is not None:
             idx = torch.from_numpy(rng.integers(len(pool["codes"]), size=bs))
-            codes, x1, w = pool["codes"][idx], pool["latents"][idx], pool["weight"][idx]
+            codes, x1, w = pool["codes"][idx], pool["latents"][idx], pool["share"][idx]
+            w = 1.0 + extra * w
         else:  # the first releases' recipe: fresh scenes every step, unweighted
             scenes = training_scenes(rng, bs)
             codes = encode_scenes(tokenizer_net, scenes, spec).view(bs, spec.grid, spec.grid)
@@ -317,7 +329,7 @@ def train_decoder(
         sched.step()
         return {"loss": float(loss.detach())}
 
-    runner = StageRunner("decoder", work_dir, {"dit": dit, "sigvq": sigvq}, opt, total, progress=progress, scheduler=sched)
+    runner = StageRunner(state_name, work_dir, {"dit": dit, "sigvq": sigvq}, opt, total, progress=progress, scheduler=sched)
     log = runner.run(step, resume=resume)
     return sigvq.eval().requires_grad_(False), dit.eval().requires_grad_(False), log
 
