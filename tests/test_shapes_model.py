@@ -211,3 +211,15 @@ def test_checkpoint_decoder_guidance_default(model, tmp_path):
     for bad in ({"fast": 0.5}, {"turbo": -1}, {"turbo": "high"}, [0.5], {"turbo": float("nan")}):
         with pytest.raises(ValueError, match=r"lladauni.json: decoder_cfg="):
             load(bad)
+
+
+def test_requests_outside_the_world_are_answered_not_drawn(model):
+    """The checkpoint declares its world (lladauni.json "world": "shapes"): requests outside it are refused with
+    what the model can draw, and a question about a thing outside it is answered without a model call."""
+    from lladauni.model_core import OutOfWorldError
+
+    assert model.world == "shapes"
+    for request in ("a cat", "a black hexagon", "ten red circles"):
+        with pytest.raises(OutOfWorldError, match="This model knows only"):
+            model.generate_image(request, **IMG)
+    assert model.understand(render(WORLD[0].scene, 96), "Is there a black hexagon?", **TEXT).text.startswith("no")
