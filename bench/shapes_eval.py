@@ -556,11 +556,13 @@ def eval_loop(backend: Any, examples: Sequence[shapes.Example], options: Mapping
     }
 
 
-def eval_reasoning(backend: Any, n: int, seed: int, options: Mapping, runs_dir: Optional[Path] = None) -> dict:
+def eval_reasoning(backend: Any, n: int, seed: int, options: Mapping, runs_dir: Optional[Path] = None,
+                   phrasing_split: Optional[str] = "train") -> dict:
     """Multi-step spatial questions (``puzzles.make_puzzle`` on held-out scenes, ``puzzle_rng(seed, i)``): answered
     directly (one ``understand`` of the start image with the whole question) and by the ``visual_reasoning``
     graph with ``sketch="steps"`` (each step an edit of the last sketch, then the question asked of the last
-    sketch). Both judged by the short-answer rule against the answer read off the final scene."""
+    sketch). Both judged by the short-answer rule against the answer read off the final scene. ``phrasing_split``:
+    the steps and question in the grammar's training frames, or (None) canonical, for a model taught only those."""
     from lladauni.agent import Agent
 
     direct, sketched = Tally(), Tally()
@@ -573,7 +575,7 @@ def eval_reasoning(backend: Any, n: int, seed: int, options: Mapping, runs_dir: 
     prog = _Progress("visual reasoning (direct, then sketched)", n)
     try:
         for i in range(n):
-            p = puzzles.make_puzzle(puzzles.puzzle_rng(seed, i), split="heldout")
+            p = puzzles.make_puzzle(puzzles.puzzle_rng(seed, i), split="heldout", phrasing_split=phrasing_split)
             image = shapes.render(p.source, SIZE)
             s = gen_seed(seed, i)
             counting.take()
@@ -599,7 +601,7 @@ def eval_reasoning(backend: Any, n: int, seed: int, options: Mapping, runs_dir: 
     finally:
         if tmp is not None:
             tmp.cleanup()
-    return {"direct": {**direct.as_dict(), "mean_calls": calls["direct"] / n},
+    return {"phrasing": phrasing_split or "canonical", "direct": {**direct.as_dict(), "mean_calls": calls["direct"] / n},
             "sketched": {**sketched.as_dict(), "mean_calls": calls["sketch"] / n},
             "by_steps": {str(k): {"direct": v[0].as_dict(), "sketched": v[1].as_dict()} for k, v in sorted(by_steps.items())},
             "gain_points": 100.0 * (sketched.accuracy - direct.accuracy)}
@@ -608,7 +610,7 @@ def eval_reasoning(backend: Any, n: int, seed: int, options: Mapping, runs_dir: 
 # ------------------------------------------------------------------------------------- driver
 def evaluate(backend: Any, *, n: int = 100, seed: int = 1000, options: Optional[Mapping] = None,
              metrics: Sequence[str] = METRICS, max_rounds: int = 2, runs_dir: Optional[Path] = None,
-             split: str = "heldout") -> dict:
+             split: str = "heldout", reasoning_phrasing: Optional[str] = "train") -> dict:
     """Every metric of ``metrics`` on scenes ``0 .. n-1`` of ``ShapesWorld(seed, split)`` (held-out scenes unless
     told otherwise); language metrics in training and held-out phrasings. JSON-able figures."""
     from lladauni.agent.context import SHAPES_OPTIONS
@@ -641,7 +643,8 @@ def evaluate(backend: Any, *, n: int = 100, seed: int = 1000, options: Optional[
             r = eval_edits(backend, examples, options, seed)
             r["heldout_phrasing"] = eval_edits(backend, examples, options, seed, "heldout")
         elif name == "reasoning":
-            r = eval_reasoning(backend, n, seed, options, Path(runs_dir) / "reasoning" if runs_dir is not None else None)
+            r = eval_reasoning(backend, n, seed, options, Path(runs_dir) / "reasoning" if runs_dir is not None else None,
+                               reasoning_phrasing)
         else:
             mode = "thinking" if name == "loop_thinking" else "normal"
             sub = Path(runs_dir) / mode if runs_dir is not None and mode != "normal" else runs_dir
