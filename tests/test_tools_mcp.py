@@ -73,7 +73,12 @@ def test_stdio_lists_and_calls_every_tool_on_the_tiny_model(tiny_ckpt, tmp_path)
             assert not r.is_error and r.structured_content["status"] in ("done", "capped")
             assert Path(r.structured_content["trace"]).is_file()
             r = await c.call_tool("run_workflow", {"name": "draw-check-refine", "inputs": {"prompt": "fox", "max_rounds": 1}})
-            assert not r.is_error and r.structured_content["status"] in ("done", "capped") and _png(r.content)
+            assert not r.is_error and r.structured_content["status"] in ("done", "capped"), r.structured_content
+            # the fix edits the re-encoded pixels (inspection by looking), so the result is the tiny model's
+            # 1024 px: inline only when its PNG fits the 2 MiB limit, a path always
+            final = Path(r.structured_content["paths"][-1])
+            assert final.is_file() and len([x for x in r.content if x.type == "image"]) == (
+                final.stat().st_size <= 2 * 1024 * 1024)
 
             bad = await c.call_tool("understand_image", {"image": "/etc/passwd"})
             assert bad.is_error and "allowed root" in bad.content[0].text
