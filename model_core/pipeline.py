@@ -97,18 +97,10 @@ def shapes_question_answer(question: Any) -> Optional[str]:
     what it can see; None when the question names nothing outside the world."""
     if not isinstance(question, str):
         return None
-    from .training.phrasing import OTHER_COLORS, OTHER_SHAPES, world_summary
+    from .training.phrasing import outside_words, world_summary
 
-    others = set(OTHER_COLORS) | set(OTHER_SHAPES)
+    found = outside_words(question)
     words = re.findall(r"[a-z]+", question.lower())
-    found: list[str] = []
-    for w in words:
-        forms = [w]
-        if w.endswith("s"):  # plurals: 'hexagons', 'crosses'
-            forms += [w[:-1], w[:-2]] if w.endswith("es") else [w[:-1]]
-        stem = next((f for f in forms if f in others), None)
-        if stem and stem not in found:
-            found.append(stem)
     if not found:
         return None
     reason = f"'{', '.join(found)}' is outside what this model can see. {world_summary()}"

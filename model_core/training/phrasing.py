@@ -34,6 +34,7 @@ __all__ = [
     "Frame",
     "describe_text",
     "edit_text",
+    "outside_words",
     "parse_position",
     "parse_request",
     "pick_frame",
@@ -354,6 +355,12 @@ def world_summary() -> str:
             f"in its own cell of a {GRID}x{GRID} grid and each in its own colour.")
 
 
+def outside_words(text: str) -> list[str]:
+    """The colour and shape words of ``text`` that the world lacks ('black', 'hexagon'; plurals read as the
+    singular), sorted, each once."""
+    return sorted(set(_OTHER_RE.findall(_normalize(text))))
+
+
 def scope_problem(text: str, edit: bool = False) -> Optional[str]:
     """Why a drawing request (or, ``edit=True``, an edit instruction) lies outside the shapes world, or None
     when it may lie inside.
@@ -363,7 +370,7 @@ def scope_problem(text: str, edit: bool = False) -> Optional[str]:
     named at all ('a cat'; an edit may say 'make it blue'). The reason ends with :func:`world_summary`.
     Not caught: a request that repeats a colour in other words ('a red circle and a red square')."""
     t = _normalize(text)
-    found = sorted(set(_OTHER_RE.findall(t)))
+    found = outside_words(text)
     if found:
         return f"'{', '.join(found)}' is outside what this model can draw. {world_summary()}"
     numbers = [int(w) for w in re.findall(r"\b\d+\b", t)] + [v for w, v in _NUMBER_WORDS.items() if re.search(rf"\b{w}\b", t)]
