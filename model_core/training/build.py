@@ -186,10 +186,11 @@ def build_shapes_model(
     ``init_from``: a checkpoint whose backbone weights start the backbone stage (fine-tuning, or a
     second schedule after a first), instead of a fresh initialisation.
 
-    ``jobs=2``: after the tokenizers and the VAE, the backbone stage runs in a second process beside the
-    decoder stage (it needs neither the VAE nor the decoder), each process on one thread. On two cores
-    that is faster than running them one after the other on two threads each: these small models' steps
-    are too short for a second thread to pay (the backbone steps ran about 1.4x faster on one thread)."""
+    ``jobs=2``: as soon as the text and image tokenizers exist, the backbone stage runs in a second process
+    (it needs neither the VAE nor the decoder) beside the VAE and then the decoder stage, each process on
+    one thread. On two cores that is faster than running them one after the other on two threads each:
+    these small models' steps are too short for a second thread to pay (the backbone steps ran about 1.4x
+    faster on one thread)."""
     if jobs not in (1, 2):
         raise ValueError(f"jobs must be 1 or 2, not {jobs}")
     t_start = time.perf_counter()
@@ -205,13 +206,11 @@ def build_shapes_model(
         done.update(_tokenizer_stage(spec, partial))
     if "image_tokenizer" in stages:
         done.update(_image_tokenizer_stage(spec, partial, work, progress, resume, dtype))
-    if "vae" in stages:
-        done.update(_vae_stage(spec, partial, work, progress, resume, dtype))
     if "backbone" in stages:
         done.pop("backbone_second", None)  # an earlier build's second schedule no longer applies
     if "decoder" in stages:
         done.pop("decoder_second", None)
-    _decoder_and_backbone_stages(done, spec, stages, partial, work, progress, resume, dtype, init_from, jobs)
+    _late_stages(done, spec, stages, partial, work, progress, resume, dtype, init_from, jobs)
     record["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     record["jobs"] = jobs
     _publish(spec, record, partial, out)
@@ -236,11 +235,12 @@ def _open_partial(out: Path, work_dir: Optional[str | os.PathLike]) -> tuple[Pat
     return partial, work, {}
 
 
-def _decoder_and_backbone_stages(done: dict, spec: ShapesModelSpec, stages: Sequence[str], partial: Path, work: Path,
-                                 progress: bool, resume: bool, dtype: torch.dtype,
-                                 init_from: Optional[str | os.PathLike], jobs: int) -> None:
-    """The decoder and backbone stages listed in ``stages``, their records added to ``done``: one after
-    the other, or with ``jobs=2`` (and both listed) the backbone in a second process, one thread each."""
+def _late_stages(done: dict, spec: ShapesModelSpec, stages: Sequence[str], partial: Path, work: Path,
+                 progress: bool, resume: bool, dtype: torch.dtype,
+                 init_from: Optional[str | os.PathLike], jobs: int) -> None:
+    """The VAE, decoder and backbone stages listed in ``stages``, their records added to ``done``: one after
+    the other, or with ``jobs=2`` (backbone and decoder both listed) the backbone in a second process beside
+    the VAE and the decoder, one thread each."""
     pending = pool = None
     threads = torch.get_num_threads()
     if jobs == 2 and "backbone" in stages and "decoder" in stages:
@@ -250,6 +250,8 @@ def _decoder_and_backbone_stages(done: dict, spec: ShapesModelSpec, stages: Sequ
         pending = pool.apply_async(_backbone_stage, (spec, partial, work, False, resume, dtype, init_from, 1))
         torch.set_num_threads(1)
     try:
+        if "vae" in stages:
+            done.update(_vae_stage(spec, partial, work, progress, resume, dtype))
         if "decoder" in stages:
             done.update(_decoder_stage(spec, partial, work, progress, resume, dtype))
         if pool is None:

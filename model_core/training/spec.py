@@ -30,7 +30,9 @@ class StageSteps:
     image_tokenizer: int = 1500
     vae: int = 2000
     decoder: int = 20000  # about 0.12 s a step at one thread from the pool, plus ~3 min to make the pool
-    backbone: int = 10500  # about 0.27 s a step at one thread (47 min), beside the decoder with build --jobs 2
+    # about 0.28 s a step at one thread (51 min); with build --jobs 2 it starts once the tokenizers exist and runs
+    # beside the VAE and the decoder
+    backbone: int = 11000
     # scenes encoded once for the decoder (stages.decoder_pool; 0: fresh scenes every step, the first recipe)
     decoder_pool: int = 24576
     # the decoder loss's extra weight on latent pixels near ink (stages.decoder_pool)
