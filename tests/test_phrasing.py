@@ -88,7 +88,9 @@ def test_edit_texts_name_the_shape_and_the_change():
 
 
 @pytest.mark.parametrize("text", ["a cat", "a black hexagon", "ten red circles", "two red circles", "a sunset over the sea",
-                                  "Draw 4 squares", "a pink circle at the top left"])
+                                  "Draw 4 squares", "a pink circle at the top left", "a red circle and a red square",
+                                  "A red circle at the top left, plus a circle coloured red on the right.",
+                                  "a red circle in the centre and a blue square in the middle"])
 def test_requests_outside_the_world_are_named(text):
     reason = phrasing.scope_problem(text)
     assert reason is not None and reason.endswith(phrasing.world_summary())
@@ -103,6 +105,9 @@ def test_requests_inside_the_world_pass_the_scope_check():
                 assert phrasing.scope_problem(phrasing.edit_text(e, rng, split), edit=True) is None
     assert phrasing.scope_problem("make it blue", edit=True) is None
     assert phrasing.scope_problem("make it black", edit=True) is not None
+    # one clause naming two shapes is not judged; an edit may name a colour twice
+    assert phrasing.scope_problem("a red circle to the left of a blue square") is None
+    assert phrasing.scope_problem("make the red circle red", edit=True) is None
 
 
 def test_puzzles_are_exact_and_hang_on_their_steps():

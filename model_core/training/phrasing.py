@@ -367,8 +367,9 @@ def scope_problem(text: str, edit: bool = False) -> Optional[str]:
 
     Outside: a colour or kind the world lacks ('a black hexagon'), more than three shapes or a count the world
     cannot hold ('ten red circles', 'two red circles': colours are unique), or, for a drawing request, no shape
-    named at all ('a cat'; an edit may say 'make it blue'). The reason ends with :func:`world_summary`.
-    Not caught: a request that repeats a colour in other words ('a red circle and a red square')."""
+    named at all ('a cat'; an edit may say 'make it blue'), or, for a drawing request, two of its clauses giving
+    their shapes one colour ('a red circle and a red square') or one cell. The reason ends with
+    :func:`world_summary`."""
     t = _normalize(text)
     found = outside_words(text)
     if found:
@@ -379,6 +380,32 @@ def scope_problem(text: str, edit: bool = False) -> Optional[str]:
     plural = re.search(r"\b(two|three|2|3)\s+(?:(" + "|".join(COLORS) + r")\s+)(" + "|".join(SHAPES) + r")s\b", t)
     if plural:
         return f"'{plural.group(0)}': each shape has its own colour. {world_summary()}"
-    if not edit and not _SHAPE_WORD_RE.search(t):
+    if edit:
+        return None
+    if not _SHAPE_WORD_RE.search(t):
         return f"The request names no shape this model can draw. {world_summary()}"
+    return _shared_color_or_cell(t)
+
+
+def _shared_color_or_cell(t: str) -> Optional[str]:
+    """Why the clauses of a normalised drawing request that each name one shape give two shapes one colour or one
+    cell, or None. A clause counts only when it names exactly one kind; its colour and cell only when it names
+    exactly one of each ('a red circle to the left of a blue square' is one clause and not judged here)."""
+    colors: dict[str, int] = {}
+    cells: dict[str, int] = {}
+    for clause in _CLAUSE_SPLIT.split(t):
+        if len(_KIND_RE.findall(clause)) != 1:
+            continue
+        named, where = _COLOR_RE.findall(clause), _POSITION_RE.findall(clause)
+        if len(named) == 1:
+            colors[named[0]] = colors.get(named[0], 0) + 1
+        if len(where) == 1:
+            cell = _NOUN_TO_CELL[where[0]]
+            cells[cell] = cells.get(cell, 0) + 1
+    shared = sorted(c for c, n in colors.items() if n > 1)
+    if shared:
+        return f"two shapes are both {shared[0]}: each shape has its own colour. {world_summary()}"
+    crowded = sorted(c for c, n in cells.items() if n > 1)
+    if crowded:
+        return f"two shapes are both at the {crowded[0]}: each cell holds one shape. {world_summary()}"
     return None
