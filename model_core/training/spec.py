@@ -29,10 +29,12 @@ class StageSteps:
 
     image_tokenizer: int = 1500
     vae: int = 2000
-    decoder: int = 20000  # about 0.12 s a step at one thread from the pool, plus ~3 min to make the pool
-    # about 0.28 s a step at one thread (51 min); with build --jobs 2 it starts once the tokenizers exist and runs
-    # beside the VAE and the decoder
-    backbone: int = 11000
+    # Step counts sized for build --jobs 2 on 2 cores in under 60 minutes. The backbone starts once the tokenizers
+    # exist and runs beside the VAE and the decoder: 0.28 s a step alone at one thread, about 0.335 s beside them.
+    # The decoder: 0.12 s a step alone from the pool, about 0.14 s beside the backbone, after the VAE (about
+    # 8 min at one thread) and the pool (about 3 min)
+    decoder: int = 17000
+    backbone: int = 10000
     # scenes encoded once for the decoder (stages.decoder_pool; 0: fresh scenes every step, the first recipe)
     decoder_pool: int = 24576
     # the decoder loss's extra weight on latent pixels near ink (stages.decoder_pool)
