@@ -159,40 +159,32 @@ class LocalBackend:
         return self.checkpoint is None and self._reloadable
 
     @property
-    def embedded(self) -> bool:
-        """True when this backend runs the embedded shapes model: no checkpoint given, the default
-        checkpoint's folder, or a wrapped model loaded from it. Loads nothing. Workflows marked
-        ``requires: full`` refuse to run on it."""
+    def world(self) -> Optional[str]:
+        """The closed world the model declares (its lladauni.json ``world``: "shapes" for the embedded
+        default model and any model the shapes build writes), or None for an open-world model, or one
+        whose files are not on this disk (a Hugging Face repo id not yet loaded). Loads nothing: a loaded
+        model answers itself, a wrapped one by the folder it was loaded from, otherwise the checkpoint
+        folder (the embedded default's when none is given). Workflows marked ``requires: full`` refuse
+        to run on a closed-world model, and ``pixel_check`` judges drawings only in the shapes world."""
         from lladauni.model_core.checkpoint import DEFAULT_CHECKPOINT_DIR
+        from lladauni.model_core.pipeline import read_defaults
 
-        if self.uses_default_model:
-            return True
-        where = self.checkpoint if self.checkpoint is not None else getattr(self._model, "checkpoint_dir", None)
+        if self._model is not None and hasattr(self._model, "world"):
+            return self._model.world
+        where = getattr(self._model, "checkpoint_dir", None) if self._model is not None else self.checkpoint
+        if where is None and self.uses_default_model:
+            where = DEFAULT_CHECKPOINT_DIR
         try:
-            return where is not None and Path(where).expanduser().resolve() == DEFAULT_CHECKPOINT_DIR.resolve()
-        except (OSError, TypeError, ValueError):
-            return False
-
-    @property
-    def shapes_world(self) -> bool:
-        """True when the model is the shapes world: the loaded model says so (``world == "shapes"``,
-        from its lladauni.json), the checkpoint's lladauni.json says so, or it is the embedded
-        default model. Loads nothing."""
-        if getattr(self._model, "world", None) == "shapes" or self.embedded:
-            return True
-        if self._model is not None or self.checkpoint is None:
-            return False
-        try:
-            meta = json.loads((Path(self.checkpoint) / "lladauni.json").read_text(encoding="utf-8"))
+            world = read_defaults(where).get("world") if where is not None else None
         except (OSError, ValueError, TypeError):
-            return False
-        return isinstance(meta, dict) and meta.get("world") == "shapes"
+            return None
+        return world if isinstance(world, str) else None
 
     def pixel_check(self, request: str, image: Any) -> Optional[dict]:
         """The pixel checker's verdict on ``image`` (PIL) for ``request`` on the shapes world
         (``shapes_pixel_check``); None on any other model, or when the request is not a shapes
         drawing request. Makes no model call."""
-        return shapes_pixel_check(request, image) if self.shapes_world else None
+        return shapes_pixel_check(request, image) if self.world == "shapes" else None
 
     def load(self):
         """Load the model (once) and return it."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, Union
 
@@ -36,19 +35,12 @@ from .options import (TASK_OPTIONS, ChatOptions, EditOptions, ImageOptions, Inte
                       make_options, takes_options)
 from .tasks.common import Progress, as_codes
 from .tokenizer import TextTokenizer
+from .world import WORLDS, OutOfWorldError, question_answer as world_question_answer, scope_problem as world_scope_problem
 
 __all__ = ["LLaDAUni", "OutOfWorldError", "TextResult", "ImageResult", "InterleavedResult", "GenerationStats",
            "GenerationError", "WORLDS"]
 
 DEFAULTS_FILE = "lladauni.json"
-
-# closed worlds a checkpoint may declare in lladauni.json ("world"); requests outside one are refused
-WORLDS = ("shapes",)
-
-
-class OutOfWorldError(ValueError):
-    """A request that lies outside the closed world the checkpoint declares (``lladauni.json``
-    "world"): the message says what is outside and what the model can draw or see."""
 
 
 def read_defaults(checkpoint_dir: Union[str, os.PathLike]) -> dict:
@@ -74,37 +66,6 @@ def read_defaults(checkpoint_dir: Union[str, os.PathLike]) -> dict:
             if problem:
                 raise ValueError(f"{path}: {key}={data[key]!r}: {problem}")
     return data
-
-
-_YES_NO_OPENERS = frozenset(("is", "are", "do", "does", "did", "can", "could", "was", "were", "has", "have", "will",
-                             "would", "should", "may"))
-
-
-def shapes_scope_problem(request: Any, kind: str = "draw") -> Optional[str]:
-    """Why a drawing request or edit instruction lies outside the shapes world, ending with what the
-    model can draw (``training.phrasing.scope_problem``); None when it may lie inside (or is no text:
-    the task itself refuses that)."""
-    if not isinstance(request, str):
-        return None
-    from .training.phrasing import scope_problem
-
-    return scope_problem(request, edit=kind == "edit")
-
-
-def shapes_question_answer(question: Any) -> Optional[str]:
-    """The answer to a question about a shapes-world image that names a colour or kind the world lacks
-    ("Is there a black hexagon?"): "no: ..." and what the model can see for a yes/no question, else
-    what it can see; None when the question names nothing outside the world."""
-    if not isinstance(question, str):
-        return None
-    from .training.phrasing import outside_words, world_summary
-
-    found = outside_words(question)
-    words = re.findall(r"[a-z]+", question.lower())
-    if not found:
-        return None
-    reason = f"'{', '.join(found)}' is outside what this model can see. {world_summary()}"
-    return f"no: {reason}" if words and words[0] in _YES_NO_OPENERS else reason
 
 
 def _checkpoint_name(path_or_repo: Any, resolved: Path) -> str:
@@ -279,7 +240,7 @@ class LLaDAUni:
         """Raise ``OutOfWorldError`` (a ValueError saying what is outside and what the model can
         draw) when a drawing request or (``kind="edit"``) an edit instruction lies outside the
         checkpoint's world. An edit need not name a shape ("make it blue")."""
-        problem = shapes_scope_problem(request, kind) if self.world == "shapes" else None
+        problem = world_scope_problem(self.world, request, kind)
         if problem:
             raise OutOfWorldError(problem)
 
@@ -322,7 +283,7 @@ class LLaDAUni:
         shapes-world checkpoint a question naming a colour or kind the world lacks is answered
         without the model ("no: ..." to a yes/no question) with what the model can see."""
         o = self.options_for("understand", options, overrides)
-        answer = shapes_question_answer(question) if self.world == "shapes" else None
+        answer = world_question_answer(self.world, question)
         if answer is not None:  # a colour or kind the world lacks: answered without the model
             return TextResult(answer, [], [], GenerationStats())
         return tasks.understand(self, image, question, o, generator, progress)

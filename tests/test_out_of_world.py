@@ -23,6 +23,7 @@ from lladauni.model_core import LLaDAUni, OutOfWorldError
 from lladauni.model_core import tasks as model_tasks
 from lladauni.model_core.generation.prompts import ImageCodes
 from lladauni.model_core.generation.results import ImageResult, TextResult
+from lladauni.model_core import world
 from lladauni.model_core.pipeline import DEFAULTS_FILE, read_defaults
 from lladauni.model_core.training.phrasing import scope_problem, world_summary
 from lladauni.tools.mcp_server import build_mcp_server
@@ -74,6 +75,18 @@ def test_the_world_comes_from_the_checkpoint_and_is_read_only(world_pipe, open_p
     assert world_pipe.world == "shapes" and open_pipe.world is None
     with pytest.raises(AttributeError):
         world_pipe.world = None
+
+
+def test_the_rules_are_those_of_the_world_named():
+    """``model_core.world`` judges by the world it is given: an open-world model (None) refuses nothing; the shapes
+    world refuses by the grammar's scope check (a drawing must name a shape, an edit need not)."""
+    assert world.scope_problem(None, "a black hexagon") is None
+    assert world.question_answer(None, "Is there a black hexagon?") is None
+    assert world.scope_problem("shapes", "a black hexagon") == scope_problem("a black hexagon")
+    assert world.scope_problem("shapes", "make it blue") is not None
+    assert world.scope_problem("shapes", "make it blue", "edit") is None
+    assert world.scope_problem("shapes", None) is None and world.WORLDS == ("shapes",)
+    assert world.question_answer("shapes", "Is there a red circle?") is None
 
 
 def test_an_unknown_world_is_a_checkpoint_error_naming_file_key_and_known_worlds(tiny_ckpt_copy):

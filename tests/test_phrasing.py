@@ -57,29 +57,34 @@ def test_questions_edits_and_descriptions_take_frames_of_their_split():
         phrasing.question_text(ex.questions[0], rng, "test")
 
 
+def _in_both_splits(world_seed: int, n: int):
+    """(example, split) for the first ``n`` examples of ``ShapesWorld(world_seed)`` and each phrasing split."""
+    for ex in ShapesWorld(world_seed).examples(n):
+        for split in ("train", "heldout"):
+            yield ex, split
+
+
 def test_rephrased_questions_keep_their_subject():
     """The colour, kind and cell a question names survive rephrasing (so the canonical answer still holds)."""
     rng = np.random.default_rng(1)
-    for ex in ShapesWorld(8).examples(80):
+    for ex, split in _in_both_splits(8, 80):
         for qa in ex.questions:
-            for split in ("train", "heldout"):
-                text = phrasing.question_text(qa, rng, split).lower()
-                for word in qa.intent[1:]:
-                    if word in shapes.POSITIONS:
-                        assert phrasing.parse_position(text) == word, (qa.intent, text)
-                    else:
-                        assert word in text, (qa.intent, text)
+            text = phrasing.question_text(qa, rng, split).lower()
+            for word in qa.intent[1:]:
+                if word in shapes.POSITIONS:
+                    assert phrasing.parse_position(text) == word, (qa.intent, text)
+                else:
+                    assert word in text, (qa.intent, text)
 
 
 def test_edit_texts_name_the_shape_and_the_change():
     rng = np.random.default_rng(2)
-    for ex in ShapesWorld(9).examples(60):
+    for ex, split in _in_both_splits(9, 60):
         for e in ex.edits:
-            for split in ("train", "heldout"):
-                t = phrasing.edit_text(e, rng, split).lower()
-                assert e.shape.kind in t or e.shape.color in t or "shape" in t, t
-                if e.kind == "recolor":
-                    assert e.value in t
+            t = phrasing.edit_text(e, rng, split).lower()
+            assert e.shape.kind in t or e.shape.color in t or "shape" in t, t
+            if e.kind == "recolor":
+                assert e.value in t
     # a kind alone names the shape only when no other shape has that kind
     two = Scene((Shape("circle", "red", "top left"), Shape("circle", "blue", "center")))
     for _ in range(50):
@@ -98,11 +103,10 @@ def test_requests_outside_the_world_are_named(text):
 
 def test_requests_inside_the_world_pass_the_scope_check():
     rng = np.random.default_rng(3)
-    for ex in ShapesWorld(5).examples(200):
-        for split in ("train", "heldout"):
-            assert phrasing.scope_problem(phrasing.request_text(ex.scene, rng, split)) is None
-            for e in ex.edits:
-                assert phrasing.scope_problem(phrasing.edit_text(e, rng, split), edit=True) is None
+    for ex, split in _in_both_splits(5, 200):
+        assert phrasing.scope_problem(phrasing.request_text(ex.scene, rng, split)) is None
+        for e in ex.edits:
+            assert phrasing.scope_problem(phrasing.edit_text(e, rng, split), edit=True) is None
     assert phrasing.scope_problem("make it blue", edit=True) is None
     assert phrasing.scope_problem("make it black", edit=True) is not None
     # one clause naming two shapes is not judged; an edit may name a colour twice

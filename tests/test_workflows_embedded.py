@@ -21,7 +21,7 @@ from PIL import Image
 from lladauni.agent import Agent, LocalBackend, ScriptedBackend, build_graph
 from lladauni.agent.reasoning import split_steps
 from lladauni.agent.workflows import bundled_workflows, load_workflow, run_workflow
-from lladauni.agent.workflows.loader import FULL_MODEL_ONLY
+from lladauni.agent.workflows.loader import FULL_MODEL_ONLY, model_problem
 from lladauni.model_core.checkpoint import DEFAULT_CHECKPOINT_DIR
 from lladauni.model_core.training import shapes as S
 from lladauni.model_core.training.checker import try_read_scene
@@ -174,15 +174,29 @@ def test_every_bundled_workflow_is_meaningful_on_the_embedded_model_or_says_it_n
     assert {n for n, r in found.items() if r == "full"} == FULL_ONLY
 
 
-def test_which_backends_run_the_embedded_model(tmp_path):
-    assert LocalBackend().embedded and LocalBackend(DEFAULT_CHECKPOINT_DIR).embedded
-    assert not LocalBackend(tmp_path).embedded and not LocalBackend("org/some-repo").embedded
-    assert not getattr(ScriptedBackend(), "embedded", False)
+def test_which_backends_declare_a_closed_world(tmp_path):
+    """``LocalBackend.world`` reads the world from the model or its folder and loads nothing: the embedded default
+    (named or not) and any folder whose lladauni.json says "shapes" are the shapes world; a folder without one, a
+    repo id and a scripted backend are open-world (``requires: full`` workflows run there)."""
+    assert LocalBackend().world == "shapes" and LocalBackend(DEFAULT_CHECKPOINT_DIR).world == "shapes"
+    assert LocalBackend(tmp_path).world is None and LocalBackend("org/some-repo").world is None
+    assert getattr(ScriptedBackend(), "world", None) is None
+    built = tmp_path / "built"
+    built.mkdir()
+    (built / "lladauni.json").write_text('{"world": "shapes"}', encoding="utf-8")
+    assert LocalBackend(built).world == "shapes" and not LocalBackend(built).loaded
 
     class Loaded:  # a model loaded from the embedded checkpoint, wrapped without naming it
         checkpoint_dir = DEFAULT_CHECKPOINT_DIR
 
-    assert LocalBackend(model=Loaded()).embedded and not LocalBackend(model=object()).embedded
+    class OpenWorld:  # a loaded model answers itself
+        world = None
+        checkpoint_dir = DEFAULT_CHECKPOINT_DIR
+
+    assert LocalBackend(model=Loaded()).world == "shapes" and LocalBackend(model=object()).world is None
+    assert LocalBackend(model=OpenWorld()).world is None
+    wf = load_workflow(bundled_workflows()[sorted(FULL_ONLY)[0]])
+    assert model_problem(wf, LocalBackend(built)) is not None and model_problem(wf, LocalBackend(tmp_path)) is None
 
 
 # --------------------------------------------------------------------- on the embedded model
@@ -198,7 +212,7 @@ def test_a_full_model_workflow_refuses_the_embedded_model_before_any_call(name, 
     calls = sum(embedded.calls.values())
     r = run_workflow(name, _full_inputs(name, tmp_path), embedded, run_dir=tmp_path / "run")
     assert r.status == "failed" and r.error == FULL_MODEL_ONLY.format(name=name)
-    assert r.error.startswith(f"workflow {name!r} needs the full LLaDA2.0-Uni model; the embedded shapes model cannot ")
+    assert r.error.startswith(f"workflow {name!r} needs the full LLaDA2.0-Uni model; a shapes-world model (the embedded default) cannot ")
     assert sum(embedded.calls.values()) == calls and r.report_path.is_file()
 
 

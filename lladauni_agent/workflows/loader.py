@@ -812,7 +812,7 @@ def check_inputs(wf: Workflow, inputs: Optional[Mapping[str, Any]]) -> None:
 
 # ------------------------------------------------------------------------------ model needed
 FULL_MODEL_ONLY = (
-    "workflow {name!r} needs the full LLaDA2.0-Uni model; the embedded shapes model cannot write free text, "
+    "workflow {name!r} needs the full LLaDA2.0-Uni model; a shapes-world model (the embedded default) cannot write free text, "
     "plans or stories, nor combine several reference images (it draws, describes, answers short questions about "
     "and edits one to three coloured shapes). Run it on a full checkpoint: --checkpoint DIR or --server URL "
     "(from Python: LocalBackend(DIR) or HTTPBackend(URL)); the file says so with `requires: full`"
@@ -820,8 +820,8 @@ FULL_MODEL_ONLY = (
 
 
 def model_problem(wf: Workflow, backend: Any) -> Optional[str]:
-    """Why ``wf`` cannot run on ``backend``, or None: a ``requires: full`` workflow on a backend that
-    runs the embedded shapes model (``backend.embedded`` is true; loads nothing)."""
-    if wf.spec.requires == "full" and getattr(backend, "embedded", False) is True:
+    """Why ``wf`` cannot run on ``backend``, or None: a ``requires: full`` workflow on a backend whose
+    model declares a closed world (``backend.world``, e.g. the embedded shapes model; loads nothing)."""
+    if wf.spec.requires == "full" and isinstance(getattr(backend, "world", None), str):
         return FULL_MODEL_ONLY.format(name=wf.name)
     return None
