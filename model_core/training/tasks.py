@@ -188,10 +188,11 @@ def corrupt_scene(scene: Scene, rng: np.random.Generator, max_errors: int = 2) -
 
 # How often each task is drawn in training (relative weights). Reading tasks (caption, qa, verify, claim) get
 # more than half: the backbone learns to write images sooner than to read them. Thinking items are long (a plan
-# of tens of tokens besides the image), so under the token loss their weight takes far more of the gradient than
-# its share of rows: with t2i_thinking 1.2 and claims 0.5 (the build of 2026-12-05) plans got about 29% of the
-# masked tokens and questions about 4%, and the backbone read images badly even in canonical wording (67% of
-# questions on held-out scenes, presence at chance, against 93% for the first edition's 0.5 and 0.3).
+# of tens of tokens besides the image), so under the token loss their weight takes more of the gradient than its
+# share of rows. The first retraining of 2026-12-05 ran t2i_thinking 1.2 and claims 0.5 and read images badly even
+# in canonical wording (67% of questions on held-out scenes, presence at chance, against 93% for the first
+# edition); the shipped second edition is back at the first edition's 0.5 and 0.3 and still answers presence
+# ("yes" to everything) and position questions at chance, so the mix was not the cause.
 DEFAULT_MIX: dict[str, float] = {
     "t2i": 2.5,
     "t2i_thinking": 0.5,
