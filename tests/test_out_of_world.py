@@ -19,11 +19,10 @@ from mcp import Client
 
 from lladauni.agent import Agent, LocalBackend
 from lladauni.agent.context import TINY_OPTIONS
-from lladauni.model_core import LLaDAUni, OutOfWorldError
+from lladauni.model_core import LLaDAUni, OutOfWorldError, world
 from lladauni.model_core import tasks as model_tasks
 from lladauni.model_core.generation.prompts import ImageCodes
 from lladauni.model_core.generation.results import ImageResult, TextResult
-from lladauni.model_core import world
 from lladauni.model_core.pipeline import DEFAULTS_FILE, read_defaults
 from lladauni.model_core.training.phrasing import scope_problem, world_summary
 from lladauni.tools.mcp_server import build_mcp_server

@@ -29,7 +29,6 @@ from lladauni.model_core.training.checker import try_read_scene
 MEANINGFUL = {"draw-check-refine", "draw-inspect-refine-graph", "caption-then-edit", "visual-reasoning-sketch"}
 FULL_ONLY = {"illustrated-story", "interleaved-story-graph", "multi-reference-edit", "plan-then-draw",
              "visual-math-sketch", "visual-reasoning-graph"}
-# Floors on the embedded model (the shipped model measured: captions 4/4, edits shown 4/4, sketch answers 5/6)
 # floors below the shipped (second-edition) model's counts on these cases: captions [4/4], edited captions [1/4: it
 # edits worse than the first edition, bench/RESULTS.md shapes_eval], multi-step answers [3/6]; random weights get 0
 CAPTION_FLOOR, EDIT_FLOOR, SKETCH_FLOOR = 3, 1, 2

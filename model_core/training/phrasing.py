@@ -23,6 +23,7 @@ Imports only numpy (through ``shapes``).
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -314,6 +315,14 @@ def parse_position(text: str) -> Optional[str]:
     return _NOUN_TO_CELL[m.group(1)] if m else None
 
 
+def _clauses(t: str):
+    """(colours, kinds, cells) named in each clause of a normalised text, clauses split at commas, semicolons and
+    'and' / 'plus' / 'with' / 'as well as'."""
+    for clause in _CLAUSE_SPLIT.split(t):
+        yield (_COLOR_RE.findall(clause), _KIND_RE.findall(clause),
+               [_NOUN_TO_CELL[m] for m in _POSITION_RE.findall(clause)])
+
+
 def parse_request(text: str) -> Optional[Scene]:
     """The scene a request of this grammar asks for, or None when it is not one (a clause names a shape
     without its colour or place, two shapes share a cell or a colour, or no shape is named).
@@ -321,9 +330,7 @@ def parse_request(text: str) -> Optional[Scene]:
     Clauses are split at commas, semicolons and 'and' / 'plus' / 'with'; each clause that names anything
     must name exactly one colour, one kind and one cell."""
     shapes: list[Shape] = []
-    for clause in _CLAUSE_SPLIT.split(_normalize(text)):
-        colors, kinds = _COLOR_RE.findall(clause), _KIND_RE.findall(clause)
-        cells = [_NOUN_TO_CELL[m] for m in _POSITION_RE.findall(clause)]
+    for colors, kinds, cells in _clauses(_normalize(text)):
         if not (colors or kinds or cells):
             continue
         if len(colors) != 1 or len(kinds) != 1 or len(cells) != 1:
@@ -358,7 +365,11 @@ def world_summary() -> str:
 def outside_words(text: str) -> list[str]:
     """The colour and shape words of ``text`` that the world lacks ('black', 'hexagon'; plurals read as the
     singular), sorted, each once."""
-    return sorted(set(_OTHER_RE.findall(_normalize(text))))
+    return _outside(_normalize(text))
+
+
+def _outside(t: str) -> list[str]:
+    return sorted(set(_OTHER_RE.findall(t)))
 
 
 def scope_problem(text: str, edit: bool = False) -> Optional[str]:
@@ -371,7 +382,7 @@ def scope_problem(text: str, edit: bool = False) -> Optional[str]:
     their shapes one colour ('a red circle and a red square') or one cell. The reason ends with
     :func:`world_summary`."""
     t = _normalize(text)
-    found = outside_words(text)
+    found = _outside(t)
     if found:
         return f"'{', '.join(found)}' is outside what this model can draw. {world_summary()}"
     numbers = [int(w) for w in re.findall(r"\b\d+\b", t)] + [v for w, v in _NUMBER_WORDS.items() if re.search(rf"\b{w}\b", t)]
@@ -391,17 +402,12 @@ def _shared_color_or_cell(t: str) -> Optional[str]:
     """Why the clauses of a normalised drawing request that each name one shape give two shapes one colour or one
     cell, or None. A clause counts only when it names exactly one kind; its colour and cell only when it names
     exactly one of each ('a red circle to the left of a blue square' is one clause and not judged here)."""
-    colors: dict[str, int] = {}
-    cells: dict[str, int] = {}
-    for clause in _CLAUSE_SPLIT.split(t):
-        if len(_KIND_RE.findall(clause)) != 1:
-            continue
-        named, where = _COLOR_RE.findall(clause), _POSITION_RE.findall(clause)
-        if len(named) == 1:
-            colors[named[0]] = colors.get(named[0], 0) + 1
-        if len(where) == 1:
-            cell = _NOUN_TO_CELL[where[0]]
-            cells[cell] = cells.get(cell, 0) + 1
+    colors: Counter[str] = Counter()
+    cells: Counter[str] = Counter()
+    for named, kinds, where in _clauses(t):
+        if len(kinds) == 1:
+            colors.update(named if len(named) == 1 else ())
+            cells.update(where if len(where) == 1 else ())
     shared = sorted(c for c, n in colors.items() if n > 1)
     if shared:
         return f"two shapes are both {shared[0]}: each shape has its own colour. {world_summary()}"

@@ -29,10 +29,10 @@ class StageSteps:
 
     image_tokenizer: int = 1500
     vae: int = 2000
-    # Step counts sized for build --jobs 2 on 2 cores in under 60 minutes. The backbone starts once the tokenizers
-    # exist and runs beside the VAE and the decoder: 0.28 s a step alone at one thread, about 0.335 s beside them.
-    # The decoder: 0.12 s a step alone from the pool, about 0.14 s beside the backbone, after the VAE (about
-    # 8 min at one thread) and the pool (about 3 min)
+    # Step counts of the shipped second edition. With build --jobs 2 on 2 cores the backbone starts once the
+    # tokenizers exist and runs beside the VAE and the decoder: 0.28 s a step alone at one thread, 0.35 s beside
+    # them. The decoder: 0.12 s a step alone from the pool, 0.15 s beside the backbone, after the VAE (8 min at one
+    # thread) and the pool (about 4 min). Measured end to end: 65.4 min (training.json), over the 60-minute aim
     decoder: int = 17000
     backbone: int = 10000
     # scenes encoded once for the decoder (stages.decoder_pool; 0: fresh scenes every step, the first recipe)
