@@ -236,11 +236,11 @@ def test_backbone_stage_resumes_exactly(tmp_path, smoke_build, monkeypatch):
     straight, log_a = train_backbone(spec, fresh(), batches, tmp_path / "a", progress=False)
     calls = {"n": 0}
 
-    def flaky(rng, gen):
+    def flaky(rng, gen, step):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt
-        return batches(rng, gen)
+        return batches(rng, gen, step)
 
     with pytest.raises(KeyboardInterrupt):
         train_backbone(spec, fresh(), flaky, tmp_path / "b", progress=False)

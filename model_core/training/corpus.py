@@ -21,7 +21,7 @@ this share the model learns to read a verdict off its own explanation rather tha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -33,7 +33,7 @@ from ..tokenizer import TextTokenizer
 from .shapes import Scene
 from .tasks import DEFAULT_MIX, TASKS, Task, TaskOptions, sample_task
 
-__all__ = ["BatchBuilder", "FULL_MASK_KINDS", "Sequence_", "task_sequence", "texts_for_tokenizer"]
+__all__ = ["BatchBuilder", "FULL_MASK_KINDS", "Sequence_", "phrasing_ramp", "task_sequence", "texts_for_tokenizer"]
 
 # Task kinds whose response is a text answer to an image (the ``full_mask`` share applies to them).
 FULL_MASK_KINDS: tuple[str, ...] = ("caption", "qa", "verify", "claim")
@@ -83,12 +83,30 @@ def task_sequence(
     raise ValueError(f"unknown task kind {task.kind!r}")
 
 
+def phrasing_ramp(step: Optional[int], canonical: int, ramp: int) -> float:
+    """The factor on the grammar's phrasing shares (``TaskOptions.phrasing``) at training ``step``: 0 for the first
+    ``canonical`` steps, rising linearly to 1 over the next ``ramp`` steps, then 1 (and 1 when ``step`` is None).
+
+    Why a ramp: reading an image by what a text names (is there a <colour> <kind>, where is it, draw from a plan)
+    is learned far sooner from the canonical texts alone. From scratch, 4,000 steps, one run each, first answer
+    token on canonical questions about held-out scenes: canonical texts only gave colour 100%, position 78%,
+    counts 84%; the grammar's full shares from step 0 gave 68%, 50% and 71%."""
+    if canonical < 0 or ramp < 0:
+        raise ValueError(f"phrasing_ramp: canonical={canonical}, ramp={ramp} must be >= 0")
+    if step is None or step >= canonical + ramp:
+        return 1.0
+    if step < canonical:
+        return 0.0
+    return (step - canonical) / ramp
+
+
 class BatchBuilder:
     """Draws tasks by ``mix``, encodes their scenes with ``encode`` (scenes -> (N, g*g) codes) and
     builds masked block-diffusion batches: {"input_ids", "labels", "mask", "kinds"}.
 
     ``full_mask``: the probability that a text answer's active block (:data:`FULL_MASK_KINDS`) is masked
-    whole (see the module docstring); ``task_options`` how some kinds are drawn (:class:`tasks.TaskOptions`)."""
+    whole (see the module docstring); ``task_options`` how some kinds are drawn (:class:`tasks.TaskOptions`);
+    ``phrasing``: (canonical steps, ramp steps) of :func:`phrasing_ramp`, by the step passed to a call."""
 
     def __init__(
         self,
@@ -102,7 +120,10 @@ class BatchBuilder:
         mix: Optional[dict[str, float]] = None,
         full_mask: float = 0.0,
         task_options: Optional[TaskOptions] = None,
+        phrasing: tuple[int, int] = (0, 0),
     ) -> None:
+        phrasing_ramp(0, *phrasing)  # checks the pair
+        self.phrasing = (int(phrasing[0]), int(phrasing[1]))
         if not 0.0 <= full_mask <= 1.0:
             raise ValueError(f"full_mask must be a probability in [0, 1], got {full_mask}")
         self.full_mask = float(full_mask)
@@ -121,8 +142,16 @@ class BatchBuilder:
         w = np.array([mix[k] for k in self.kinds], dtype=np.float64)
         self.weights = w / w.sum()
 
-    def sequences(self, rng: np.random.Generator, n: int) -> list[Sequence_]:
-        tasks = [sample_task(self.kinds[int(rng.choice(len(self.kinds), p=self.weights))], rng, self.task_options)
+    def options_at(self, step: Optional[int]) -> TaskOptions:
+        """The task options of training ``step`` (None: the last step's)."""
+        factor = phrasing_ramp(step, *self.phrasing)
+        if factor == 1.0:
+            return self.task_options
+        return replace(self.task_options, phrasing=self.task_options.phrasing * factor)
+
+    def sequences(self, rng: np.random.Generator, n: int, step: Optional[int] = None) -> list[Sequence_]:
+        options = self.options_at(step)
+        tasks = [sample_task(self.kinds[int(rng.choice(len(self.kinds), p=self.weights))], rng, options)
                  for _ in range(n)]
         scenes: list[Scene] = []
         for t in tasks:
@@ -164,8 +193,8 @@ class BatchBuilder:
             ids[p_] = mask_id
         return ids, labels
 
-    def __call__(self, rng: np.random.Generator, gen: Optional[torch.Generator] = None) -> dict:
-        seqs = self.sequences(rng, self.batch_size)
+    def __call__(self, rng: np.random.Generator, gen: Optional[torch.Generator] = None, step: Optional[int] = None) -> dict:
+        seqs = self.sequences(rng, self.batch_size, step)
         rows = [self.mask_sequence(s, rng) for s in seqs]
         L = max(len(r[0]) for r in rows)
         eos = self.tok.special.eos

@@ -29,12 +29,13 @@ class StageSteps:
 
     image_tokenizer: int = 1500
     vae: int = 2000
-    # Step counts of the shipped second edition. With build --jobs 2 on 2 cores the backbone starts once the
-    # tokenizers exist and runs beside the VAE and the decoder: 0.28 s a step alone at one thread, 0.35 s beside
-    # them. The decoder: 0.12 s a step alone from the pool, 0.15 s beside the backbone, after the VAE (8 min at one
-    # thread) and the pool (about 4 min). Measured end to end: 65.4 min (training.json), over the 60-minute aim
-    decoder: int = 17000
-    backbone: int = 10000
+    # Step counts for build --jobs 2 on 2 cores in under 60 minutes. The backbone starts once the tokenizers exist
+    # and runs beside the VAE and the decoder: 0.28 s a step alone at one thread, 0.35 s beside them. The decoder:
+    # 0.12 s a step alone from the pool at one thread (0.067 s at two), 0.15 s beside the backbone, after the VAE
+    # (8 min at one thread) and the pool (about 4 min); it takes the second thread once the backbone is done.
+    # The second edition's 17,000 decoder and 10,000 backbone steps took 65.4 min end to end
+    decoder: int = 15000
+    backbone: int = 9500
     # scenes encoded once for the decoder (stages.decoder_pool; 0: fresh scenes every step, the first recipe)
     decoder_pool: int = 24576
     # the decoder loss's extra weight on latent pixels near ink (stages.decoder_pool)
@@ -58,7 +59,12 @@ class StageSteps:
     # right/flawed renders from 43 to 51 of 60; 0.5 (10,000 steps) was worse than 0.3 (80% vs 88% of 1,800
     # questions)
     backbone_full_mask: float = 0.3
-    # an optional second schedule from the first one's weights (off: one schedule does better)
+    # the backbone's first steps draw only canonical texts, then the share of grammar phrasings rises linearly to
+    # full over the ramp (corpus.phrasing_ramp, with the probe that chose it)
+    backbone_canonical: int = 3000
+    backbone_phrasing_ramp: int = 3000
+    # an optional second schedule from the first one's weights (off: one schedule does better); it draws the
+    # grammar's full shares from its first step
     backbone_second: int = 0
     backbone_second_lr: float = 1e-3
 
@@ -134,6 +140,7 @@ class ShapesModelSpec:
             dit_dim=32, dit_heads=1, cap_feat_dim=16,
             steps=StageSteps(image_tokenizer=40, vae=30, decoder=40, backbone=40, image_tokenizer_batch=32,
                              vae_batch=8, decoder_batch=16, backbone_batch=16, backbone_second=0, decoder_pool=256,
+                             backbone_canonical=10, backbone_phrasing_ramp=20,
                              decoder_second=10),
         )
 

@@ -270,13 +270,15 @@ def train_decoder(
     spec: ShapesModelSpec, tokenizer_net: SigLIPVQ, vae, work_dir: Work = None, *, progress: bool = True, resume: bool = True,
     start: Optional[tuple[SigVQ, ZImageDiT]] = None, total: Optional[int] = None, lr: float = 2e-3,
     ink_weight: Optional[float] = None, state_name: str = "decoder", pool: Optional[dict] = None,
+    before_step: Optional[Callable[[int], None]] = None,
 ) -> tuple[SigVQ, ZImageDiT, StageLog]:
     """Rectified flow matching on a pool of training scenes (:func:`decoder_pool`), the squared error of each
     latent pixel weighted by the ink around it: colour and kind live in the shapes' few latent pixels, which an
     unweighted mean lets the white background outvote (purple came out blue-ish on 18 of 36 one-shape scenes).
 
     A second schedule (``start``: the first one's modules; its own ``total``, ``lr``, ``ink_weight`` and
-    ``state_name``) continues from them, on the same pool when it is passed."""
+    ``state_name``) continues from them, on the same pool when it is passed. ``before_step(step)`` runs before each
+    step (the build uses it to take a second thread once the backbone beside it is done)."""
     torch.manual_seed(spec.seed)
     if start is None:
         dit = ZImageDiT(spec.dit_config())
@@ -301,6 +303,8 @@ def train_decoder(
     extra = spec.steps.decoder_ink_weight if ink_weight is None else ink_weight
 
     def step(s: int) -> dict:
+        if before_step is not None:
+            before_step(s)
         rng, gen = step_rngs(spec.seed, state_name, s)
         if pool is not None:
             idx = torch.from_numpy(rng.integers(len(pool["codes"]), size=bs))
@@ -389,7 +393,7 @@ def row_lengths(labels: torch.Tensor, block: int) -> torch.Tensor:
 def train_backbone(
     spec: ShapesModelSpec,
     model: LLaDA2Backbone,
-    make_batch: Callable[[np.random.Generator, torch.Generator], dict],
+    make_batch: Callable[[np.random.Generator, torch.Generator, int], dict],
     work_dir: Work = None,
     *,
     progress: bool = True,
@@ -400,8 +404,8 @@ def train_backbone(
     state_name: str = "backbone",
     loss_norm: str = "token",
 ) -> tuple[LLaDA2Backbone, StageLog]:
-    """``make_batch(rng, gen)`` returns {"input_ids" (B, L), "labels" (B, L) with -100 where no loss}
-    (``corpus.BatchBuilder``). ``total`` defaults to ``spec.steps.backbone``; ``state_name`` names the
+    """``make_batch(rng, gen, step)`` returns {"input_ids" (B, L), "labels" (B, L) with -100 where no loss}
+    (``corpus.BatchBuilder``) for schedule step ``step``. ``total`` defaults to ``spec.steps.backbone``; ``state_name`` names the
     resumable state (a second schedule keeps its own), while batches are always drawn from the
     'backbone' seed stream.
 
@@ -423,7 +427,7 @@ def train_backbone(
 
     def step(s: int) -> dict:
         rng, gen = step_rngs(spec.seed, "backbone", s)
-        batch = make_batch(rng, gen)
+        batch = make_batch(rng, gen, s)
         ids, labels = batch["input_ids"], batch["labels"]
         counts.clear()
         loss = _backbone_loss(model, ids, labels, block, loss_norm)

@@ -243,6 +243,8 @@ class TaskOptions:
     count_present alone taught a prior from the number of shapes; with count_list 1.0 and
     shape_questions 0.3 count questions rose from 84% to 94% but captions fell from 98% to 86%, and
     shape_questions without count_list also cost captions (84%). None is in the shipped recipe.
+    ``phrasing``: a factor on every share of grammar phrasings (``phrasing``) among the texts; 0 draws only the
+    canonical texts. The backbone's schedule raises it from 0 to 1 (``corpus.phrasing_ramp``).
     """
 
     qa_kinds: dict = field(default_factory=dict)
@@ -250,6 +252,7 @@ class TaskOptions:
     count_present: float = 0.0
     count_list: float = 0.0
     shape_questions: float = 0.0
+    phrasing: float = 1.0
 
     def __post_init__(self) -> None:
         kinds = ("count", "color", "position", "presence")
@@ -258,7 +261,7 @@ class TaskOptions:
             raise ValueError(f"qa_kinds={self.qa_kinds!r}: weights >= 0 for {', '.join(kinds)}")
         if self.qa_kinds and not any(self.qa_kinds.values()):
             raise ValueError("qa_kinds: at least one weight must be positive")
-        for name in ("fix_correct", "count_present", "count_list", "shape_questions"):
+        for name in ("fix_correct", "count_present", "count_list", "shape_questions", "phrasing"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
                 raise ValueError(f"{name}={value!r}: must be a probability in [0, 1]")
@@ -300,6 +303,15 @@ def _phrased(rng: np.random.Generator, split: Optional[str], share: float, canon
     return phrase() if split is not None and rng.random() < share else canonical
 
 
+def _shares(options: TaskOptions) -> dict[str, float]:
+    """The share of grammar phrasings per kind of text, scaled by ``options.phrasing``."""
+    return {name: share * options.phrasing for name, share in _PHRASED_SHARES.items()}
+
+
+# How often each kind of text is phrased by the grammar rather than canonically (at ``TaskOptions.phrasing`` 1).
+_PHRASED_SHARES: dict[str, float] = {"request": 0.7, "describe": 0.5, "question": 0.7, "claim": 0.3, "edit": 0.7}
+
+
 def _draw_task(kind: str, rng: np.random.Generator, options: TaskOptions, split: Optional[str]) -> Task:
     task = _draw_task_texts(kind, rng, options, split)
     scenes = tuple(s for s in (task.source, task.target) if s is not None)
@@ -309,13 +321,14 @@ def _draw_task(kind: str, rng: np.random.Generator, options: TaskOptions, split:
 def _draw_task_texts(kind: str, rng: np.random.Generator, options: TaskOptions, split: Optional[str]) -> Task:
     scene = sample_scene(rng, split=split)
     cap = caption(scene)
-    request = _phrased(rng, split, 0.7, cap, lambda: phrasing.request_text(scene, rng, split))
+    share = _shares(options)
+    request = _phrased(rng, split, share["request"], cap, lambda: phrasing.request_text(scene, rng, split))
     if kind == "t2i":
         return Task(kind, request, target=scene)
     if kind == "t2i_thinking":
         return Task(kind, request, answer=plan(scene), target=scene)
     if kind == "caption":
-        return Task(kind, _phrased(rng, split, 0.5, DESCRIBE_QUESTION, lambda: phrasing.describe_text(rng, split)),
+        return Task(kind, _phrased(rng, split, share["describe"], DESCRIBE_QUESTION, lambda: phrasing.describe_text(rng, split)),
                     answer=cap, source=scene)
     if kind == "qa":
         # one question kind drawn uniformly (count, colour, position, presence), then one of its questions:
@@ -338,7 +351,7 @@ def _draw_task_texts(kind: str, rng: np.random.Generator, options: TaskOptions, 
             found = scene.find(kind=counted)
             if found:
                 qa = QA("count", qa.question, f"{len(found)}: {join_phrases([s.describe() for s in found])}.")
-        question = _phrased(rng, split, 0.7, qa.question, lambda: phrasing.question_text(qa, rng, split)) \
+        question = _phrased(rng, split, share["question"], qa.question, lambda: phrasing.question_text(qa, rng, split)) \
             if qa.intent else qa.question
         return Task(kind, question, answer=qa.answer, source=scene)
     if kind == "verify":
@@ -349,7 +362,7 @@ def _draw_task_texts(kind: str, rng: np.random.Generator, options: TaskOptions, 
     if kind == "claim":
         shown = scene if rng.random() < 0.5 else corrupt_scene(scene, rng)
         s = scene.shapes[int(rng.integers(len(scene)))]
-        claim = _phrased(rng, split, 0.3, s.describe(), lambda: phrasing.shape_text(s, rng, split))
+        claim = _phrased(rng, split, share["claim"], s.describe(), lambda: phrasing.shape_text(s, rng, split))
         return Task(kind, INSPECT_PROMPT.format(claim=claim), answer=_claim_answer(shown, s), source=shown, about=(scene,))
     if kind == "claims":
         return Task(kind, CLAIMS_PROMPT.format(prompt=request), answer="\n".join(s.describe() for s in scene.shapes),
@@ -362,7 +375,7 @@ def _draw_task_texts(kind: str, rng: np.random.Generator, options: TaskOptions, 
         else:
             e = make_edit(scene, "recolor", rng)
             assert e is not None  # a scene always has a shape to recolour
-        text = _phrased(rng, split, 0.7, e.instruction, lambda: phrasing.edit_text(e, rng, split))
+        text = _phrased(rng, split, share["edit"], e.instruction, lambda: phrasing.edit_text(e, rng, split))
         return Task(kind, text, source=e.source, target=e.target)
     # fix: a flawed drawing, the request, and the check's feedback (usually right, sometimes empty)
     if options.fix_correct and rng.random() < options.fix_correct:
