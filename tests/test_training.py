@@ -226,14 +226,22 @@ def test_backbone_stage_resumes_exactly(tmp_path, smoke_build, monkeypatch):
     tok = TextTokenizer.from_pretrained(out)
     net = _load_image_tokenizer(out)
     config = spec.backbone_config(len(tok), tok.image_code0, tok.special.pad)
-    batches = BatchBuilder(tok, tok.image_code0, lambda sc: encode_scenes(net, sc, spec), 3, batch_size=4)
+    # a phrasing ramp inside the run: the batches hang on the step, which a resumed run must pass on the same
+    batches = BatchBuilder(tok, tok.image_code0, lambda sc: encode_scenes(net, sc, spec), 3, batch_size=4, phrasing=(2, 2))
 
     def fresh():
         m = LLaDA2Backbone(config)
         _init_backbone(m, spec.seed)
         return m
 
-    straight, log_a = train_backbone(spec, fresh(), batches, tmp_path / "a", progress=False)
+    seen = []
+
+    def recorded(rng, gen, step):
+        seen.append(step)
+        return batches(rng, gen, step)
+
+    straight, log_a = train_backbone(spec, fresh(), recorded, tmp_path / "a", progress=False)
+    assert seen == list(range(6))
     calls = {"n": 0}
 
     def flaky(rng, gen, step):
@@ -429,6 +437,76 @@ def test_two_jobs_train_the_backbone_beside_the_decoder(tmp_path, smoke_build):
     assert pipe.generate_image("a red circle", image_h=96, image_w=96, steps=2, decode=False).codes.numel() == 9
     with pytest.raises(ValueError, match="jobs"):
         build_shapes_model(tmp_path / "x", spec, jobs=3)
+
+
+@pytest.fixture
+def grammar_calls(monkeypatch):
+    """Counts calls of every phrasing.*_text function the tasks use (each still phrases)."""
+    from lladauni.model_core.training import phrasing
+
+    calls = {"n": 0}
+    for name in ("request_text", "question_text", "describe_text", "shape_text", "edit_text"):
+        real = getattr(phrasing, name)
+
+        def counted(*args, _real=real, **kwargs):
+            calls["n"] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(phrasing, name, counted)
+    return calls
+
+
+def test_phrasing_factor_zero_draws_only_canonical_texts(grammar_calls):
+    rng = np.random.default_rng(5)
+    canonical = [tasks.sample_task(k, rng, tasks.TaskOptions(phrasing=0.0)) for k in tasks.TASKS for _ in range(20)]
+    assert grammar_calls["n"] == 0
+    assert all(t.text == caption(t.target) for t in canonical if t.kind in ("t2i", "t2i_thinking"))
+    assert all(t.text == tasks.DESCRIBE_QUESTION for t in canonical if t.kind == "caption")
+    counts = {}
+    for factor in (1.0, 0.5):
+        grammar_calls["n"] = 0
+        for k in tasks.TASKS:
+            for _ in range(40):
+                tasks.sample_task(k, rng, tasks.TaskOptions(phrasing=factor))
+        counts[factor] = grammar_calls["n"]
+    # half the factor, about half the grammar's phrasings (and the shape phrases inside phrased requests)
+    assert counts[1.0] > 300 and 0.35 * counts[1.0] <= counts[0.5] <= 0.65 * counts[1.0], counts
+    for bad in (-0.1, 1.5, "all"):
+        with pytest.raises(ValueError, match="phrasing"):
+            tasks.TaskOptions(phrasing=bad)
+
+
+def test_phrasing_ramp_goes_from_canonical_texts_to_the_grammar(smoke_build, grammar_calls):
+    from lladauni.model_core.training.corpus import phrasing_ramp
+
+    assert [phrasing_ramp(s, 10, 20) for s in (0, 9, 10, 15, 29, 30, 99, None)] == [0, 0, 0, 0.25, 0.95, 1, 1, 1]
+    assert phrasing_ramp(0, 0, 0) == 1.0 and phrasing_ramp(4, 5, 0) == 0.0 and phrasing_ramp(5, 5, 0) == 1.0
+    with pytest.raises(ValueError, match="canonical"):
+        phrasing_ramp(0, -1, 5)
+    out, spec, _ = smoke_build
+    tok = TextTokenizer.from_pretrained(out)
+    bb = BatchBuilder(tok, tok.image_code0, lambda sc: torch.zeros(len(sc), 9, dtype=torch.long), 3, batch_size=16,
+                      phrasing=(100, 100), task_options=tasks.TaskOptions(fix_correct=0.2))
+    assert bb.options_at(0).phrasing == 0.0 and bb.options_at(150).phrasing == 0.5
+    assert bb.options_at(0).fix_correct == 0.2 and bb.options_at(None) == bb.task_options
+    for step in (0, 99):
+        bb(np.random.default_rng(step), None, step)
+    assert grammar_calls["n"] == 0
+    bb(np.random.default_rng(1), None, 200)
+    assert grammar_calls["n"] > 0
+    with pytest.raises(ValueError, match="ramp"):
+        BatchBuilder(tok, tok.image_code0, lambda sc: None, 3, phrasing=(0, -2))
+
+
+def test_decoder_runs_its_before_step_hook_each_step(smoke_build):
+    from lladauni.model_core.training.build import _load_image_tokenizer, _load_vae
+    from lladauni.model_core.training.stages import train_decoder
+
+    out, spec, _ = smoke_build
+    seen = []
+    train_decoder(spec, _load_image_tokenizer(out), _load_vae(out), None, progress=False, resume=False, total=3,
+                  before_step=seen.append)
+    assert seen == [0, 1, 2]
 
 
 def test_retraining_the_backbone_drops_a_stale_second_schedule_record(tmp_path):

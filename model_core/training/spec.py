@@ -33,7 +33,8 @@ class StageSteps:
     # and runs beside the VAE and the decoder: 0.28 s a step alone at one thread, 0.35 s beside them. The decoder:
     # 0.12 s a step alone from the pool at one thread (0.067 s at two), 0.15 s beside the backbone, after the VAE
     # (8 min at one thread) and the pool (about 4 min); it takes the second thread once the backbone is done.
-    # The second edition's 17,000 decoder and 10,000 backbone steps took 65.4 min end to end
+    # The second edition's first build (17,000 decoder and 10,000 backbone steps) took 65.4 min end to end; these
+    # took 49.3 min (training.json)
     decoder: int = 15000
     backbone: int = 9500
     # scenes encoded once for the decoder (stages.decoder_pool; 0: fresh scenes every step, the first recipe)

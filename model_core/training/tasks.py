@@ -191,8 +191,9 @@ def corrupt_scene(scene: Scene, rng: np.random.Generator, max_errors: int = 2) -
 # of tens of tokens besides the image), so under the token loss their weight takes more of the gradient than its
 # share of rows. The first retraining of 2026-12-05 ran t2i_thinking 1.2 and claims 0.5 and read images badly even
 # in canonical wording (67% of questions on held-out scenes, presence at chance, against 93% for the first
-# edition); the shipped second edition is back at the first edition's 0.5 and 0.3 and still answers presence
-# ("yes" to everything) and position questions at chance, so the mix was not the cause.
+# edition); back at the first edition's 0.5 and 0.3 the second edition still answered presence ("yes" to everything)
+# and position questions at chance, so the mix was not the cause: the grammar's phrasings from the first step were
+# (corpus.phrasing_ramp).
 DEFAULT_MIX: dict[str, float] = {
     "t2i": 2.5,
     "t2i_thinking": 0.5,
