@@ -227,7 +227,7 @@ def test_backbone_stage_resumes_exactly(tmp_path, smoke_build, monkeypatch):
     net = _load_image_tokenizer(out)
     config = spec.backbone_config(len(tok), tok.image_code0, tok.special.pad)
     # a phrasing ramp inside the run: the batches hang on the step, which a resumed run must pass on the same
-    batches = BatchBuilder(tok, tok.image_code0, lambda sc: encode_scenes(net, sc, spec), 3, batch_size=4, phrasing=(2, 2))
+    batches = BatchBuilder(tok, tok.image_code0, lambda sc: encode_scenes(net, sc, spec), 3, batch_size=4, ramp=(2, 2))
 
     def fresh():
         m = LLaDA2Backbone(config)
@@ -486,7 +486,7 @@ def test_phrasing_ramp_goes_from_canonical_texts_to_the_grammar(smoke_build, gra
     out, spec, _ = smoke_build
     tok = TextTokenizer.from_pretrained(out)
     bb = BatchBuilder(tok, tok.image_code0, lambda sc: torch.zeros(len(sc), 9, dtype=torch.long), 3, batch_size=16,
-                      phrasing=(100, 100), task_options=tasks.TaskOptions(fix_correct=0.2))
+                      ramp=(100, 100), task_options=tasks.TaskOptions(fix_correct=0.2))
     assert bb.options_at(0).phrasing == 0.0 and bb.options_at(150).phrasing == 0.5
     assert bb.options_at(0).fix_correct == 0.2 and bb.options_at(None) == bb.task_options
     for step in (0, 99):
@@ -495,7 +495,7 @@ def test_phrasing_ramp_goes_from_canonical_texts_to_the_grammar(smoke_build, gra
     bb(np.random.default_rng(1), None, 200)
     assert grammar_calls["n"] > 0
     with pytest.raises(ValueError, match="ramp"):
-        BatchBuilder(tok, tok.image_code0, lambda sc: None, 3, phrasing=(0, -2))
+        BatchBuilder(tok, tok.image_code0, lambda sc: None, 3, ramp=(0, -2))
 
 
 def test_decoder_runs_its_before_step_hook_each_step(smoke_build):

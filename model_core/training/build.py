@@ -107,7 +107,7 @@ def _backbone_stage(spec: ShapesModelSpec, partial: Path, work: Path, progress: 
                            batch_size=spec.steps.backbone_batch, block_length=spec.block_length,
                            mix=spec.task_mix or None, full_mask=spec.steps.backbone_full_mask,
                            task_options=TaskOptions.from_dict(spec.task_options),
-                           phrasing=(spec.steps.backbone_canonical, spec.steps.backbone_phrasing_ramp))
+                           ramp=(spec.steps.backbone_canonical, spec.steps.backbone_phrasing_ramp))
     def summary(log) -> dict:
         return {**_summary(log), "max_load_last": log.losses[-1].get("max_load") if log.losses else None}
 
@@ -245,19 +245,19 @@ def _late_stages(done: dict, spec: ShapesModelSpec, stages: Sequence[str], parti
     the other, or with ``jobs=2`` (backbone and decoder both listed) the backbone in a second process beside
     the VAE and the decoder, one thread each; the decoder takes back the process's threads once the backbone is
     done (two threads made a decoder step 1.7x faster)."""
-    pending = pool = None
+    pending = pool = widen = None
     threads = torch.get_num_threads()
-
-    def widen(_step: int) -> None:
-        if pending is not None and pending.ready() and torch.get_num_threads() < threads:
-            torch.set_num_threads(threads)
-
     if jobs == 2 and "backbone" in stages and "decoder" in stages:
         import multiprocessing
 
         pool = multiprocessing.get_context("spawn").Pool(1)
         pending = pool.apply_async(_backbone_stage, (spec, partial, work, False, resume, dtype, init_from, 1))
         torch.set_num_threads(1)
+
+        def widen(_step: int) -> None:
+            if pending.ready() and torch.get_num_threads() < threads:
+                torch.set_num_threads(threads)
+
     try:
         if "vae" in stages:
             done.update(_vae_stage(spec, partial, work, progress, resume, dtype))

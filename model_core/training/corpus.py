@@ -106,7 +106,7 @@ class BatchBuilder:
 
     ``full_mask``: the probability that a text answer's active block (:data:`FULL_MASK_KINDS`) is masked
     whole (see the module docstring); ``task_options`` how some kinds are drawn (:class:`tasks.TaskOptions`);
-    ``phrasing``: (canonical steps, ramp steps) of :func:`phrasing_ramp`, by the step passed to a call."""
+    ``ramp``: (canonical steps, ramp steps) of :func:`phrasing_ramp`, by the step passed to a call."""
 
     def __init__(
         self,
@@ -120,10 +120,10 @@ class BatchBuilder:
         mix: Optional[dict[str, float]] = None,
         full_mask: float = 0.0,
         task_options: Optional[TaskOptions] = None,
-        phrasing: tuple[int, int] = (0, 0),
+        ramp: tuple[int, int] = (0, 0),
     ) -> None:
-        phrasing_ramp(0, *phrasing)  # checks the pair
-        self.phrasing = (int(phrasing[0]), int(phrasing[1]))
+        phrasing_ramp(0, *ramp)  # refuses negative step counts
+        self.ramp = (int(ramp[0]), int(ramp[1]))
         if not 0.0 <= full_mask <= 1.0:
             raise ValueError(f"full_mask must be a probability in [0, 1], got {full_mask}")
         self.full_mask = float(full_mask)
@@ -144,7 +144,7 @@ class BatchBuilder:
 
     def options_at(self, step: Optional[int]) -> TaskOptions:
         """The task options of training ``step`` (None: the last step's)."""
-        factor = phrasing_ramp(step, *self.phrasing)
+        factor = phrasing_ramp(step, *self.ramp)
         if factor == 1.0:
             return self.task_options
         return replace(self.task_options, phrasing=self.task_options.phrasing * factor)

@@ -299,18 +299,16 @@ def sample_task(kind: str, rng: np.random.Generator, options: Optional[TaskOptio
             return task
 
 
-def _phrased(rng: np.random.Generator, split: Optional[str], share: float, canonical: str, phrase) -> str:
-    """``phrase()`` (a grammar phrasing) with probability ``share``, else the canonical text."""
-    return phrase() if split is not None and rng.random() < share else canonical
-
-
-def _shares(options: TaskOptions) -> dict[str, float]:
-    """The share of grammar phrasings per kind of text, scaled by ``options.phrasing``."""
-    return {name: share * options.phrasing for name, share in _PHRASED_SHARES.items()}
-
-
 # How often each kind of text is phrased by the grammar rather than canonically (at ``TaskOptions.phrasing`` 1).
 _PHRASED_SHARES: dict[str, float] = {"request": 0.7, "describe": 0.5, "question": 0.7, "claim": 0.3, "edit": 0.7}
+
+
+def _phrased(rng: np.random.Generator, split: Optional[str], options: TaskOptions, text: str, canonical: str,
+             phrase) -> str:
+    """``phrase()`` (a grammar phrasing) with probability ``_PHRASED_SHARES[text]`` x ``options.phrasing``, else the
+    canonical text."""
+    share = _PHRASED_SHARES[text] * options.phrasing
+    return phrase() if split is not None and rng.random() < share else canonical
 
 
 def _draw_task(kind: str, rng: np.random.Generator, options: TaskOptions, split: Optional[str]) -> Task:
@@ -322,14 +320,13 @@ def _draw_task(kind: str, rng: np.random.Generator, options: TaskOptions, split:
 def _draw_task_texts(kind: str, rng: np.random.Generator, options: TaskOptions, split: Optional[str]) -> Task:
     scene = sample_scene(rng, split=split)
     cap = caption(scene)
-    share = _shares(options)
-    request = _phrased(rng, split, share["request"], cap, lambda: phrasing.request_text(scene, rng, split))
+    request = _phrased(rng, split, options, "request", cap, lambda: phrasing.request_text(scene, rng, split))
     if kind == "t2i":
         return Task(kind, request, target=scene)
     if kind == "t2i_thinking":
         return Task(kind, request, answer=plan(scene), target=scene)
     if kind == "caption":
-        return Task(kind, _phrased(rng, split, share["describe"], DESCRIBE_QUESTION, lambda: phrasing.describe_text(rng, split)),
+        return Task(kind, _phrased(rng, split, options, "describe", DESCRIBE_QUESTION, lambda: phrasing.describe_text(rng, split)),
                     answer=cap, source=scene)
     if kind == "qa":
         # one question kind drawn uniformly (count, colour, position, presence), then one of its questions:
@@ -352,7 +349,7 @@ def _draw_task_texts(kind: str, rng: np.random.Generator, options: TaskOptions, 
             found = scene.find(kind=counted)
             if found:
                 qa = QA("count", qa.question, f"{len(found)}: {join_phrases([s.describe() for s in found])}.")
-        question = _phrased(rng, split, share["question"], qa.question, lambda: phrasing.question_text(qa, rng, split)) \
+        question = _phrased(rng, split, options, "question", qa.question, lambda: phrasing.question_text(qa, rng, split)) \
             if qa.intent else qa.question
         return Task(kind, question, answer=qa.answer, source=scene)
     if kind == "verify":
@@ -363,7 +360,7 @@ def _draw_task_texts(kind: str, rng: np.random.Generator, options: TaskOptions, 
     if kind == "claim":
         shown = scene if rng.random() < 0.5 else corrupt_scene(scene, rng)
         s = scene.shapes[int(rng.integers(len(scene)))]
-        claim = _phrased(rng, split, share["claim"], s.describe(), lambda: phrasing.shape_text(s, rng, split))
+        claim = _phrased(rng, split, options, "claim", s.describe(), lambda: phrasing.shape_text(s, rng, split))
         return Task(kind, INSPECT_PROMPT.format(claim=claim), answer=_claim_answer(shown, s), source=shown, about=(scene,))
     if kind == "claims":
         return Task(kind, CLAIMS_PROMPT.format(prompt=request), answer="\n".join(s.describe() for s in scene.shapes),
@@ -376,7 +373,7 @@ def _draw_task_texts(kind: str, rng: np.random.Generator, options: TaskOptions, 
         else:
             e = make_edit(scene, "recolor", rng)
             assert e is not None  # a scene always has a shape to recolour
-        text = _phrased(rng, split, share["edit"], e.instruction, lambda: phrasing.edit_text(e, rng, split))
+        text = _phrased(rng, split, options, "edit", e.instruction, lambda: phrasing.edit_text(e, rng, split))
         return Task(kind, text, source=e.source, target=e.target)
     # fix: a flawed drawing, the request, and the check's feedback (usually right, sometimes empty)
     if options.fix_correct and rng.random() < options.fix_correct:
